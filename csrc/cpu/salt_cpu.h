@@ -1,0 +1,17 @@
+// CPU backend of the SALT loss: C++17, no Python, no PyTorch. See salt_math.h for the argument
+// block and the math.
+#pragma once
+
+#include "../salt_math.h"
+
+namespace salt {
+
+// Computes the per-row loss, CE, KD and the three log-sum-exps of every row, and (when
+// args.grad is set) the gradient w.r.t. the student logits, scaled per row by args.grad_scale.
+// Rows are split over args.num_threads threads. The caller has validated every argument.
+void rows_cpu(const RowsArgs& args);
+
+// The instruction set the kernel runs with on this machine: "avx512", "avx2" or "generic".
+const char* cpu_isa();
+
+}  // namespace salt

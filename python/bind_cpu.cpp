@@ -1,0 +1,63 @@
+// pybind11 binding of the CPU kernel. It takes raw addresses, sizes and strides from the Python
+// launcher (salt_kernels/cpu_backend.py), which has validated them; no PyTorch headers here, so
+// one build serves every torch version.
+#include <pybind11/pybind11.h>
+
+#include "../csrc/cpu/salt_cpu.h"
+
+namespace py = pybind11;
+
+namespace {
+
+template <typename T>
+T* as_ptr(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+void rows(uintptr_t student, int64_t student_row_stride, int32_t student_dtype, uintptr_t teacher,
+          int64_t teacher_row_stride, int32_t teacher_dtype, uintptr_t labels,
+          int64_t labels_stride, bool labels_int64, int64_t n_rows, int64_t vocab, float kd_weight,
+          float temperature, int64_t ignore_index, uintptr_t loss, uintptr_t ce, uintptr_t kd,
+          uintptr_t lse, uintptr_t grad, int64_t grad_row_stride, uintptr_t grad_scale,
+          int64_t grad_scale_stride, int32_t num_threads) {
+  salt::RowsArgs a;
+  a.student = as_ptr<const void>(student);
+  a.student_row_stride = student_row_stride;
+  a.student_dtype = student_dtype;
+  a.teacher = as_ptr<const void>(teacher);
+  a.teacher_row_stride = teacher_row_stride;
+  a.teacher_dtype = teacher_dtype;
+  a.labels = as_ptr<const void>(labels);
+  a.labels_stride = labels_stride;
+  a.labels_int64 = labels_int64 ? 1 : 0;
+  a.n_rows = n_rows;
+  a.vocab = vocab;
+  a.kd_weight = kd_weight;
+  a.temperature = temperature;
+  a.ignore_index = ignore_index;
+  a.loss = as_ptr<float>(loss);
+  a.ce = as_ptr<float>(ce);
+  a.kd = as_ptr<float>(kd);
+  a.lse = as_ptr<float>(lse);
+  a.grad = as_ptr<void>(grad);
+  a.grad_row_stride = grad_row_stride;
+  a.grad_scale = as_ptr<const float>(grad_scale);
+  a.grad_scale_stride = grad_scale_stride;
+  a.num_threads = num_threads;
+  salt::rows_cpu(a);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_salt_cpu, m) {
+  m.doc() = "SALT loss CPU kernel (see salt_kernels/cpu_backend.py for the Python launcher)";
+  m.def("rows", &rows, py::call_guard<py::gil_scoped_release>(), py::arg("student"),
+        py::arg("student_row_stride"), py::arg("student_dtype"), py::arg("teacher"),
+        py::arg("teacher_row_stride"), py::arg("teacher_dtype"), py::arg("labels"),
+        py::arg("labels_stride"), py::arg("labels_int64"), py::arg("n_rows"), py::arg("vocab"),
+        py::arg("kd_weight"), py::arg("temperature"), py::arg("ignore_index"), py::arg("loss"),
+        py::arg("ce"), py::arg("kd"), py::arg("lse"), py::arg("grad"),
+        py::arg("grad_row_stride"), py::arg("grad_scale"), py::arg("grad_scale_stride"),
+        py::arg("num_threads"));
+  m.def("isa", &salt::cpu_isa, "instruction set the kernel uses on this machine");
+}

@@ -1,0 +1,13 @@
+"""salt_kernels: fused SALT (small-model-aided LLM training) loss kernels.
+
+    import salt_kernels as sk
+    loss = sk.salt_loss(student_logits, teacher_logits, labels, kd_weight=0.5, temperature=2.0)
+"""
+
+from .dispatch import available_backends
+from .functional import SaltParts, salt_loss
+from .modules import SaltLoss
+
+__version__ = "0.1.0"
+
+__all__ = ["salt_loss", "SaltLoss", "SaltParts", "available_backends", "__version__"]

@@ -1,0 +1,106 @@
+"""Backend registry and selection (DESIGN.md section 3).
+
+Each backend is a module exposing NAME, is_available() -> (bool, reason),
+supports_device(device) -> (bool, reason) and rows(...) (the contract in rows.py). Backends are
+imported lazily, so importing salt_kernels never fails because triton, a GPU or a compiled
+module is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from types import ModuleType
+
+import torch
+
+# name -> module, in the order "auto" prefers them for each device type.
+_MODULES = {
+    "reference": "salt_kernels.reference",
+    "cpu": "salt_kernels.cpu_backend",
+    "triton": "salt_kernels.triton_backend",
+    "cuda": "salt_kernels.cuda_backend",
+}
+AUTO_ORDER = {
+    "cpu": ("cpu", "reference"),
+    "cuda": ("triton", "cuda", "reference"),
+}
+BACKEND_NAMES = tuple(_MODULES)
+ENV_VAR = "SALT_BACKEND"
+
+_loaded: dict[str, ModuleType | None] = {}
+_load_errors: dict[str, str] = {}
+_warned_fallback: set[str] = set()
+
+
+def _load(name: str) -> ModuleType | None:
+    if name not in _loaded:
+        try:
+            _loaded[name] = importlib.import_module(_MODULES[name])
+        except Exception as exc:  # a broken optional backend must not break the package
+            _loaded[name] = None
+            _load_errors[name] = f"could not import {_MODULES[name]}: {exc}"
+    return _loaded[name]
+
+
+def backend_status(name: str, device: torch.device | None = None) -> tuple[bool, str]:
+    module = _load(name)
+    if module is None:
+        return False, _load_errors[name]
+    if device is None:
+        return module.is_available()
+    return module.supports_device(device)
+
+
+def available_backends() -> dict[str, tuple[bool, str]]:
+    """Each backend's (usable, reason-if-not) on this machine, e.g.
+    {"reference": (True, ""), "cpu": (True, ""), "triton": (False, "no CUDA device ..."), ...}."""
+    return {name: backend_status(name) for name in BACKEND_NAMES}
+
+
+def _reasons(device: torch.device) -> str:
+    lines = []
+    for name in BACKEND_NAMES:
+        ok, why = backend_status(name, device)
+        lines.append(f"  {name}: {'usable' if ok else why}")
+    return "\n".join(lines)
+
+
+def resolve(backend: str, device: torch.device) -> ModuleType:
+    """The backend module to run on `device`. "auto" takes SALT_BACKEND when set, else the
+    fastest usable backend for the device type; an explicit name must be usable."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    requested = backend
+    source = "backend"
+    if backend == "auto" and os.environ.get(ENV_VAR):
+        requested = os.environ[ENV_VAR]
+        source = f"the environment variable {ENV_VAR}"
+    if requested == "auto":
+        order = AUTO_ORDER.get(device.type, ("reference",))
+        for name in order:
+            ok, why = backend_status(name, device)
+            if ok:
+                if name != order[0] and device.type not in _warned_fallback:
+                    _warned_fallback.add(device.type)
+                    first_ok, first_why = backend_status(order[0], device)
+                    warnings.warn(
+                        f"salt_kernels: backend {order[0]!r} is not usable on {device.type} "
+                        f"({first_why}); falling back to {name!r}",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+                return _loaded[name]
+        raise RuntimeError(f"no salt_kernels backend is usable on {device}:\n{_reasons(device)}")
+    if requested not in _MODULES:
+        raise ValueError(
+            f"{source} must be 'auto' or one of {', '.join(BACKEND_NAMES)}, got {requested!r}"
+        )
+    ok, why = backend_status(requested, device)
+    if not ok:
+        raise ValueError(
+            f"{source} asks for {requested!r}, which is not usable on {device}: {why}\n"
+            f"Backends on this device:\n{_reasons(device)}"
+        )
+    return _loaded[requested]
