@@ -5,8 +5,13 @@
 
 #include <cstring>
 #include <functional>
+#include <string>
 #include <thread>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace salt {
 namespace isa_generic {
@@ -46,13 +51,36 @@ const char* cpu_isa() {
   return "generic";
 }
 
-void rows_cpu(const RowsArgs& args) {
-  const char* isa = cpu_isa();
-#if SALT_HAVE_X86_CLONES
-  if (isa[4] == '5') return isa_avx512::run_rows(args);
-  if (isa[3] == '2') return isa_avx2::run_rows(args);
+namespace {
+
+// A fresh gradient buffer of N x V elements is first touched by this kernel, and faulting it in
+// 4 KB pages costs more than computing it (measured: 0.19 s vs 0.07 s to fill 512 MB). Asking
+// for transparent huge pages on its 2 MB-aligned interior cuts that; it is only advice.
+void advise_huge_pages(void* ptr, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  if (bytes < int64_t(8 * kHuge)) return;
+  const uintptr_t start = (reinterpret_cast<uintptr_t>(ptr) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(ptr) + uintptr_t(bytes)) & ~(kHuge - 1);
+  if (end > start) madvise(reinterpret_cast<void*>(start), end - start, MADV_HUGEPAGE);
+#else
+  (void)ptr;
+  (void)bytes;
 #endif
-  (void)isa;
+}
+
+}  // namespace
+
+void rows_cpu(const RowsArgs& args) {
+  if (args.grad != nullptr && args.n_rows > 0) {
+    const int64_t elem = args.student_dtype == kFloat32 ? 4 : 2;
+    advise_huge_pages(args.grad, ((args.n_rows - 1) * args.grad_row_stride + args.vocab) * elem);
+  }
+#if SALT_HAVE_X86_CLONES
+  const std::string isa = cpu_isa();
+  if (isa == "avx512") return isa_avx512::run_rows(args);
+  if (isa == "avx2") return isa_avx2::run_rows(args);
+#endif
   isa_generic::run_rows(args);
 }
 
