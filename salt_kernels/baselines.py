@@ -1,0 +1,69 @@
+"""The baselines users compare salt_loss with, computing the same value (DESIGN.md section 1):
+plain PyTorch eager (F.cross_entropy + tau^2 * F.kl_div on log_softmax, log_target=True), the
+same function under torch.compile, and Liger-Kernel's CE + KL losses when installed.
+
+Each factory returns fn(student, teacher, labels) -> scalar loss (mean over non-ignored rows),
+so the benchmarks and the tests can run every variant through one call site.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+
+def torch_salt_loss(student, teacher, labels, kd_weight=0.5, temperature=1.0, ignore_index=-100):
+    """Plain PyTorch SALT loss, "mean" reduction: what a user writes without this package."""
+    v = student.shape[-1]
+    z = student.reshape(-1, v).float()
+    y = labels.reshape(-1)
+    ce = F.cross_entropy(z, y, ignore_index=ignore_index)
+    if teacher is None or kd_weight == 0:
+        return ce
+    tau = temperature
+    valid = (y != ignore_index).unsqueeze(-1)
+    log_q = F.log_softmax(z / tau, dim=-1)
+    log_p = F.log_softmax(teacher.reshape(-1, v).float() / tau, dim=-1)
+    kl_rows = F.kl_div(log_q, log_p, reduction="none", log_target=True)
+    kl = (kl_rows * valid).sum() / valid.sum().clamp(min=1)
+    return (1 - kd_weight) * ce + kd_weight * tau * tau * kl
+
+
+def eager(kd_weight: float, temperature: float, ignore_index: int = -100):
+    return functools.partial(
+        torch_salt_loss, kd_weight=kd_weight, temperature=temperature, ignore_index=ignore_index
+    )
+
+
+def compiled(kd_weight: float, temperature: float, ignore_index: int = -100):
+    return torch.compile(eager(kd_weight, temperature, ignore_index), dynamic=False)
+
+
+def liger_available() -> tuple[bool, str]:
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except Exception as exc:  # ImportError, or a triton mismatch inside liger
+        return False, f"liger-kernel not usable: {exc}"
+    return True, ""
+
+
+def liger(kd_weight: float, temperature: float, ignore_index: int = -100):
+    """Liger-Kernel's LigerCrossEntropyLoss + LigerKLDIVLoss (two kernels, GPU only)."""
+    from liger_kernel.transformers import LigerCrossEntropyLoss, LigerKLDIVLoss
+
+    ce_fn = LigerCrossEntropyLoss(ignore_index=ignore_index)
+    kl_fn = LigerKLDIVLoss(reduction="batchmean", log_target=True)
+    tau = temperature
+
+    def fn(student, teacher, labels):
+        v = student.shape[-1]
+        z = student.reshape(-1, v)
+        y = labels.reshape(-1)
+        ce = ce_fn(z, y)
+        log_q = torch.log_softmax(z.float() / tau, dim=-1)
+        log_p = torch.log_softmax(teacher.reshape(-1, v).float() / tau, dim=-1)
+        return (1 - kd_weight) * ce + kd_weight * tau * tau * kl_fn(log_q, log_p)
+
+    return fn
