@@ -46,27 +46,30 @@ class SaltLossFunction(torch.autograd.Function):
         ctx.backend = backend
         ctx.args = dict(kd_weight=kd_weight, temperature=temperature, ignore_index=ignore_index)
         ctx.reduction = reduction
-        ctx.grad_handed_out = False
-        ctx.save_for_backward(student, teacher, labels, grad, scale)
+        # The gradient buffer is kept on ctx, not in save_for_backward: once handed to autograd
+        # it belongs to the caller (AccumulateGrad may adopt it as .grad and add into it).
+        ctx.grad = grad
+        ctx.scale = scale
+        ctx.save_for_backward(student, teacher, labels)
         return loss, ce, kd
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_ce, _grad_kd):
-        student, teacher, labels, grad, scale = ctx.saved_tensors
+        student, teacher, labels = ctx.saved_tensors
+        grad, ctx.grad = ctx.grad, None
         if student.shape[0] == 0:
             return torch.zeros_like(student), None, None, None, None, None, None, None
         if ctx.reduction == "none":
             row_scale = grad_loss.reshape(-1).to(torch.float32).contiguous()
-        elif grad is not None and not ctx.grad_handed_out:
+        elif grad is not None:
             # The buffer computed in forward is ours to hand out (or to scale in place) once.
-            ctx.grad_handed_out = True
             factor = float(grad_loss)
             if factor != 1.0:
                 grad.mul_(factor)
             return grad, None, None, None, None, None, None, None
         else:
             # A second backward through a retained graph: the first one gave the buffer away.
-            row_scale = (scale * grad_loss.to(torch.float32)).reshape(1)
+            row_scale = (ctx.scale * grad_loss.to(torch.float32)).reshape(1)
         out_grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
         ctx.backend.rows(student, teacher, labels, grad=out_grad, grad_scale=row_scale, **ctx.args)
         return out_grad, None, None, None, None, None, None, None

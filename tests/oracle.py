@@ -77,5 +77,7 @@ def oracle_grad(student, teacher, labels, kd_weight, temperature, ignore_index=-
         scale = torch.full((z.shape[0],), 1.0 / max(1, int(valid.sum())), dtype=F64)
     else:
         scale = torch.ones(z.shape[0], dtype=F64)
+    if reduction != "none" and row_weights is not None:  # a scalar grad_output
+        scale = scale * float(row_weights)
     g = torch.where(valid[:, None], g * scale[:, None], torch.zeros_like(g))
     return g.reshape(student.shape)
