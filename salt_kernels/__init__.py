@@ -6,8 +6,17 @@
 
 from .dispatch import available_backends
 from .functional import SaltParts, salt_loss
+from .linear import LinearSaltLoss, linear_salt_loss
 from .modules import SaltLoss
 
 __version__ = "0.1.0"
 
-__all__ = ["salt_loss", "SaltLoss", "SaltParts", "available_backends", "__version__"]
+__all__ = [
+    "salt_loss",
+    "SaltLoss",
+    "SaltParts",
+    "linear_salt_loss",
+    "LinearSaltLoss",
+    "available_backends",
+    "__version__",
+]
