@@ -1,0 +1,214 @@
+"""Launcher of the Triton kernels (salt_kernels/triton_kernels.py) for the row contract of
+rows.py. Triton is imported lazily: without it (or without a CUDA device) the backend reports
+why through is_available() and importing salt_kernels still works.
+
+Runs on CUDA tensors; on CPU tensors only under the Triton interpreter (TRITON_INTERPRET=1 set
+before salt_kernels.triton_kernels is imported, which the tests do).
+
+Launch plan, per call (see triton_kernels.py for the modes):
+  fused  one program per row: statistics loop, then gradient loop over the same row.
+  split  SPLIT programs per row over slices of SLICE_V entries, two launches (partials, then
+         merge + gradient): for few long rows, where one program per row leaves SMs idle.
+  sync   the same split in one launch with a per-row counter: each slice is re-read for its
+         gradient while still in L2 (GPU only; opt-in until measured on a GPU).
+"auto" picks fused when there are enough rows to fill the device, else split. The knobs below
+(module attributes, or SALT_TRITON_MODE / SALT_TRITON_BLOCK_V) let tests force small blocks
+and several slices under the interpreter, and let benchmarks compare plans.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .rows import RowOutputs
+
+NAME = "triton"
+
+# Plan knobs: None / "auto" means chosen per call.
+MODE: str = os.environ.get("SALT_TRITON_MODE", "auto")  # auto | fused | split | sync
+BLOCK_V: int | None = int(os.environ["SALT_TRITON_BLOCK_V"]) if os.environ.get("SALT_TRITON_BLOCK_V") else None
+SLICE_V: int | None = None  # entries per slice in split/sync (a multiple of the block)
+NUM_WARPS: int | None = None
+
+MODES = ("auto", "fused", "split", "sync")
+MAX_SPLIT = 64  # slices per row; the merge loads them as one vector
+
+_kernels = None
+_import_error: str | None = None
+
+
+def _load():
+    """The kernels module, imported on first use; None (with the reason kept) without triton."""
+    global _kernels, _import_error
+    if _kernels is None and _import_error is None:
+        try:
+            from . import triton_kernels
+
+            _kernels = triton_kernels
+        except Exception as exc:  # ImportError, or a broken triton install
+            _import_error = f"triton is not usable: {type(exc).__name__}: {exc}"
+    return _kernels
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _kernel_is_interpreted() -> bool:
+    return type(_kernels.salt_rows_kernel).__name__ == "InterpretedFunction"
+
+
+def is_available() -> tuple[bool, str]:
+    if _load() is None:
+        return False, _import_error
+    if torch.cuda.is_available():
+        return True, ""
+    if interpreting() and _kernel_is_interpreted():
+        return True, ""
+    return False, "no CUDA device (triton runs on CUDA tensors; on CPU tensors only under TRITON_INTERPRET=1)"
+
+
+def supports_device(device: torch.device) -> tuple[bool, str]:
+    if _load() is None:
+        return False, _import_error
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return False, "no CUDA device"
+        return True, ""
+    if device.type == "cpu":
+        if not interpreting():
+            return False, "backend triton runs on CUDA tensors; on CPU tensors only under TRITON_INTERPRET=1"
+        if not _kernel_is_interpreted():
+            return False, (
+                "salt_kernels.triton_kernels was imported before TRITON_INTERPRET=1 was set; "
+                "set it before the first use of the triton backend"
+            )
+        return True, ""
+    return False, f"backend triton runs on CUDA tensors, got a {device.type} tensor"
+
+
+def _tau_mode(tau: float) -> int:
+    """1: tau == 1 (z/tau is z); 2..4: integer tau (exp by multiplies); 0: any other tau."""
+    if tau == 1.0:
+        return 1
+    if tau in (2.0, 3.0, 4.0):
+        return int(tau)
+    return 0
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def plan(n: int, vocab: int, device: torch.device, elem_size: int) -> dict:
+    """Block size, warps and launch mode for n rows of vocab entries (exposed for benchmarks).
+
+    The GPU defaults are first choices, not yet tuned on a GPU: 4096-entry blocks (16 entries,
+    32 bytes of a 16-bit row, per thread at 8 warps); split only when rows are too few to give
+    every SM two programs."""
+    pow2 = 1 << max(0, (vocab - 1).bit_length())
+    block = BLOCK_V or min(4096 if elem_size <= 2 else 2048, max(pow2, 16))
+    warps = NUM_WARPS or (8 if block >= 2048 else 4)
+    if MODE not in MODES:
+        raise ValueError(f"salt_kernels.triton_backend.MODE must be one of {', '.join(MODES)}, got {MODE!r}")
+    mode = MODE
+    if mode == "sync" and device.type != "cuda":
+        mode = "split"  # the interpreter runs programs one by one: a spin-wait would never end
+    blocks = -(-vocab // block)
+    if SLICE_V:
+        slice_v = -(-SLICE_V // block) * block
+    elif mode == "auto":
+        # Programs per row that give every SM two, with slices of at least 4 blocks.
+        want = min(-(-2 * _sm_count(device) // n), blocks // 4, MAX_SPLIT)
+        slice_v = -(-blocks // max(want, 1)) * block
+    else:
+        # About 4 blocks per slice: small enough that a slice is still in L2 when re-read.
+        slice_v = 4 * block
+    slice_v = max(slice_v, -(-(-(-vocab // MAX_SPLIT)) // block) * block)
+    split = -(-vocab // slice_v)
+    if mode == "auto":
+        mode = "split" if split > 1 else "fused"
+    if mode == "fused" or split == 1:
+        mode, split, slice_v = "fused", 1, vocab
+    return dict(mode=mode, block_v=block, num_warps=warps, split=split, slice_v=slice_v)
+
+
+def rows(
+    student: torch.Tensor,
+    teacher: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    kd_weight: float,
+    temperature: float,
+    ignore_index: int,
+    grad: torch.Tensor | None = None,
+    grad_scale: torch.Tensor | None = None,
+) -> RowOutputs:
+    k = _load()
+    n, vocab = student.shape
+    device = student.device
+    out = RowOutputs.empty(n, device)
+    if n == 0:
+        return out
+    use_teacher = teacher is not None and kd_weight > 0
+    tau = float(temperature)
+    p = plan(n, vocab, device, student.element_size())
+    has_grad = grad is not None
+    if has_grad:
+        scale = grad_scale.to(device=device, dtype=torch.float32).reshape(-1)
+        scale_stride = 1 if scale.numel() > 1 else 0
+        if scale_stride:
+            scale = scale.contiguous()
+    else:
+        scale, scale_stride = out.loss, 0  # never read
+    split = p["split"]
+    ws = torch.empty(n * split * k.WS_FIELDS if split > 1 else 1, dtype=torch.float32, device=device)
+    cnt = torch.zeros(n + 1 if p["mode"] == "sync" else 1, dtype=torch.int32, device=device)
+    args = [
+        student, student.stride(0),
+        teacher if use_teacher else student, teacher.stride(0) if use_teacher else 0,
+        labels, labels.stride(0),
+        out.loss, out.ce, out.kd, out.lse,
+        grad if has_grad else student, grad.stride(0) if has_grad else 0,
+        scale, scale_stride,
+        ws, cnt,
+        vocab, p["slice_v"], float(kd_weight) if use_teacher else 0.0, tau, 1.0 / tau, int(ignore_index),
+    ]
+    meta = dict(
+        SPLIT=split,
+        SPLIT_POW2=max(2, 1 << (split - 1).bit_length()),
+        BLOCK_V=p["block_v"],
+        HAS_TEACHER=use_teacher,
+        TAU_MODE=_tau_mode(tau),
+        num_warps=p["num_warps"],
+    )
+    grid = (n * split,)
+    with _on_device(device):
+        if p["mode"] == "fused":
+            k.salt_rows_kernel[grid](*args, MODE=k.MODE_FUSED, HAS_GRAD=has_grad, **meta)
+        elif p["mode"] == "split":
+            k.salt_rows_kernel[grid](*args, MODE=k.MODE_PART, HAS_GRAD=False, **meta)
+            k.salt_rows_kernel[grid](*args, MODE=k.MODE_FINISH, HAS_GRAD=has_grad, **meta)
+        else:
+            k.salt_rows_kernel[grid](*args, MODE=k.MODE_SYNC, HAS_GRAD=has_grad, **meta)
+    return out
+
+
+class _on_device:
+    """Launches on the tensors' GPU (Triton uses the current device)."""
+
+    def __init__(self, device: torch.device):
+        self.ctx = torch.cuda.device(device) if device.type == "cuda" else None
+
+    def __enter__(self):
+        if self.ctx is not None:
+            self.ctx.__enter__()
+
+    def __exit__(self, *exc):
+        if self.ctx is not None:
+            self.ctx.__exit__(*exc)
