@@ -219,7 +219,9 @@ def _grad_slice(z_row, u_row, g_row, start, end, y, m_z, s_z, s_zt, m_u, s_u, sc
     if TAU_MODE == 1:
         if HAS_TEACHER:
             c_z = c_z + c_kd
-    l_u = tl.log2(s_u)
+    l_u = 0.0
+    if HAS_TEACHER:
+        l_u = tl.log2(s_u)
     for off in range(start, end, BLOCK_V):
         cols = off + tl.arange(0, BLOCK_V)
         mask = cols < end

@@ -1,0 +1,332 @@
+"""The triton backend against the float64 oracle (DESIGN.md sections 1 and 6).
+
+Without a CUDA device the kernels run on CPU tensors under the Triton interpreter: this module
+sets TRITON_INTERPRET=1 before salt_kernels.triton_kernels is imported, and keeps shapes small
+(the interpreter costs about 1 ms per program per loop iteration) while forcing small blocks so
+that rows span several blocks with a ragged last one, and several slices per row for the split
+launch plan. With a CUDA device the same cases run on the GPU (the real kernels), plus the GPU
+sizes at the end of the module.
+"""
+
+import os
+import sys
+
+import pytest
+import torch
+
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU:
+    # Must precede the first import of salt_kernels.triton_kernels (@triton.jit reads it).
+    os.environ["TRITON_INTERPRET"] = "1"
+
+try:
+    import triton  # noqa: F401
+except Exception as exc:  # pragma: no cover - the test extra installs triton
+    pytest.skip(f"triton is not importable ({exc}); the triton backend is not tested", allow_module_level=True)
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import salt_kernels as sk  # noqa: E402
+from salt_kernels import triton_backend as tb  # noqa: E402
+from salt_kernels import triton_kernels as tk  # noqa: E402
+
+if not ON_GPU and type(tk.salt_rows_kernel).__name__ != "InterpretedFunction":
+    # Another module imported the kernels before TRITON_INTERPRET was set: build them again.
+    import importlib
+
+    importlib.reload(tk)
+
+from oracle import make_logits, oracle_grad, oracle_reduce, oracle_rows  # noqa: E402
+
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+# The interpreter evaluates masked-off lanes too (e.g. -inf - -inf in padding), which numpy
+# reports; the kernels discard those lanes.
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+F64 = torch.float64
+NEG_INF = float("-inf")
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    """Interpreter shapes: 128-entry blocks, so V=1000 spans 8 blocks, the last one ragged.
+    On a GPU the same small shapes run with the kernel's own block choice."""
+    monkeypatch.setattr(tb, "MODE", "auto")
+    monkeypatch.setattr(tb, "SLICE_V", None)
+    monkeypatch.setattr(tb, "BLOCK_V", None if ON_GPU else 128)
+
+
+def logits(shape, gen, dtype=torch.float32):
+    return make_logits(shape, dtype, generator=gen).to(DEVICE)
+
+
+def labels_for(n, vocab, gen, ignored=(), dtype=torch.int64):
+    y = torch.randint(0, vocab, (n,), generator=gen, dtype=dtype)
+    for i in ignored:
+        y[i] = -100
+    return y.to(DEVICE)
+
+
+def grad_tol(dtype):
+    return 1e-5 if dtype == torch.float32 else 1e-2
+
+
+def assert_close_rel(got, want, rel=1e-5, floor=1e-6, what="loss"):
+    got, want = got.detach().double().cpu(), want.double().cpu()
+    assert got.shape == want.shape, (got.shape, want.shape)
+    same_inf = torch.isinf(want) & (got == want)
+    err = torch.where(same_inf, torch.zeros_like(got), (got - want).abs())
+    bound = rel * want.abs().nan_to_num(posinf=0.0) + floor
+    assert bool((err <= bound).all()), f"{what}: max error {float(err.max()):.3e}, got {got}, want {want}"
+
+
+def assert_grad_close(got, want, dtype):
+    got, want = got.double().cpu(), want.double().cpu()
+    rel = float((got - want).norm()) / max(float(want.norm()), 1e-12)
+    assert rel <= grad_tol(dtype), f"relative gradient error {rel:.3e} > {grad_tol(dtype):g}"
+
+
+def check_against_oracle(student, teacher, labels, *, w, tau, reduction="mean", grad_out=None):
+    """salt_loss(backend="triton") forward and backward against the oracle: loss, parts, grad."""
+    z = student.clone().requires_grad_()
+    loss, parts = sk.salt_loss(
+        z, teacher, labels, kd_weight=w, temperature=tau, reduction=reduction, backend="triton", return_parts=True
+    )
+    assert loss.dtype == torch.float32
+    loss.backward(grad_out)
+    s, t, y = student.cpu(), teacher.cpu() if teacher is not None else None, labels.cpu()
+    rl, rc, rk = oracle_rows(s, t, y, w, tau)
+    assert_close_rel(loss, oracle_reduce(rl, y, reduction))
+    # The parts are checked at the scale of the whole loss (KD can be small next to CE).
+    scale = float(oracle_reduce(rl.abs() + rc.abs() + rk.abs(), y, reduction).abs().max()) + 0.1
+    assert_close_rel(parts.ce, oracle_reduce(rc, y, reduction), rel=0, floor=1e-5 * scale, what="ce")
+    assert_close_rel(parts.kd, oracle_reduce(rk, y, reduction), rel=0, floor=1e-5 * scale, what="kd")
+    go = grad_out.cpu() if grad_out is not None else None
+    want = oracle_grad(s, t, y, w, tau, row_weights=go, reduction=reduction)
+    assert z.grad.dtype == student.dtype and z.grad.shape == student.shape
+    assert_grad_close(z.grad, want, student.dtype)
+    return loss
+
+
+# Every dtype meets every temperature, and the KD weights rotate through 0, 0.3 and 1.
+CASES = [(dt, tau, [0.3, 1.0, 0.0][(i + j) % 3]) for i, dt in enumerate(DTYPES) for j, tau in enumerate([0.5, 1.0, 2.0, 4.0])]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype,tau,w", CASES, ids=[f"{str(d)[6:]}-tau{t}-w{w}" for d, t, w in CASES])
+def test_matches_oracle(gen, dtype, tau, w, reduction):
+    n, vocab = 6, 1000  # 8 blocks of 128, the last one 104 wide
+    student, teacher = logits((n, vocab), gen, dtype), logits((n, vocab), gen, dtype)
+    labels = labels_for(n, vocab, gen, ignored=(2,))
+    grad_out = (torch.rand(n, generator=gen) + 0.5).to(DEVICE) if reduction == "none" else None
+    check_against_oracle(student, teacher, labels, w=w, tau=tau, reduction=reduction, grad_out=grad_out)
+
+
+@pytest.mark.parametrize(
+    "zdt,udt", [(torch.bfloat16, torch.float32), (torch.float32, torch.float16), (torch.float16, torch.bfloat16)]
+)
+def test_student_and_teacher_dtypes_may_differ(gen, zdt, udt):
+    n, vocab = 4, 700
+    student, teacher = logits((n, vocab), gen, zdt), logits((n, vocab), gen, udt)
+    check_against_oracle(student, teacher, labels_for(n, vocab, gen, dtype=torch.int32), w=0.5, tau=2.0)
+
+
+SPLIT_TAU_W = [(1.0, 0.3), (2.0, 0.7), (0.5, 1.0), (3.0, 0.0)]
+# "sync" falls back to the two-launch plan under the interpreter: one case checks that fallback.
+SPLIT_CASES = [("split", t, w) for t, w in SPLIT_TAU_W] + [("sync", t, w) for t, w in SPLIT_TAU_W[: 4 if ON_GPU else 1]]
+
+
+@pytest.mark.parametrize("mode,tau,w", SPLIT_CASES)
+def test_split_rows_match_oracle(gen, monkeypatch, mode, tau, w):
+    """Rows cut into several slices (partials merged per row); "sync" is the one-launch GPU
+    plan, which falls back to two launches under the interpreter."""
+    monkeypatch.setattr(tb, "MODE", mode)
+    monkeypatch.setattr(tb, "SLICE_V", 256 if not ON_GPU else 2048)
+    n, vocab = 5, 1000 if not ON_GPU else 9000
+    student, teacher = logits((n, vocab), gen), logits((n, vocab), gen)
+    labels = labels_for(n, vocab, gen, ignored=(1,))
+    plan = tb.plan(n, vocab, DEVICE, 4)
+    assert plan["split"] == -(-vocab // tb.SLICE_V) and plan["mode"] == (mode if ON_GPU else "split"), plan
+    grad_out = (torch.rand(n, generator=gen) + 0.5).to(DEVICE)
+    check_against_oracle(student, teacher, labels, w=w, tau=tau, reduction="none", grad_out=grad_out)
+    check_against_oracle(student, teacher, labels, w=w, tau=tau, reduction="mean")
+
+
+def test_rows_contract_lse_and_scales(gen):
+    """rows() directly: the three log-sum-exps, a per-row and a scalar gradient scale."""
+    n, vocab, tau, w = 5, 900, 2.0, 0.4
+    student, teacher = logits((n, vocab), gen), logits((n, vocab), gen)
+    labels = labels_for(n, vocab, gen, ignored=(3,))
+    s64, t64 = student.double().cpu(), teacher.double().cpu()
+    valid = labels.cpu() != -100
+    want_lse = torch.stack([s64.logsumexp(-1), (s64 / tau).logsumexp(-1), (t64 / tau).logsumexp(-1)], 1)
+    want_lse[~valid] = 0
+    for scale in [torch.rand(n, generator=gen) + 0.1, torch.tensor([0.37])]:
+        grad = torch.full_like(student, float("nan"))  # every entry must be written
+        out = tb.rows(student, teacher, labels, kd_weight=w, temperature=tau, ignore_index=-100,
+                      grad=grad, grad_scale=scale.to(DEVICE))
+        assert_close_rel(out.lse, want_lse, what="lse")
+        rl, _, _ = oracle_rows(student.cpu(), teacher.cpu(), labels.cpu(), w, tau)
+        assert_close_rel(out.loss, rl)
+        weights = scale.expand(n).double()
+        want = oracle_grad(student.cpu(), teacher.cpu(), labels.cpu(), w, tau, row_weights=weights, reduction="none")
+        assert_grad_close(grad, want, torch.float32)
+
+
+def test_kd_weight_zero_never_reads_the_teacher(gen):
+    n, vocab = 4, 600
+    student = logits((n, vocab), gen)
+    labels = labels_for(n, vocab, gen)
+    poison = torch.full((n, vocab), float("nan"), device=DEVICE)  # NaN if it were read
+    for teacher in (poison, None):
+        z = student.clone().requires_grad_()
+        loss = sk.salt_loss(z, teacher, labels, kd_weight=0.0, temperature=2.0, backend="triton")
+        loss.backward()
+        rl, _, _ = oracle_rows(student.cpu(), None, labels.cpu(), 0.0, 2.0)
+        assert_close_rel(loss, oracle_reduce(rl, labels.cpu(), "mean"))
+        assert bool(torch.isfinite(z.grad).all())
+    out = tb.rows(student, poison, labels, kd_weight=0.0, temperature=1.0, ignore_index=-100)
+    assert bool(torch.isfinite(out.loss).all()) and bool((out.kd == 0).all())
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_all_rows_ignored_and_no_rows(gen, reduction):
+    vocab = 300
+    student, teacher = logits((3, vocab), gen), logits((3, vocab), gen)
+    labels = torch.full((3,), -100, dtype=torch.int64, device=DEVICE)
+    z = student.clone().requires_grad_()
+    loss, parts = sk.salt_loss(z, teacher, labels, kd_weight=0.5, temperature=2.0, reduction=reduction,
+                               backend="triton", return_parts=True)
+    loss.sum().backward()
+    assert bool((loss == 0).all()) and bool((parts.ce == 0).all()) and bool((parts.kd == 0).all())
+    assert bool((z.grad == 0).all())
+    empty = torch.empty(0, vocab, device=DEVICE).requires_grad_()
+    loss0 = sk.salt_loss(empty, torch.empty(0, vocab, device=DEVICE), labels[:0], reduction=reduction, backend="triton")
+    loss0.sum().backward()
+    assert loss0.shape == ((0,) if reduction == "none" else ()) and bool((loss0 == 0).all())
+    assert empty.grad.shape == (0, vocab)
+
+
+def test_infinities_follow_the_contract(gen):
+    """Teacher -inf entries add nothing; a student -inf under teacher mass gives KD = +inf."""
+    n, vocab = 4, 500
+    student, teacher = logits((n, vocab), gen), logits((n, vocab), gen)
+    teacher[0, ::3] = NEG_INF  # p_j == 0: finite KD
+    teacher[1, 130:400] = NEG_INF  # whole blocks without teacher mass
+    student[2, ::7] = NEG_INF  # and the teacher -inf at the same places: finite
+    teacher[2, ::7] = NEG_INF
+    student[3, 5] = NEG_INF  # teacher has mass there: KD = +inf
+    labels = torch.tensor([1, 2, 3, 4], device=DEVICE)
+    out = tb.rows(student, teacher, labels, kd_weight=0.5, temperature=2.0, ignore_index=-100)
+    rl, rc, rk = oracle_rows(student.cpu(), teacher.cpu(), labels.cpu(), 0.5, 2.0)
+    assert bool(torch.isfinite(out.loss[:3]).all()) and float(out.kd[3]) == float("inf")
+    assert_close_rel(out.loss, rl)
+    assert_close_rel(out.kd, rk, what="kd")
+    # Gradient of the finite rows.
+    z = student[:3].clone().requires_grad_()
+    sk.salt_loss(z, teacher[:3], labels[:3], kd_weight=0.5, temperature=2.0, backend="triton").backward()
+    want = oracle_grad(student[:3].cpu(), teacher[:3].cpu(), labels[:3].cpu(), 0.5, 2.0)
+    assert_grad_close(z.grad, want, torch.float32)
+
+
+@pytest.mark.parametrize("where", ["student", "teacher"])
+def test_nan_in_a_used_row_gives_nan(gen, where):
+    n, vocab = 3, 400
+    student, teacher = logits((n, vocab), gen), logits((n, vocab), gen)
+    (student if where == "student" else teacher)[1, 333] = float("nan")
+    labels = labels_for(n, vocab, gen)
+    grad = torch.empty_like(student)
+    out = tb.rows(student, teacher, labels, kd_weight=0.5, temperature=2.0, ignore_index=-100,
+                  grad=grad, grad_scale=torch.ones(1, device=DEVICE))
+    assert bool(out.loss[1].isnan()) and bool(grad[1].isnan().all())
+    assert bool(torch.isfinite(out.loss[[0, 2]]).all()) and bool(torch.isfinite(grad[[0, 2]]).all())
+    labels[1] = -100  # an ignored row's NaN reaches nothing
+    out = tb.rows(student, teacher, labels, kd_weight=0.5, temperature=2.0, ignore_index=-100)
+    assert bool(torch.isfinite(out.loss).all())
+
+
+def test_strided_rows_and_batch_dims(gen):
+    """Rows with a stride larger than V (a slice of a wider buffer), strided labels, and
+    (batch, seq, V) inputs."""
+    vocab = 777
+    wide_s, wide_t = logits((6, 1024), gen, torch.bfloat16), logits((6, 1024), gen, torch.float32)
+    student, teacher = wide_s[:, 100:100 + vocab], wide_t[:, 3:3 + vocab]
+    assert student.stride(0) == 1024 and not student.is_contiguous()
+    labels = labels_for(12, vocab, gen, ignored=(0,))[::2]
+    check_against_oracle(student, teacher, labels, w=0.6, tau=2.0)
+    s3, t3 = student.reshape(2, 3, vocab), teacher.reshape(2, 3, vocab)
+    grad_out = (torch.rand(2, 3, generator=gen) + 0.5).to(DEVICE)
+    z = s3.clone().requires_grad_()
+    loss = sk.salt_loss(z, t3, labels.reshape(2, 3), kd_weight=0.6, temperature=2.0, reduction="none", backend="triton")
+    assert loss.shape == (2, 3)
+    loss.backward(grad_out)
+    want = oracle_grad(s3.cpu(), t3.cpu(), labels.cpu(), 0.6, 2.0, row_weights=grad_out.cpu(), reduction="none")
+    assert_grad_close(z.grad, want, torch.bfloat16)
+
+
+@pytest.mark.parametrize("vocab,block", [(70001, 8192), (262144, 32768)])
+def test_long_vocabularies(gen, monkeypatch, vocab, block):
+    """V beyond 65,536 (ragged) and the largest supported V, bf16, through both launch plans."""
+    if not ON_GPU:
+        monkeypatch.setattr(tb, "BLOCK_V", block)
+    student, teacher = logits((2, vocab), gen, torch.bfloat16), logits((2, vocab), gen, torch.bfloat16)
+    labels = torch.tensor([vocab - 1, 12345], device=DEVICE)
+    check_against_oracle(student, teacher, labels, w=0.5, tau=2.0)
+    monkeypatch.setattr(tb, "MODE", "split")
+    check_against_oracle(student, teacher, labels, w=0.5, tau=2.0, reduction="sum")
+
+
+def test_backend_reports_itself():
+    ok, why = tb.supports_device(DEVICE)
+    assert ok, why
+    assert sk.available_backends()["triton"] == (True, "")
+    if not ON_GPU:
+        os.environ["TRITON_INTERPRET"] = "0"
+        try:
+            ok, why = tb.supports_device(torch.device("cpu"))
+        finally:
+            os.environ["TRITON_INTERPRET"] = "1"
+        assert not ok and "TRITON_INTERPRET" in why
+
+
+# ---- GPU only: the real kernels at real sizes -------------------------------------------------
+
+gpu_only = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device (the interpreter cases above cover the math)")
+
+
+@gpu_only
+@pytest.mark.parametrize("mode", ["auto", "fused", "split", "sync"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_real_vocabulary(mode, dtype, monkeypatch):
+    monkeypatch.setattr(tb, "MODE", mode)
+    gen = torch.Generator().manual_seed(7)
+    n, vocab = 64, 128256
+    student, teacher = logits((n, vocab), gen, dtype), logits((n, vocab), gen, dtype)
+    labels = labels_for(n, vocab, gen, ignored=(0, 17))
+    check_against_oracle(student, teacher, labels, w=0.5, tau=2.0)
+    grad_out = (torch.rand(n, generator=gen) + 0.5).to(DEVICE)
+    check_against_oracle(student, teacher, labels, w=0.3, tau=1.5, reduction="none", grad_out=grad_out)
+
+
+@gpu_only
+def test_gpu_offsets_beyond_2_pow_31():
+    """N * V > 2^31 elements: the last rows sit past every 32-bit offset."""
+    vocab, n = 262144, 8200
+    free, _ = torch.cuda.mem_get_info()
+    need = 3 * n * vocab * 2 + (1 << 30)
+    if free < need:
+        pytest.skip(f"needs {need / 2**30:.1f} GiB free on the GPU, has {free / 2**30:.1f}")
+    torch.manual_seed(3)
+    student = (torch.randn(n, vocab, device="cuda") * 3).to(torch.bfloat16)
+    teacher = (torch.randn(n, vocab, device="cuda") * 3).to(torch.bfloat16)
+    labels = torch.randint(0, vocab, (n,), device="cuda")
+    assert n * vocab > 2**31
+    grad = torch.empty_like(student)
+    scale = torch.ones(1, device="cuda")
+    out = tb.rows(student, teacher, labels, kd_weight=0.5, temperature=2.0, ignore_index=-100, grad=grad, grad_scale=scale)
+    tail = slice(n - 3, n)
+    s, t, y = student[tail].cpu(), teacher[tail].cpu(), labels[tail].cpu()
+    rl, _, _ = oracle_rows(s, t, y, 0.5, 2.0)
+    assert_close_rel(out.loss[tail], rl)
+    want = oracle_grad(s, t, y, 0.5, 2.0, row_weights=torch.ones(3), reduction="none")
+    assert_grad_close(grad[tail], want, torch.bfloat16)
