@@ -1,0 +1,319 @@
+"""Rendering of bench results: aligned Markdown tables (readable in a terminal as well), the
+section of benchmarks/RESULTS.md between the bench markers, and PNG plots (time and memory
+against V, one line per variant)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .cases import PASS_TITLES, SALT_BACKENDS, VARIANT_TITLES
+from .machine import busy_warning
+
+PASS_SHORT = {"fwd": "forward", "bwd": "backward alone", "fwdbwd": "forward + backward"}
+START_MARKER = "<!-- bench:start -->"
+END_MARKER = "<!-- bench:end -->"
+
+
+def load(path: str) -> dict:
+    with open(path) as f:
+        doc = json.load(f)
+    if doc.get("kind") != "salt-kernels-bench":
+        raise ValueError(f"{path} is not a `salt-kernels bench` result file (no kind: salt-kernels-bench)")
+    return doc
+
+
+def fmt_time(s: float | None) -> str:
+    if s is None:
+        return "—"
+    if s >= 10:
+        return f"{s:.1f} s"
+    if s >= 1:
+        return f"{s:.2f} s"
+    ms = s * 1000
+    if ms >= 100:
+        return f"{ms:.0f} ms"
+    if ms >= 10:
+        return f"{ms:.1f} ms"
+    if ms >= 0.1:
+        return f"{ms:.2f} ms"
+    return f"{ms * 1000:.0f} µs"
+
+
+def fmt_bytes(b: float | None) -> str:
+    if b is None:
+        return "n/a"
+    if b >= 2**30:
+        return f"{b / 2**30:.2f} GiB"
+    return f"{b / 2**20:.0f} MiB"
+
+
+def table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
+    """An aligned Markdown table; align items are 'l' or 'r'."""
+    align = align or ["l"] * len(header)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+
+    def line(cells):
+        out = []
+        for c, w, a in zip(cells, widths, align):
+            out.append(str(c).rjust(w) if a == "r" else str(c).ljust(w))
+        return "| " + " | ".join(out) + " |"
+
+    sep = "|" + "|".join(("-" * (w + 1) + ":") if a == "r" else ("-" * (w + 2)) for w, a in zip(widths, align)) + "|"
+    return "\n".join([line(header), sep] + [line(r) for r in rows])
+
+
+def _ordered(values, key=None):
+    seen = []
+    for x in values:
+        if x not in seen:
+            seen.append(x)
+    return seen
+
+
+def _index(doc: dict):
+    res = doc["results"]
+    variants = _ordered(r["variant"] for r in res)
+    shapes = sorted(_ordered((r["n"], r["v"]) for r in res))
+    dtypes = _ordered(r["dtype"] for r in res)
+    passes = [p for p in ("fwdbwd", "fwd", "bwd") if any(r["pass"] == p for r in res)]
+    by = {(r["variant"], r["n"], r["v"], r["dtype"], r["pass"]): r for r in res}
+    return variants, shapes, dtypes, passes, by
+
+
+def _cell_time(r: dict | None, notes: dict) -> str:
+    """Median time · GB/s (% of copy); † marks a salt_kernels backward (gradient made in forward)."""
+    if r is None:
+        return "—"
+    if r["status"] != "ok":
+        key = r["reason"]
+        if key not in notes:
+            notes[key] = len(notes) + 1
+        word = "skipped" if r["status"] == "skipped" else "failed"
+        return f"{word} [{notes[key]}]"
+    gbs = r.get("gb_per_s")
+    frac = r.get("copy_fraction")
+    extra = ""
+    if gbs is not None:
+        extra = f" · {gbs:.1f} GB/s"
+        if frac is not None:
+            extra += f" ({100 * frac:.0f}%)"
+    dagger = " †" if r["pass"] == "bwd" and r["variant"] in SALT_BACKENDS else ""
+    return fmt_time(r["median_s"]) + extra + dagger
+
+
+def _cell_mem(r: dict | None, notes: dict) -> str:
+    if r is None:
+        return "—"
+    if r["status"] != "ok":
+        return _cell_time(r, notes)
+    if r.get("peak_bytes") is None:
+        return "n/a"
+    return f"{fmt_bytes(r['peak_bytes'])} ({r['peak_logits']:.1f}×)"
+
+
+def _speedup_rows(doc, variants, shapes, dtype, by):
+    """fwd+bwd time of each variant divided into eager's: how many times faster than eager."""
+    rows = []
+    for n, v in shapes:
+        base = by.get(("eager", n, v, dtype, "fwdbwd"))
+        if not base or base["status"] != "ok":
+            continue
+        row = [str(n), str(v)]
+        for var in variants:
+            r = by.get((var, n, v, dtype, "fwdbwd"))
+            row.append(f"{base['median_s'] / r['median_s']:.1f}×" if r and r["status"] == "ok" and r["median_s"] > 0 else "—")
+        rows.append(row)
+    return rows
+
+
+def tables(doc: dict) -> str:
+    """All result tables of one run, as Markdown."""
+    variants, shapes, dtypes, passes, by = _index(doc)
+    names = [VARIANT_TITLES.get(v, v) for v in variants]
+    align = ["r", "r"] + ["r"] * len(variants)
+    parts = []
+    notes: dict[str, int] = {}
+    for dtype in dtypes:
+        for p in passes:
+            rows = [[str(n), str(v)] + [_cell_time(by.get((var, n, v, dtype, p)), notes) for var in variants] for n, v in shapes]
+            parts.append(f"**{dtype}, {PASS_TITLES[p]}**: median time · GB/s over the minimal bytes (% of copy bandwidth)\n")
+            parts.append(table(["N", "V"] + names, rows, align))
+            parts.append("")
+        if "eager" in variants and "fwdbwd" in passes:
+            rows = _speedup_rows(doc, variants, shapes, dtype, by)
+            if rows:
+                parts.append(f"**{dtype}, forward + backward: speed-up over PyTorch eager** (eager's time / the variant's)\n")
+                parts.append(table(["N", "V"] + names, rows, align))
+                parts.append("")
+        for p in passes:
+            rows = [[str(n), str(v)] + [_cell_mem(by.get((var, n, v, dtype, p)), notes) for var in variants] for n, v in shapes]
+            parts.append(f"**{dtype}, {PASS_TITLES[p]}**: peak memory above the inputs (in logits tensors of the input dtype)\n")
+            parts.append(table(["N", "V"] + names, rows, align))
+            parts.append("")
+    if notes:
+        parts.append("Notes:\n")
+        for text, k in notes.items():
+            parts.append(f"[{k}] {text}  ")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def header(doc: dict) -> str:
+    m = doc["machine"]
+    cfg = doc["config"]
+    bw = doc.get("copy_bandwidth", {})
+
+    def gbs(x):
+        return f"{x / 1e9:.1f} GB/s" if x else "not measured"
+
+    device = m["name"] if m["device"] == "cuda" else f"{m['name']} ({m['cpu_cores']} cores, {m['torch_threads']} torch threads)"
+    lines = [
+        f"Machine: {device}; torch {m['torch']}, triton {m.get('triton') or 'n/a'}. Date: {m['date']}.  ",
+        f"Command: `{doc.get('command') or 'salt-kernels bench'}`  ",
+        f"Loss: kd_weight {cfg['kd_weight']}, temperature {cfg['temperature']}, mean over rows; "
+        f"median of >= {cfg['repeats']} calls after {cfg['warmup']} warm-up call(s).  ",
+        f"Copy bandwidth (torch copy_, read + write, same run): {gbs(bw.get('bytes_per_s'))} "
+        f"(start {gbs(bw.get('start_bytes_per_s'))}, end {gbs(bw.get('end_bytes_per_s'))}).",
+    ]
+    warning = busy_warning(m)
+    if warning:
+        lines.append("")
+        lines.append(f"**{warning}**")
+    if doc.get("left_out"):
+        lines.append("")
+        lines.append("Not run: " + "; ".join(f"{x['variant']} ({x['reason']})" for x in doc["left_out"]) + ".")
+    lines.append("")
+    lines.append(
+        "Minimal bytes: forward reads student and teacher logits once; backward and forward + backward "
+        "also write the gradient once. The fused salt_kernels backends compute the gradient while each "
+        "row is in cache during a training forward, so their backward alone (marked †) is near zero: "
+        "compare forward + backward. Peak memory is the process's peak above its inputs "
+        + ("(torch.cuda.max_memory_allocated)." if m["device"] == "cuda" else "(resident set, Linux VmHWM).")
+    )
+    return "\n".join(lines)
+
+
+def text_report(doc: dict) -> str:
+    return header(doc) + "\n\n" + tables(doc)
+
+
+# ---------------------------------------------------------------- plots
+
+
+def plot(doc: dict, out_dir: str, prefix: str) -> list[str]:
+    """PNG plots: for each dtype, time and peak memory against V (one line per variant), one
+    panel per pass (rows) and N (columns). Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants, shapes, dtypes, passes, by = _index(doc)
+    ns = _ordered(n for n, _ in shapes)
+    vs = sorted(_ordered(v for _, v in shapes))
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    m = doc["machine"]
+    for dtype in dtypes:
+        for metric in ("time", "memory"):
+            fig, axes = plt.subplots(
+                len(ns), len(passes), figsize=(max(7.0, 4.2 * len(passes)), 3.3 * len(ns) + 0.9), squeeze=False
+            )
+            for i, n in enumerate(ns):
+                for j, p in enumerate(passes):
+                    ax = axes[i][j]
+                    for var in variants:
+                        xs, ys = [], []
+                        for v in vs:
+                            r = by.get((var, n, v, dtype, p))
+                            if not r or r["status"] != "ok":
+                                continue
+                            y = r["median_s"] * 1000 if metric == "time" else r.get("peak_bytes")
+                            if y is None:
+                                continue
+                            xs.append(v)
+                            ys.append(y if metric == "time" else y / 2**30)
+                        if xs:
+                            ax.plot(xs, ys, marker="o", label=VARIANT_TITLES.get(var, var))
+                    ax.set_title(f"{PASS_SHORT[p]}, N={n}", fontsize=9)
+                    ax.set_xlabel("V (vocabulary)")
+                    ax.set_ylabel("median time (ms)" if metric == "time" else "peak above inputs (GiB)")
+                    if metric == "time":
+                        ax.set_yscale("log")
+                    ax.set_xticks(vs)
+                    ax.set_xticklabels([f"{v / 1000:g}k" for v in vs])
+                    ax.grid(True, alpha=0.3)
+            handles, labels = [], []
+            for row in axes:
+                for ax in row:
+                    for h, l in zip(*ax.get_legend_handles_labels()):
+                        if l not in labels:
+                            handles.append(h)
+                            labels.append(l)
+            if handles:
+                fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8)
+            what = "median time" if metric == "time" else "peak memory above the inputs"
+            fig.suptitle(f"SALT loss, {dtype}: {what}\n{m['name']} ({m['device']}), {m['date']}", fontsize=10)
+            fig.tight_layout(rect=(0, 0.07, 1, 0.93))
+            path = os.path.join(out_dir, f"{prefix}_{metric}_{dtype}.png")
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------- RESULTS.md
+
+
+def section(doc: dict, pngs: list[str], md_path: str, title: str) -> str:
+    md_dir = os.path.dirname(os.path.abspath(md_path))
+    lines = [f"### {title}", "", header(doc), ""]
+    if pngs:
+        lines.append(" ".join(f"![{os.path.basename(p)}]({os.path.relpath(os.path.abspath(p), md_dir)})" for p in pngs))
+        lines.append("")
+    lines.append(tables(doc))
+    return "\n".join(lines)
+
+
+def write_results_md(md_path: str, body: str) -> None:
+    """Put `body` between the bench markers of md_path, leaving the rest of the file as it is
+    (the markers are appended when absent; the file is created when missing)."""
+    text = ""
+    if os.path.exists(md_path):
+        with open(md_path) as f:
+            text = f.read()
+    block = f"{START_MARKER}\n{body.rstrip()}\n{END_MARKER}"
+    if START_MARKER in text and END_MARKER in text and text.index(START_MARKER) < text.index(END_MARKER):
+        before = text[: text.index(START_MARKER)]
+        after = text[text.index(END_MARKER) + len(END_MARKER) :]
+        text = before + block + after
+    else:
+        if text and not text.endswith("\n"):
+            text += "\n"
+        text += ("\n" if text else "") + block + "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(md_path)), exist_ok=True)
+    with open(md_path, "w") as f:
+        f.write(text)
+
+
+def render(json_paths: list[str], md_path: str | None, plots_dir: str | None) -> dict:
+    """Render result files into md_path (between the markers) and PNGs in plots_dir.
+    Returns {"sections": [...], "pngs": [...]}."""
+    sections, all_pngs = [], []
+    for path in json_paths:
+        doc = load(path)
+        prefix = os.path.splitext(os.path.basename(path))[0]
+        pngs = plot(doc, plots_dir, prefix) if plots_dir else []
+        all_pngs += pngs
+        m = doc["machine"]
+        title = f"Loss microbenchmarks: {m['name']} ({m['device']}), {m['date']}"
+        sections.append(section(doc, pngs, md_path or "RESULTS.md", title))
+    if md_path:
+        intro = (
+            "## Loss microbenchmarks\n\n"
+            "Rendered by `python benchmarks/report.py` from the JSON of `salt-kernels bench` "
+            "(do not edit between the bench markers by hand).\n"
+        )
+        write_results_md(md_path, intro + "\n" + "\n\n".join(sections))
+    return {"sections": sections, "pngs": all_pngs}

@@ -1,0 +1,59 @@
+"""One benchmark case in a process of its own, so that its peak memory is its own and no
+allocator or compiler state carries over between variants:
+
+    python -m salt_kernels.benchmarking.worker SPEC.json RESULT.json
+
+SPEC: {"mode": "case", "variant", "n", "v", "dtype", "passes", "device", "repeats", "warmup",
+"min_time", "kd_weight", "temperature"} or {"mode": "copy", "device"}. RESULT gets the
+measurements (see runner.py for the fields) or {"error": ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+
+
+def run_case(spec: dict) -> dict:
+    import torch
+
+    from .cases import DTYPES, make_inputs, make_loss_fn
+    from .machine import PeakMemory
+    from .timing import measure_pass
+
+    device = torch.device(spec["device"])
+    fn = make_loss_fn(spec["variant"], spec["kd_weight"], spec["temperature"])
+    student, teacher, labels = make_inputs(spec["n"], spec["v"], DTYPES[spec["dtype"]], device)
+    mem = PeakMemory(device)
+    out = {"input_bytes_resident": mem.set_baseline(), "passes": {}}
+    kw = {k: spec[k] for k in ("repeats", "warmup", "min_time") if spec.get(k) is not None}
+    for pass_ in spec["passes"]:
+        out["passes"][pass_] = measure_pass(fn, student, teacher, labels, pass_, **kw)
+    return out
+
+
+def run_copy(spec: dict) -> dict:
+    import torch
+
+    from .timing import copy_bandwidth
+
+    return {"copy_bytes_per_s": copy_bandwidth(torch.device(spec["device"]))}
+
+
+def main(argv: list[str]) -> int:
+    spec_path, result_path = argv
+    with open(spec_path) as f:
+        spec = json.load(f)
+    try:
+        result = run_copy(spec) if spec.get("mode") == "copy" else run_case(spec)
+    except Exception as exc:  # reported as a failed case, with the traceback's last lines
+        tb = traceback.format_exc().strip().splitlines()
+        result = {"error": f"{type(exc).__name__}: {exc}", "traceback": tb[-12:]}
+    with open(result_path, "w") as f:
+        json.dump(result, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,188 @@
+"""`salt-kernels bench`: loss microbenchmarks of every usable backend and the baselines."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DEFAULT_OUT = os.path.join("benchmarks", "results", "bench_{device}.json")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="time the SALT loss of every usable backend against PyTorch eager, torch.compile and Liger",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Loss microbenchmarks: every usable salt_kernels backend and the baselines (PyTorch eager,\n"
+            "torch.compile of the same function, Liger-Kernel's CE + KL on CUDA when installed) for\n"
+            "forward, backward and forward + backward. Each case runs in its own process; per case it\n"
+            "reports the median time, GB/s over the minimal bytes (read student and teacher logits once,\n"
+            "write the gradient once), that as a fraction of the copy bandwidth measured in the same run,\n"
+            "and the peak memory above the inputs. Cases whose estimated memory does not fit are skipped\n"
+            "with the reason.\n\n"
+            "Grid: the full grid is N in {1024, 4096, 16384} x V in {32000, 128256, 256000}, fp32 and\n"
+            "bf16 (the default on a GPU). On a CPU the default is N=1024 x V in {32000, 128256}, which\n"
+            "takes about 5 minutes on 2 cores (torch.compile compiles every shape); --full runs the whole\n"
+            "grid there (hours: eager at 16384 x 256000 fp32 needs ~150 GB and minutes per call).\n\n"
+            "Render the JSON into benchmarks/RESULTS.md and PNG plots with --markdown/--plots here, or\n"
+            "later with `python benchmarks/report.py RESULT.json`."
+        ),
+    )
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="device to benchmark on; auto = cuda when a GPU is visible, else cpu (default: auto)")
+    p.add_argument("--full", action="store_true",
+                   help="run the full N x V grid on a CPU too (it is the default on a GPU)")
+    p.add_argument("--n", metavar="N[,N...]",
+                   help="token rows to run, comma-separated, e.g. 1024,4096 (default: the grid's)")
+    p.add_argument("--v", metavar="V[,V...]",
+                   help="vocabulary sizes to run, comma-separated, e.g. 32000,128256 (default: the grid's)")
+    p.add_argument("--dtype", default="fp32,bf16", metavar="D[,D...]",
+                   help="logit dtypes, comma-separated, from fp32,bf16 (default: fp32,bf16)")
+    p.add_argument("--backends", metavar="B[,B...]",
+                   help="variants to run, comma-separated, from cpu,triton,cuda,reference (salt_kernels "
+                        "backends), eager,compile,liger (baselines). Default: every usable one except "
+                        "reference (the slow plain-PyTorch oracle)")
+    p.add_argument("--passes", default="fwd,bwd,fwdbwd", metavar="P[,P...]",
+                   help="passes, comma-separated, from fwd (loss only, no gradient), bwd (backward alone "
+                        "after an untimed forward), fwdbwd (default: all three)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed calls per pass at least; the median is reported (default: 3). On CPU fast "
+                        "cases repeat until --min-time; on GPU do_bench repeats for at least 100 ms")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed calls before timing, which include torch.compile's and Triton's "
+                        "compilation (default: 1 on CPU, 3 on GPU)")
+    p.add_argument("--min-time", type=float, default=None,
+                   help="keep repeating a pass until its timed calls add up to this many seconds, "
+                        "at most 50 calls (default: 1.0 on CPU, 0.1 on GPU)")
+    p.add_argument("--kd-weight", type=float, default=0.5, help="KD weight w of the loss (default: 0.5)")
+    p.add_argument("--temperature", type=float, default=2.0, help="temperature tau of the loss (default: 2.0)")
+    p.add_argument("--memory-fraction", type=float, default=0.85,
+                   help="skip a case whose estimated peak exceeds this fraction of the free memory "
+                        "(default: 0.85)")
+    p.add_argument("--case-timeout", type=float, default=3600,
+                   help="seconds one case (all its passes) may run before it is stopped and reported "
+                        "as failed (default: 3600)")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help="JSON result file, written after every case (default: "
+                        "benchmarks/results/bench_<device>.json)")
+    p.add_argument("--markdown", metavar="RESULTS.md",
+                   help="also render the tables into this file between <!-- bench:start --> and "
+                        "<!-- bench:end --> (e.g. benchmarks/RESULTS.md)")
+    p.add_argument("--plots", metavar="DIR",
+                   help="also write PNG plots (time and memory against V) into DIR; needs matplotlib "
+                        "(pip install 'salt-kernels[bench]')")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the cases, their memory estimates and what would be skipped, run nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("salt-kernels bench: --device cuda, but torch sees no CUDA device "
+                         f"(torch {torch.__version__}); use --device cpu")
+    return torch.device(name)
+
+
+def run(args) -> int:
+    from ..benchmarking import cases as C
+    from ..benchmarking import render
+    from ..benchmarking.machine import available_bytes
+    from ..benchmarking.runner import run_bench
+
+    device = _device(args.device)
+    try:
+        default_n, default_v = C.default_grid(device, args.full)
+        ns = C.parse_list(args.n, int) or list(default_n)
+        vs = C.parse_list(args.v, int) or list(default_v)
+        dtypes = C.parse_list(args.dtype)
+        passes = C.parse_list(args.passes)
+        for d in dtypes:
+            if d not in C.DTYPES:
+                raise ValueError(f"--dtype: unknown dtype {d!r}; choose from {', '.join(C.DTYPES)}")
+        for p_ in passes:
+            if p_ not in C.PASSES:
+                raise ValueError(f"--passes: unknown pass {p_!r}; choose from {', '.join(C.PASSES)}")
+        if any(x < 1 for x in ns + vs):
+            raise ValueError("--n and --v must be positive")
+        if args.repeats < 1:
+            raise ValueError("--repeats must be at least 1")
+        if not 0 < args.memory_fraction <= 1:
+            raise ValueError("--memory-fraction must be in (0, 1]")
+        variants, left_out = C.choose_variants(C.parse_list(args.backends), device)
+    except ValueError as exc:
+        print(f"salt-kernels bench: {exc}", file=sys.stderr)
+        return 2
+    if not variants:
+        print("salt-kernels bench: none of the requested backends is usable here:\n"
+              + "\n".join(f"  {v}: {why}" for v, why in left_out), file=sys.stderr)
+        return 2
+    if args.plots:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("salt-kernels bench: --plots needs matplotlib: pip install 'salt-kernels[bench]'", file=sys.stderr)
+            return 2
+    out = args.out.replace("{device}", device.type)
+    warmup = args.warmup if args.warmup is not None else (3 if device.type == "cuda" else 1)
+    min_time = args.min_time if args.min_time is not None else (0.1 if device.type == "cuda" else 1.0)
+
+    if args.dry_run:
+        avail = available_bytes(device)
+        rows = []
+        for case in C.make_cases(variants, ns, vs, dtypes):
+            need = case.estimated_bytes()
+            fits = need <= args.memory_fraction * avail
+            rows.append([case.variant, str(case.n), str(case.v), case.dtype, render.fmt_bytes(need),
+                         "run" if fits else "skip (memory)"])
+        print(f"{len(rows)} cases on {device.type} ({render.fmt_bytes(avail)} free), passes {','.join(passes)}:")
+        print(render.table(["backend", "N", "V", "dtype", "est. peak", "plan"], rows,
+                           ["l", "r", "r", "l", "r", "l"]))
+        for v, why in left_out:
+            print(f"not run: {v}: {why}")
+        return 0
+
+    # The command that reproduces this run, from the effective settings.
+    command = (
+        f"salt-kernels bench --device {device.type} --n {','.join(map(str, ns))} "
+        f"--v {','.join(map(str, vs))} --dtype {','.join(dtypes)} --backends {','.join(variants)} "
+        f"--passes {','.join(passes)} --repeats {args.repeats} --warmup {warmup} --min-time {min_time:g}"
+    )
+    if (args.kd_weight, args.temperature) != (0.5, 2.0):
+        command += f" --kd-weight {args.kd_weight:g} --temperature {args.temperature:g}"
+    doc = run_bench(
+        device=device,
+        variants=variants,
+        left_out=left_out,
+        ns=ns,
+        vs=vs,
+        dtypes=dtypes,
+        passes=passes,
+        out_path=out,
+        repeats=args.repeats,
+        warmup=warmup,
+        min_time=min_time,
+        kd_weight=args.kd_weight,
+        temperature=args.temperature,
+        memory_fraction=args.memory_fraction,
+        case_timeout=args.case_timeout,
+        command=command,
+        progress=not args.no_progress,
+    )
+    print()
+    print(render.text_report(doc))
+    print(f"\nresults: {out}")
+    if args.markdown or args.plots:
+        done = render.render([out], args.markdown, args.plots)
+        if args.markdown:
+            print(f"tables: {args.markdown} (between {render.START_MARKER} and {render.END_MARKER})")
+        for path in done["pngs"]:
+            print(f"plot: {path}")
+    failed = [r for r in doc["results"] if r["status"] == "failed"]
+    return 1 if failed else 0
