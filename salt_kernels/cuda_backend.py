@@ -1,0 +1,147 @@
+"""Launcher of the hand-written CUDA kernel (csrc/cuda, bound in python/bind_cuda.cpp as
+salt_kernels._salt_cuda). It only turns tensors into device addresses, strides, dtype codes, the
+device ordinal and torch's current stream; the caller (functional.salt_loss) has validated the
+inputs.
+
+The module links the CUDA runtime statically, so it is built (where nvcc exists) and imported
+without a GPU and without a CUDA-enabled torch. The kernel is compiled for sm_90 (Hopper) with a
+compute_90 PTX fallback that the driver JIT-compiles for newer GPUs; older GPUs are refused.
+
+Tuning knobs (read once at import): SALT_CUDA_BLOCK (32 = a warp per row, 256 or 512 threads per
+block) and SALT_CUDA_CLUSTER (1, 2, 4 or 8 blocks per row as a thread-block cluster) override the
+launch configuration the kernel picks from the vocabulary size and dtypes (see launch_config).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .rows import RowOutputs
+
+NAME = "cuda"
+MIN_CAPABILITY = (9, 0)
+
+try:
+    from . import _salt_cuda  # type: ignore[attr-defined]
+
+    _IMPORT_ERROR = ""
+except ImportError as exc:  # not built: nvcc was missing at install time, or the build failed
+    _salt_cuda = None
+    _IMPORT_ERROR = (
+        f"compiled module salt_kernels._salt_cuda is missing ({exc}); it is built by "
+        "`pip install -e .` where nvcc is found (set CUDA_HOME or put nvcc on PATH)"
+    )
+
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def _int_env(name: str) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return 0
+    try:
+        return max(0, int(value))
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from exc
+
+
+_BLOCK = _int_env("SALT_CUDA_BLOCK")
+_CLUSTER = _int_env("SALT_CUDA_CLUSTER")
+
+
+def is_available() -> tuple[bool, str]:
+    if _salt_cuda is None:
+        return False, _IMPORT_ERROR
+    if not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            return False, "no CUDA device (this torch build has no CUDA support)"
+        return False, "no CUDA device"
+    return True, ""
+
+
+def supports_device(device: torch.device) -> tuple[bool, str]:
+    ok, why = is_available()
+    if not ok:
+        return ok, why
+    if device.type != "cuda":
+        return False, f"backend cuda runs on CUDA tensors, got a {device.type} tensor"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    cap = torch.cuda.get_device_capability(index)
+    if cap < MIN_CAPABILITY:
+        return False, (
+            f"backend cuda is built for sm_90 (compute capability 9.0 or newer); "
+            f"cuda:{index} has {cap[0]}.{cap[1]}"
+        )
+    return True, ""
+
+
+def launch_config(vocab: int, student_dtype: torch.dtype, teacher_dtype: torch.dtype | None = None,
+                  *, block: int | None = None, cluster: int | None = None) -> tuple[str, int, int]:
+    """(mode, threads, cluster) the kernel uses for rows of `vocab` logits: mode "warp" (one warp
+    per row) or "block" (a block of `threads`, or a cluster of `cluster` such blocks, per row)."""
+    if _salt_cuda is None:
+        raise RuntimeError(_IMPORT_ERROR)
+    return _salt_cuda.launch_config(
+        vocab,
+        DTYPE_CODES[student_dtype],
+        -1 if teacher_dtype is None else DTYPE_CODES[teacher_dtype],
+        _BLOCK if block is None else block,
+        _CLUSTER if cluster is None else cluster,
+    )
+
+
+def rows(
+    student: torch.Tensor,
+    teacher: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    kd_weight: float,
+    temperature: float,
+    ignore_index: int,
+    grad: torch.Tensor | None = None,
+    grad_scale: torch.Tensor | None = None,
+    block: int | None = None,
+    cluster: int | None = None,
+) -> RowOutputs:
+    """The row contract of rows.py on CUDA tensors. `block` / `cluster` override the launch
+    configuration (tests and tuning; None: SALT_CUDA_BLOCK / SALT_CUDA_CLUSTER, else automatic)."""
+    n, vocab = student.shape
+    device = student.device
+    out = RowOutputs.empty(n, device)
+    if n == 0:
+        return out
+    use_teacher = teacher is not None and kd_weight > 0
+    if grad is not None:
+        grad_scale = grad_scale.to(device=device, dtype=torch.float32).contiguous()
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    _salt_cuda.rows(
+        student=student.data_ptr(),
+        student_row_stride=student.stride(0),
+        student_dtype=DTYPE_CODES[student.dtype],
+        teacher=teacher.data_ptr() if use_teacher else 0,
+        teacher_row_stride=teacher.stride(0) if use_teacher else 0,
+        teacher_dtype=DTYPE_CODES[teacher.dtype] if use_teacher else 0,
+        labels=labels.data_ptr(),
+        labels_stride=labels.stride(0) if labels.dim() else 0,
+        labels_int64=labels.dtype == torch.int64,
+        n_rows=n,
+        vocab=vocab,
+        kd_weight=kd_weight if use_teacher else 0.0,
+        temperature=temperature,
+        ignore_index=ignore_index,
+        loss=out.loss.data_ptr(),
+        ce=out.ce.data_ptr(),
+        kd=out.kd.data_ptr(),
+        lse=out.lse.data_ptr(),
+        grad=grad.data_ptr() if grad is not None else 0,
+        grad_row_stride=grad.stride(0) if grad is not None else 0,
+        grad_scale=grad_scale.data_ptr() if grad is not None else 0,
+        grad_scale_stride=(1 if grad_scale.numel() > 1 else 0) if grad is not None else 0,
+        stream=torch.cuda.current_stream(device).cuda_stream,
+        device=index,
+        block=_BLOCK if block is None else block,
+        cluster=_CLUSTER if cluster is None else cluster,
+    )
+    return out
