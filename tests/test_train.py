@@ -1,0 +1,399 @@
+"""The SALT training loop (issue 5) on tiny configs: loss, schedule, equivalences, resume,
+data selection, torchrun, bad input, demo report. Each run takes seconds on a CPU."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="the training loop needs the train extra (transformers)")
+pytest.importorskip("tokenizers", reason="the training loop needs the train extra (tokenizers)")
+
+from salt_kernels.train import checkpoint as ckpt  # noqa: E402
+from salt_kernels.train import schedule  # noqa: E402
+from salt_kernels.train.config import ConfigError, TrainConfig  # noqa: E402
+from salt_kernels.train.data import ShardSampler, builtin_corpus  # noqa: E402
+from salt_kernels.train.report import read_metrics  # noqa: E402
+from salt_kernels.train.trainer import train  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+LOSS_KEYS = ("loss", "ce", "kd", "w", "lr", "tokens")
+VAL_KEYS = ("val_loss", "val_ppl", "val_acc", "tokens")
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """~120 KB of the built-in corpus as a user .txt file (exercises --data too)."""
+    path = tmp_path_factory.mktemp("data") / "kjv_part.txt"
+    path.write_text("\n\n".join(builtin_corpus()[:40]))
+    return path
+
+
+def tiny(tmp: Path, corpus: Path, role: str = "baseline", **kw) -> TrainConfig:
+    values = dict(role=role, model="tiny", data=[str(corpus)], vocab_size=300, seq_len=32,
+                  batch_size=8, steps=16, eval_interval=4, eval_sequences=16, log_interval=1,
+                  ckpt_interval=0, warmup_steps=2, lr=1e-2, progress=False,
+                  out_dir=str(tmp / role))
+    values.update(kw)
+    return TrainConfig().replace(**values)
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory, corpus) -> str:
+    tmp = tmp_path_factory.mktemp("teacher")
+    result = train(tiny(tmp, corpus, role="teacher", steps=20))
+    assert result.status == "finished"
+    return str(tmp / "teacher" / "final")
+
+
+def rows(run_dir, split):
+    return [r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r["split"] == split]
+
+
+def strip_times(rs, keys):
+    return [{k: r[k] for k in ("step",) + keys} for r in rs]
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def test_schedules():
+    assert [schedule.kd_weight(s, kd_weight=0.6, n_kd=3) for s in range(5)] == [0.6, 0.6, 0.6, 0, 0]
+    lin = [schedule.kd_weight(s, kd_weight=0.6, n_kd=4, transition="linear") for s in range(6)]
+    assert lin == pytest.approx([0.6, 0.45, 0.3, 0.15, 0.0, 0.0])
+    lrs = [schedule.learning_rate(s, lr=1.0, warmup_steps=4, total_steps=20, min_lr_ratio=0.1)
+           for s in range(20)]
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def test_loss_falls(tmp_path, corpus):
+    result = train(tiny(tmp_path, corpus, steps=40, eval_interval=10))
+    assert result.status == "finished"
+    val = rows(tmp_path / "baseline", "val")
+    assert [r["step"] for r in val] == [0, 10, 20, 30, 40]
+    assert val[-1]["val_loss"] < val[0]["val_loss"] - 0.5, val
+    tr = rows(tmp_path / "baseline", "train")
+    assert statistics.mean(r["loss"] for r in tr[-5:]) < statistics.mean(r["loss"] for r in tr[:5]) - 0.5
+    summary = json.loads((tmp_path / "baseline" / "summary.json").read_text())
+    assert summary["final_val_loss"] == val[-1]["val_loss"]
+    assert summary["tokens"] == 40 * 8 * 32
+    assert (tmp_path / "baseline" / "final" / "config.json").exists()
+
+
+@pytest.mark.parametrize("transition", ["step", "linear"])
+def test_kd_weight_follows_schedule_and_is_zero_after_n_kd(tmp_path, corpus, teacher_dir, transition):
+    cfg = tiny(tmp_path, corpus, role="salt", teacher=teacher_dir, n_kd=6, steps=12,
+               kd_weight=0.7, transition=transition)
+    train(cfg)
+    tr = rows(tmp_path / "salt", "train")
+    assert [r["step"] for r in tr] == list(range(1, 13))
+    for r in tr:
+        s = r["step"] - 1  # the update's 0-based index
+        expected = schedule.kd_weight(s, kd_weight=0.7, n_kd=6, transition=transition)
+        assert r["w"] == pytest.approx(expected)
+        if s >= 6:
+            assert r["w"] == 0 and r["kd"] == 0 and r["loss"] == pytest.approx(r["ce"])
+        elif r["w"] > 0:
+            assert r["kd"] > 0
+            assert r["loss"] == pytest.approx((1 - r["w"]) * r["ce"] + r["w"] * r["kd"], rel=1e-5)
+    summary = json.loads((tmp_path / "salt" / "summary.json").read_text())
+    assert summary["n_kd"] == 6
+
+
+def test_salt_with_kd_weight_zero_equals_baseline(tmp_path, corpus, teacher_dir):
+    train(tiny(tmp_path, corpus, role="baseline", tokenizer=teacher_dir))
+    train(tiny(tmp_path, corpus, role="salt", teacher=teacher_dir, kd_weight=0.0, n_kd=8))
+    for split, keys in (("train", ("loss", "ce", "kd", "lr", "tokens")), ("val", VAL_KEYS)):
+        base = strip_times(rows(tmp_path / "baseline", split), keys)
+        salt = strip_times(rows(tmp_path / "salt", split), keys)
+        assert base == salt  # bit for bit
+    a = ckpt.load(tmp_path / "baseline" / "checkpoint.pt")["model"]
+    b = ckpt.load(tmp_path / "salt" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_linear_and_logits_loss_paths_match(tmp_path, corpus, teacher_dir):
+    runs = {}
+    for path in ("linear", "logits"):
+        cfg = tiny(tmp_path, corpus, role="salt", teacher=teacher_dir, n_kd=4, steps=8, loss=path,
+                   out_dir=str(tmp_path / path), temperature=2.0)
+        train(cfg)
+        runs[path] = rows(tmp_path / path, "train")
+    for a, b in zip(runs["linear"], runs["logits"]):
+        assert a["w"] == b["w"]
+        for key in ("loss", "ce", "kd"):
+            assert a[key] == pytest.approx(b[key], rel=2e-4, abs=1e-5), (a, b)
+    assert runs["linear"][0]["kd"] > 0
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _sigterm_at(step_to_stop):
+    def on_step(step, _row):
+        if step == step_to_stop:
+            os.kill(os.getpid(), signal.SIGTERM)  # the real signal, handled by the loop
+    return on_step
+
+
+def test_sigterm_saves_and_resume_reproduces_uninterrupted_run(tmp_path, corpus, teacher_dir):
+    common = dict(role="salt", teacher=teacher_dir, n_kd=6, steps=14, ckpt_interval=4)
+    full = tiny(tmp_path, corpus, out_dir=str(tmp_path / "full"), **common)
+    train(full)
+
+    part = tiny(tmp_path, corpus, out_dir=str(tmp_path / "part"), **common)
+    previous = signal.getsignal(signal.SIGTERM)
+    result = train(part, on_step=_sigterm_at(5))
+    assert signal.getsignal(signal.SIGTERM) == previous  # handler restored
+    assert result.status == "interrupted" and result.step == 5
+    assert ckpt.load(tmp_path / "part" / "checkpoint.pt")["step"] == 5
+    assert not (tmp_path / "part" / "final").exists()
+
+    # a crash (no checkpoint at the crash) after step 10: resume goes back to step 8
+    def crash(step, _row):
+        if step == 10:
+            raise RuntimeError("simulated crash")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(part.replace(resume=True), on_step=crash)
+    assert ckpt.load(tmp_path / "part" / "checkpoint.pt")["step"] == 8
+    assert max(r["step"] for r in read_metrics(tmp_path / "part" / "metrics.jsonl")) == 10
+
+    result = train(part.replace(resume=True))
+    assert result.status == "finished"
+    for split, keys in (("train", LOSS_KEYS), ("val", VAL_KEYS)):
+        assert strip_times(rows(tmp_path / "part", split), keys) == \
+            strip_times(rows(tmp_path / "full", split), keys)
+    a = ckpt.load(tmp_path / "full" / "checkpoint.pt")
+    b = ckpt.load(tmp_path / "part" / "checkpoint.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_resume_refuses_changed_settings_and_existing_run(tmp_path, corpus):
+    cfg = tiny(tmp_path, corpus, steps=6, ckpt_interval=2)
+    train(cfg, on_step=_sigterm_at(3))
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(cfg)
+    with pytest.raises(ConfigError, match="lr: checkpoint 0.01, now 0.02"):
+        train(cfg.replace(resume=True, lr=0.02))
+    assert train(cfg.replace(resume=True)).status == "finished"
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    ckpt.atomic_save({"step": 1}, path)
+
+    def broken_save(obj, fh):
+        fh.write(b"half a checkpoint")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.atomic_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert ckpt.load(path) == {"step": 1}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_shards_are_disjoint_and_order_is_a_function_of_seed_and_step():
+    ids = torch.arange(50)
+    samplers = [ShardSampler(ids, 4, seed=3, rank=r, world=2) for r in range(2)]
+    assert set(samplers[0].ids.tolist()).isdisjoint(samplers[1].ids.tolist())
+    assert sorted(samplers[0].ids.tolist() + samplers[1].ids.tolist()) == list(range(50))
+    # one epoch of a shard visits each of its sequences once (25 sequences, batches of 4)
+    seen = torch.cat([samplers[0].batch(s) for s in range(25)])  # 100 = 4 epochs
+    for e in range(4):
+        assert sorted(seen[25 * e:25 * (e + 1)].tolist()) == sorted(samplers[0].ids.tolist())
+    fresh = ShardSampler(ids, 4, seed=3, rank=0, world=2)
+    assert torch.equal(fresh.batch(17), samplers[0].batch(17))
+    assert not torch.equal(ShardSampler(ids, 4, seed=4).batch(0), ShardSampler(ids, 4, seed=3).batch(0))
+
+
+def test_data_selection_orders_sequences_by_teacher_score(tmp_path, corpus, teacher_dir):
+    from salt_kernels.train.models import load_model_dir
+    from salt_kernels.train.selection import score_sequences, select_top_fraction
+
+    teacher = load_model_dir(teacher_dir).eval()
+    g = torch.Generator().manual_seed(0)
+    seqs = torch.randint(0, 300, (12, 17), generator=g)
+    seqs[3] = seqs[3, :1]  # a repetitive sequence: different score
+    scores = score_sequences(teacher, seqs, top_k=10, batch_size=5)
+
+    # oracle: one sequence at a time, in float64, with the statistics module's median
+    with torch.no_grad():
+        for i, seq in enumerate(seqs):
+            logits = teacher(input_ids=seq[None, :-1]).logits[0].double()
+            logp = torch.log_softmax(logits, -1)
+            kept = [-logp[t, y].item() for t, y in enumerate(seq[1:].tolist())
+                    if y in logits[t].topk(10).indices.tolist()]
+            expected = statistics.median(kept) if kept else -math.inf
+            assert scores[i].item() == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+    ids = torch.arange(100, 112)
+    chosen = select_top_fraction(scores, ids, 0.5)
+    assert len(chosen) == 6
+    order = sorted(range(12), key=lambda i: -scores[i].item())
+    assert chosen.tolist() == [100 + i for i in order[:6]]
+
+    # in a run: stage 1 reads only the selected sequences, stage 2 reads all of them
+    cfg = tiny(tmp_path, corpus, role="salt", teacher=teacher_dir, n_kd=5, steps=8,
+               select_data=True, select_fraction=0.25)
+    train(cfg)
+    saved = torch.load(tmp_path / "salt" / "selection.pt", weights_only=True)
+    kept = select_top_fraction(saved["scores"], saved["ids"], 0.25)
+    assert len(kept) == math.ceil(0.25 * len(saved["ids"]))
+    threshold = saved["scores"][kept].min()
+    assert (saved["scores"][~torch.isin(saved["ids"], kept)] <= threshold).all()
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("case", ["missing-data", "empty-data", "unknown-preset", "n-kd-too-large",
+                                  "not-writable", "teacher-missing", "vocab-mismatch",
+                                  "tokenizer-mismatch"])
+def test_bad_input_fails_before_training(tmp_path, corpus, teacher_dir, case):
+    out = tmp_path / "out"
+    kw = dict(out_dir=str(out))
+    if case == "missing-data":
+        kw["data"] = [str(tmp_path / "nope.txt")]
+        match = "does not exist"
+    elif case == "empty-data":
+        (tmp_path / "empty.txt").write_text("  \n")
+        kw["data"] = [str(tmp_path / "empty.txt")]
+        match = "no text found"
+    elif case == "unknown-preset":
+        kw["model"] = "student-xxl"
+        match = "neither a preset"
+    elif case == "n-kd-too-large":
+        kw.update(role="salt", teacher=teacher_dir, n_kd=20, steps=10)
+        match = "beyond the total --steps 10"
+    elif case == "not-writable":
+        (tmp_path / "a_file").write_text("x")
+        kw["out_dir"] = str(tmp_path / "a_file" / "run")
+        out = tmp_path / "a_file"
+        match = "cannot write to the output directory"
+    elif case == "teacher-missing":
+        kw.update(role="salt", teacher=str(tmp_path / "no_teacher"))
+        match = "not a local Hugging Face model directory"
+    elif case == "vocab-mismatch":
+        from salt_kernels.train.data import load_tokenizer
+        from salt_kernels.train.models import build_model, save_model_dir
+
+        student = tmp_path / "student320"
+        save_model_dir(build_model("tiny", 320), load_tokenizer(teacher_dir), student)
+        kw.update(role="salt", teacher=teacher_dir, model=str(student))
+        match = "teacher and student vocabularies differ"
+    elif case == "tokenizer-mismatch":
+        from salt_kernels.train.data import train_tokenizer
+
+        other = tmp_path / "other_tok"
+        train_tokenizer(["completely different words " * 50], 300).save_pretrained(other)
+        kw.update(role="salt", teacher=teacher_dir, tokenizer=str(other))
+        match = "differs from the teacher"
+    cfg = tiny(tmp_path, corpus, **kw)
+    with pytest.raises(ConfigError, match=match):
+        train(cfg)
+    assert not (out / "metrics.jsonl").exists() and not (out / "checkpoint.pt").exists()
+
+
+def test_cli_reports_errors_without_traceback(tmp_path, capsys):
+    from salt_kernels.cli import main
+
+    code = main(["train", "--model", "nope", "--out-dir", str(tmp_path / "x"), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "salt-kernels train: error: --model 'nope' is neither a preset" in err
+    assert "Traceback" not in err
+
+
+def test_config_file_and_flags(tmp_path):
+    from salt_kernels.cli import build_parser
+    from salt_kernels.train.config import config_from_args
+
+    toml = tmp_path / "run.toml"
+    toml.write_text('[run]\nrole = "salt"\nsteps = 300\n[salt]\nteacher = "t"\nkd_weight = 0.25\n'
+                    'n_kd = 100\n[data]\nseq_len = 64\n')
+    args = build_parser().parse_args(["train", "--config", str(toml), "--steps", "500"])
+    cfg = config_from_args(args)
+    assert (cfg.run.role, cfg.run.steps, cfg.salt.kd_weight, cfg.salt.n_kd, cfg.data.seq_len) == \
+        ("salt", 500, 0.25, 100, 64)
+    assert cfg.optim.lr == TrainConfig().optim.lr  # untouched fields keep their defaults
+
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("steps: 7\ntransition: linear\n")
+    cfg = config_from_args(build_parser().parse_args(["train", "--config", str(yaml_file)]))
+    assert (cfg.run.steps, cfg.salt.transition) == (7, "linear")
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[salt]\nkd_wieght = 0.3\n")
+    with pytest.raises(ConfigError, match="unknown key \\[salt\\] 'kd_wieght'"):
+        config_from_args(build_parser().parse_args(["train", "--config", str(bad)]))
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def test_two_process_torchrun(tmp_path, corpus):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "salt_kernels", "train", "--role", "baseline", "--model", "tiny",
+           "--data", str(corpus), "--vocab-size", "300", "--seq-len", "32", "--batch-size", "8",
+           "--steps", "6", "--eval-interval", "3", "--eval-sequences", "16", "--log-interval", "1",
+           "--warmup-steps", "2", "--no-progress", "--out-dir", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2
+    assert summary["tokens"] == 6 * 8 * 32  # the global batch, split over the two processes
+    tr = rows(out, "train")
+    assert [r["step"] for r in tr] == list(range(1, 7))
+    assert all(math.isfinite(r["loss"]) for r in tr)
+    assert "2 x cpu" in proc.stderr
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def test_demo_writes_report(tmp_path, corpus):
+    from salt_kernels.cli import main
+
+    code = main(["demo", "--runs-dir", str(tmp_path), "--name", "d", "--data", str(corpus),
+                 "--teacher-model", "tiny", "--student-model", "tiny", "--teacher-steps", "12",
+                 "--steps", "12", "--n-kd", "4", "--eval-interval", "4", "--vocab-size", "300",
+                 "--seq-len", "32", "--batch-size", "8", "--warmup-steps", "2", "--no-progress"])
+    assert code == 0
+    root = tmp_path / "d"
+    summary = json.loads((root / "summary.json").read_text())
+    for run in ("baseline", "salt"):
+        for key in ("final_val_loss", "steps", "wall_time_s", "tokens_per_s", "step_time_s"):
+            assert isinstance(summary[run][key], (int, float)), (run, key)
+    assert summary["salt"]["n_kd"] == 4
+    assert summary["steps_to_match"] is None or 0 < summary["steps_to_match"] <= 12
+    salt_val = rows(root / "salt", "val")
+    first = next((r["step"] for r in salt_val if r["step"] > 0
+                  and r["val_loss"] <= summary["baseline"]["final_val_loss"]), None)
+    assert summary["steps_to_match"] == first
+    report = (root / "report.md").read_text()
+    assert f"{summary['baseline']['final_val_loss']:.4f}" in report
+    assert (root / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # baseline and SALT start from the same initialization
+    assert rows(root / "baseline", "val")[0] == rows(root / "salt", "val")[0]
+    # a second demo into the same folder is refused unless --resume/--overwrite
+    assert main(["demo", "--runs-dir", str(tmp_path), "--name", "d", "--data", str(corpus),
+                 "--no-progress"]) == 2
