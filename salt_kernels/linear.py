@@ -29,7 +29,12 @@ from .functional import SaltParts
 from .linear_autograd import LinearPlan, LinearSaltLossFunction
 
 # Memory budget of one chunk's [chunk x V] buffers (student logits, teacher logits, gradient).
+# On the CPU the matmuls run near peak from about 100 rows on. On a GPU each chunk also reads and
+# writes the fp32 weight-gradient accumulator (V x d_s), so chunks must be long enough for the
+# GEMMs to stay compute bound (about 1400 rows at V=128256 in bf16); 1 GiB is still a fraction
+# of the logits plain PyTorch holds at that size (not measured on a GPU yet).
 DEFAULT_CHUNK_BYTES = 64 << 20
+DEFAULT_CHUNK_BYTES_GPU = 1 << 30
 # Chunks below this many rows make the weight-gradient GEMM memory bound; the budget is exceeded
 # rather than going below it (unless there are fewer rows).
 MIN_CHUNK_ROWS = 64
@@ -134,8 +139,8 @@ def linear_salt_loss(
     Hidden, weight and bias of one model must share a dtype, unless torch.autocast is on, in
     which case the projections run in the autocast dtype (as F.linear would).
     reduction, backend, return_parts, validate: as in salt_loss.
-    chunk_size: token rows per chunk; default from a memory budget of about 64 MiB for the
-        chunk's logits and gradient buffers (at least 64 rows).
+    chunk_size: token rows per chunk; default from a memory budget for the chunk's logits and
+        gradient buffers: about 64 MiB on the CPU, 1 GiB on a GPU (at least 64 rows).
 
     Gradients go to student_hidden (its dtype), student_weight and student_bias (accumulated in
     fp32, returned in their dtype). Returns the loss in float32 (and SaltParts when asked).
@@ -198,7 +203,8 @@ def linear_salt_loss(
     n = labels.numel()
     if chunk_size is None:
         per_element = 2 * compute_dtype.itemsize + (teacher_dtype.itemsize if use_teacher else 0)
-        chunk_size = default_chunk_size(n, vocab, per_element)
+        budget = DEFAULT_CHUNK_BYTES if device.type == "cpu" else DEFAULT_CHUNK_BYTES_GPU
+        chunk_size = default_chunk_size(n, vocab, per_element, budget)
     plan = LinearPlan(
         backend=impl,
         kd_weight=kd_weight,
