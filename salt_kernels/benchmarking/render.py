@@ -18,8 +18,8 @@ END_MARKER = "<!-- bench:end -->"
 def load(path: str) -> dict:
     with open(path) as f:
         doc = json.load(f)
-    if doc.get("kind") != "salt-kernels-bench":
-        raise ValueError(f"{path} is not a `salt-kernels bench` result file (no kind: salt-kernels-bench)")
+    if doc.get("kind") not in ("salt-kernels-bench", "salt-kernels-profile"):
+        raise ValueError(f"{path} is not a result file of `salt-kernels bench` or `salt-kernels profile`")
     return doc
 
 
@@ -46,6 +46,14 @@ def fmt_bytes(b: float | None) -> str:
     if b >= 2**30:
         return f"{b / 2**30:.2f} GiB"
     return f"{b / 2**20:.0f} MiB"
+
+
+def fmt_count(x: float) -> str:
+    """12345678 -> '12.3M', 29800 -> '29.8k'."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.1f}{unit}"
+    return f"{x:.0f}"
 
 
 def table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
@@ -301,19 +309,91 @@ def render(json_paths: list[str], md_path: str | None, plots_dir: str | None) ->
     """Render result files into md_path (between the markers) and PNGs in plots_dir.
     Returns {"sections": [...], "pngs": [...]}."""
     sections, all_pngs = [], []
-    for path in json_paths:
-        doc = load(path)
+    docs = [(path, load(path)) for path in json_paths]
+    # Loss microbenchmarks first, then the end-to-end profiles.
+    docs.sort(key=lambda pd: pd[1]["kind"] != "salt-kernels-bench")
+    for path, doc in docs:
+        m = doc["machine"]
+        if doc["kind"] == "salt-kernels-profile":
+            title = f"End-to-end training step: {m['name']} ({m['device']}), {m['date']}"
+            sections.append(f"### {title}\n\n" + profile_tables(doc))
+            continue
         prefix = os.path.splitext(os.path.basename(path))[0]
         pngs = plot(doc, plots_dir, prefix) if plots_dir else []
         all_pngs += pngs
-        m = doc["machine"]
         title = f"Loss microbenchmarks: {m['name']} ({m['device']}), {m['date']}"
         sections.append(section(doc, pngs, md_path or "RESULTS.md", title))
     if md_path:
         intro = (
-            "## Loss microbenchmarks\n\n"
-            "Rendered by `python benchmarks/report.py` from the JSON of `salt-kernels bench` "
-            "(do not edit between the bench markers by hand).\n"
+            "## Benchmarks: the loss and the training step\n\n"
+            "Rendered by `python benchmarks/report.py` from the JSON files of `salt-kernels bench` and "
+            "`salt-kernels profile` (do not edit between the bench markers by hand).\n"
         )
         write_results_md(md_path, intro + "\n" + "\n\n".join(sections))
     return {"sections": sections, "pngs": all_pngs}
+
+
+# ---------------------------------------------------------------- profile
+
+
+def profile_tables(doc: dict, with_accounting: bool = True) -> str:
+    """Throughput and phase-split tables of a `salt-kernels profile` result, as Markdown."""
+    from .profiling import KIND_TITLES, LOSS_TITLES, PHASE_TITLES, PHASES
+
+    cfg = doc["config"]
+    m = doc["machine"]
+    dev = m["name"] if m["device"] == "cuda" else f"{m['name']} ({m['cpu_cores']} cores)"
+    lines = [
+        f"Machine: {dev}; torch {m['torch']}. Date: {m['date']}.  ",
+        f"Command: `{doc.get('command') or 'salt-kernels profile'}`  ",
+        f"Student {cfg['student']} ({fmt_count(doc['student_parameters'])} parameters), teacher {cfg['teacher']} "
+        f"({fmt_count(doc['teacher_parameters'])}), vocabulary {cfg['vocab_size']}, "
+        f"{cfg['batch_size']} x {cfg['seq_len']} = {doc['tokens_per_step']} tokens per step, "
+        f"{'bf16 autocast' if cfg['amp'] == 'bf16' else 'fp32'}, AdamW; kd_weight {cfg['kd_weight']}, "
+        f"temperature {cfg['temperature']}, backend {cfg['backend']}; median of {cfg['steps']} steps after "
+        f"{cfg['warmup']} warm-up steps.",
+    ]
+    warning = busy_warning(m)
+    if warning:
+        lines += ["", f"**{warning}**"]
+    for x in doc.get("left_out", []):
+        lines.append(f"Not run: loss {x['loss']} ({x['reason']}).")
+    lines.append("")
+    rows = []
+    for r in doc["results"]:
+        ov_same = r.get("overhead_vs_ce_same_loss")
+        ov_torch = r.get("overhead_vs_ce_torch")
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
+        rows.append([
+            KIND_TITLES[r["kind"]], LOSS_TITLES[r["loss"]], fmt_time(r["step_s"]), f"{r['tokens_per_s']:,.0f}",
+            fmt_bytes(r.get("peak_bytes")), fmt_bytes(r.get("peak_above_resident_bytes")), mfu,
+            f"{100 * ov_same:+.0f}%" if ov_same is not None else "",
+            f"{100 * ov_torch:+.0f}%" if ov_torch is not None else "",
+        ])
+    lines.append("**Training step throughput** (overhead: the SALT step's time over a CE-only step)\n")
+    lines.append(table(
+        ["step", "loss", "step time", "tokens/s", "peak memory", "peak above resident", "MFU",
+         "overhead vs CE, same loss", "overhead vs plain-PyTorch CE"],
+        rows, ["l", "l", "r", "r", "r", "r", "r", "r", "r"]))
+    lines.append("")
+    rows = []
+    for r in doc["results"]:
+        total = r["step_s"]
+        cells = []
+        for ph in PHASES:
+            t = r["phases_s"][ph]
+            cells.append("—" if r["kind"] == "ce" and ph == "teacher_forward" else f"{fmt_time(t)} ({100 * t / total:.0f}%)")
+        rows.append([KIND_TITLES[r["kind"]], LOSS_TITLES[r["loss"]]] + cells)
+    lines.append("**Step time by phase** (median per phase; share of the median step)\n")
+    lines.append(table(["step", "loss"] + [PHASE_TITLES[p] for p in PHASES], rows, ["l", "l"] + ["r"] * len(PHASES)))
+    lines.append("")
+    lines.append(
+        "Peak memory: " + ("torch.cuda.max_memory_allocated" if m["device"] == "cuda" else "the process's resident set (VmHWM)")
+        + " over the measured steps; above resident: minus what was held before them (weights, optimizer "
+        "state, batch). MFU counts the student's 6P + 12LdT FLOPs per token and, in SALT steps, the teacher's "
+        "forward 2P + 4LdT; n/a where the device's peak is unknown (CPUs; pass --peak-tflops). With the fused "
+        "linear loss the output projections run inside the loss phase."
+    )
+    if with_accounting and doc.get("accounting", {}).get("text"):
+        lines += ["", "```", doc["accounting"]["text"], "```"]
+    return "\n".join(lines)

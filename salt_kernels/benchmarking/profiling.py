@@ -1,0 +1,339 @@
+"""`salt-kernels profile`: end-to-end training-step throughput of a CE-only step and a SALT
+stage-1 step, with the loss in plain PyTorch or fused (salt_loss on the logits, or
+linear_salt_loss on the hidden states).
+
+One step, timed phase by phase (the device synchronized at each boundary):
+
+    teacher forward   SALT only: the frozen teacher under no_grad (its logits; for the fused
+                      linear loss its last hidden states, the projection being part of the loss)
+    student forward   the student's logits (for the fused linear loss: its last hidden states)
+    loss              CE (CE-only step) or (1-w) CE + w tau^2 KL (SALT step)
+    backward          loss.backward()
+    optimizer         gradient clipping (norm 1), AdamW step, zero_grad
+
+as the trainer does it (salt_kernels/train/trainer.py): AdamW, bf16 autocast on CUDA, fp32 on CPU.
+
+Model FLOPs per token (for MFU): the student's 6 P + 12 L d T (P: parameters of its matmuls
+including the output projection, L layers, d hidden size, T sequence length; PaLM's convention)
+and, in a SALT step, the teacher's forward 2 P_t + 4 L_t d_t T.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .machine import PeakMemory, describe, load_average, peak_flops, synchronize
+
+PHASES = ("teacher_forward", "student_forward", "loss", "backward", "optimizer")
+PHASE_TITLES = {
+    "teacher_forward": "teacher fwd",
+    "student_forward": "student fwd",
+    "loss": "loss",
+    "backward": "backward",
+    "optimizer": "optimizer",
+}
+LOSSES = ("torch", "fused", "linear")
+LOSS_TITLES = {
+    "torch": "plain PyTorch",
+    "fused": "fused salt_loss",
+    "linear": "fused linear_salt_loss",
+}
+KINDS = ("ce", "salt")
+KIND_TITLES = {"ce": "CE-only", "salt": "SALT stage 1"}
+
+
+@dataclass
+class ProfileConfig:
+    student: str = "student-s"
+    teacher: str = "teacher-s"
+    vocab_size: int = 32000
+    batch_size: int = 8
+    seq_len: int = 128
+    device: str = "cpu"
+    amp: str = "none"  # "none" | "bf16"
+    steps: int = 5
+    warmup: int = 2
+    kd_weight: float = 0.5
+    temperature: float = 2.0
+    backend: str = "auto"
+    losses: list[str] = field(default_factory=lambda: list(LOSSES))
+    seed: int = 0
+    peak_tflops: float | None = None  # overrides the device table
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+
+def _models():
+    try:
+        from ..train import models
+    except ImportError as exc:
+        raise RuntimeError(
+            f"salt-kernels profile needs salt_kernels.train.models and transformers ({exc}); "
+            "install them with pip install -e '.[train]' (or pip install transformers)"
+        ) from exc
+    return models
+
+
+def matmul_params(model) -> int:
+    """Parameters of the model's nn.Linear layers (the output projection included, the embedding
+    lookup not): the P of the 6 P FLOPs per token."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def flops_per_token(model, seq_len: int, train: bool) -> float:
+    cfg = model.config
+    layers = cfg.num_hidden_layers
+    d = cfg.hidden_size
+    p = matmul_params(model)
+    if train:
+        return 6.0 * p + 12.0 * layers * d * seq_len
+    return 2.0 * p + 4.0 * layers * d * seq_len
+
+
+class StepRunner:
+    """Builds the models once and runs timed steps for each (kind, loss) variant."""
+
+    def __init__(self, cfg: ProfileConfig):
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        models = _models()
+        self.models = models
+        torch.manual_seed(cfg.seed)
+        teacher = models.make_model(cfg.teacher, cfg.vocab_size)
+        teacher_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.teacher = teacher.to(self.device, dtype=teacher_dtype).eval().requires_grad_(False)
+        torch.manual_seed(cfg.seed + 1)
+        self.student_init = models.make_model(cfg.student, cfg.vocab_size)
+        for name, model in (("student", self.student_init), ("teacher", self.teacher)):
+            if model.config.vocab_size != cfg.vocab_size:
+                raise ValueError(f"the {name} has vocab_size {model.config.vocab_size}, not {cfg.vocab_size}")
+        g = torch.Generator().manual_seed(cfg.seed)
+        ids = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.seq_len + 1), generator=g)
+        self.x = ids[:, :-1].contiguous().to(self.device)
+        self.y = ids[:, 1:].contiguous().to(self.device)
+        self.student_params = sum(p.numel() for p in self.student_init.parameters())
+        self.teacher_params = sum(p.numel() for p in self.teacher.parameters())
+        self.flops_student = flops_per_token(self.student_init, cfg.seq_len, train=True)
+        self.flops_teacher = flops_per_token(self.teacher, cfg.seq_len, train=False)
+
+    def amp(self):
+        if self.cfg.amp == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def variant_usable(self, loss: str) -> tuple[bool, str]:
+        if loss == "linear":
+            try:
+                from ..linear import linear_salt_loss  # noqa: F401
+            except ImportError as exc:
+                return False, f"salt_kernels.linear is not available ({exc})"
+            try:
+                self.models.output_projection(self.student_init)
+                self.models.output_projection(self.teacher)
+            except Exception as exc:  # a model without a plain lm_head
+                return False, str(exc)
+        if loss in ("fused", "linear"):
+            from .. import dispatch
+
+            try:
+                dispatch.resolve(self.cfg.backend, self.device)
+            except (ValueError, RuntimeError) as exc:
+                return False, str(exc).splitlines()[0]
+        return True, ""
+
+    def make_step(self, kind: str, loss: str):
+        """(student, optimizer, step) where step() -> {phase: seconds}."""
+        from torch.profiler import record_function
+
+        from .. import baselines
+        from ..functional import salt_loss
+
+        cfg = self.cfg
+        device = self.device
+        student = copy.deepcopy(self.student_init).to(device).train()
+        optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+        teacher = self.teacher
+        x, y = self.x, self.y
+        w = cfg.kd_weight if kind == "salt" else 0.0
+        if loss == "linear":
+            from ..linear import linear_salt_loss
+
+            s_decoder, s_head = self.models.output_projection(student)
+            t_decoder, t_head = self.models.output_projection(teacher)
+
+        def step() -> dict:
+            times = {}
+            synchronize(device)
+            t0 = time.perf_counter()
+            t_out = None
+            with record_function("teacher_forward"):
+                if kind == "salt":
+                    with torch.no_grad(), self.amp():
+                        if loss == "linear":
+                            t_out = t_decoder(input_ids=x).last_hidden_state
+                        else:
+                            t_out = teacher(input_ids=x).logits
+                synchronize(device)
+            t1 = time.perf_counter()
+            with record_function("student_forward"), self.amp():
+                if loss == "linear":
+                    hidden = s_decoder(input_ids=x).last_hidden_state
+                else:
+                    logits = student(input_ids=x).logits
+                synchronize(device)
+            t2 = time.perf_counter()
+            with record_function("loss"), self.amp():
+                if loss == "torch":
+                    if kind == "salt":
+                        value = baselines.torch_salt_loss(logits, t_out, y, kd_weight=w, temperature=cfg.temperature)
+                    else:
+                        value = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+                elif loss == "fused":
+                    value = salt_loss(logits, t_out, y, kd_weight=w, temperature=cfg.temperature, backend=cfg.backend)
+                else:
+                    value = linear_salt_loss(
+                        hidden, s_head.weight, t_out, t_head.weight if kind == "salt" else None, y,
+                        student_bias=s_head.bias, teacher_bias=t_head.bias if kind == "salt" else None,
+                        kd_weight=w, temperature=cfg.temperature, backend=cfg.backend,
+                    )
+                synchronize(device)
+            t3 = time.perf_counter()
+            with record_function("backward"):
+                value.backward()
+                synchronize(device)
+            t4 = time.perf_counter()
+            with record_function("optimizer"):
+                torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                synchronize(device)
+            t5 = time.perf_counter()
+            if not torch.isfinite(value.detach()):
+                raise FloatingPointError(f"{kind}/{loss}: the loss is {value.item()}")
+            times.update(teacher_forward=t1 - t0, student_forward=t2 - t1, loss=t3 - t2,
+                         backward=t4 - t3, optimizer=t5 - t4)
+            return times
+
+        return student, optimizer, step
+
+    def measure(self, kind: str, loss: str, on_step=None, trace_dir: str | None = None, trace_steps: int = 2) -> dict:
+        cfg = self.cfg
+        student, optimizer, step = self.make_step(kind, loss)
+        for _ in range(cfg.warmup):
+            step()
+            if on_step:
+                on_step()
+        mem = PeakMemory(self.device)
+        mem.set_baseline()
+        mem.reset()
+        rows = []
+        for _ in range(cfg.steps):
+            rows.append(step())
+            if on_step:
+                on_step()
+        peak_above = mem.peak_above_baseline()
+        peak_abs = mem.peak()
+        trace_path = None
+        if trace_dir:
+            trace_path = self._trace(step, kind, loss, trace_dir, trace_steps)
+        phases = {p: statistics.median(r[p] for r in rows) for p in PHASES}
+        totals = [sum(r.values()) for r in rows]
+        step_s = statistics.median(totals)
+        flops = self.flops_student + (self.flops_teacher if kind == "salt" else 0.0)
+        peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else peak_flops(
+            self.device, torch.bfloat16 if cfg.amp == "bf16" else torch.float32)
+        tokens_per_s = cfg.tokens_per_step / step_s
+        del student, optimizer, step
+        return {
+            "kind": kind,
+            "loss": loss,
+            "status": "ok",
+            "step_s": step_s,
+            "step_times_s": totals,
+            "phases_s": phases,
+            "tokens_per_s": tokens_per_s,
+            "peak_bytes": peak_abs if mem.supported else None,
+            "peak_above_resident_bytes": peak_above if mem.supported else None,
+            "model_flops_per_token": flops,
+            "achieved_flops": flops * tokens_per_s,
+            "peak_flops": peak,
+            "mfu": flops * tokens_per_s / peak if peak else None,
+            "trace": trace_path,
+        }
+
+    def _trace(self, step, kind, loss, trace_dir, trace_steps) -> str:
+        import os
+
+        from torch.profiler import ProfilerActivity, profile
+
+        os.makedirs(trace_dir, exist_ok=True)
+        activities = [ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(ProfilerActivity.CUDA)
+        with profile(activities=activities) as prof:
+            for _ in range(trace_steps):
+                step()
+        path = os.path.join(trace_dir, f"trace_{kind}_{loss}.json")
+        prof.export_chrome_trace(path)
+        return path
+
+
+def run_profile(cfg: ProfileConfig, *, trace_dir=None, trace_steps=2, progress=True, command="", log=print) -> dict:
+    from .progress import bar
+
+    device = torch.device(cfg.device)
+    runner = StepRunner(cfg)
+    doc = {
+        "kind": "salt-kernels-profile",
+        "schema": 1,
+        "machine": describe(device),
+        "command": command,
+        "config": asdict(cfg),
+        "student_parameters": runner.student_params,
+        "teacher_parameters": runner.teacher_params,
+        "tokens_per_step": cfg.tokens_per_step,
+        "left_out": [],
+        "results": [],
+    }
+    variants = []
+    for loss in cfg.losses:
+        ok, why = runner.variant_usable(loss)
+        if not ok:
+            doc["left_out"].append({"loss": loss, "reason": why})
+            log(f"not run: loss {loss}: {why}")
+            continue
+        variants += [(kind, loss) for kind in KINDS]
+    per_variant = cfg.warmup + cfg.steps + (trace_steps if trace_dir else 0)
+    with bar(len(variants) * per_variant, "profile", enabled=progress) as pbar:
+        for kind, loss in variants:
+            pbar.set_postfix_str(f"{KIND_TITLES[kind]}, {LOSS_TITLES[loss]}")
+            res = runner.measure(kind, loss, on_step=lambda: pbar.update(1), trace_dir=trace_dir,
+                                 trace_steps=trace_steps)
+            if trace_dir:
+                pbar.update(trace_steps)
+            doc["results"].append(res)
+    doc["machine"]["load_average_end"] = load_average()
+    add_overheads(doc)
+    return doc
+
+
+def add_overheads(doc: dict) -> None:
+    """Distillation overhead of each SALT variant: its step time over the CE-only step with the
+    same loss implementation, and over the plain-PyTorch CE-only step."""
+    by = {(r["kind"], r["loss"]): r for r in doc["results"] if r["status"] == "ok"}
+    base_torch = by.get(("ce", "torch"))
+    for (kind, loss), r in by.items():
+        if kind != "salt":
+            continue
+        ce = by.get(("ce", loss))
+        r["overhead_vs_ce_same_loss"] = r["step_s"] / ce["step_s"] - 1 if ce else None
+        r["overhead_vs_ce_torch"] = r["step_s"] / base_torch["step_s"] - 1 if base_torch else None
