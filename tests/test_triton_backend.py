@@ -330,3 +330,61 @@ def test_gpu_offsets_beyond_2_pow_31():
     assert_close_rel(out.loss[tail], rl)
     want = oracle_grad(s, t, y, 0.5, 2.0, row_weights=torch.ones(3), reduction="none")
     assert_grad_close(grad[tail], want, torch.bfloat16)
+
+
+# ---- the GPU scripts, checked on any machine ---------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHECK_SH = os.path.join(ROOT, "benchmarks", "gpu", "check.sh")
+BENCH = os.path.join(ROOT, "benchmarks", "bench_loss_gpu.py")
+
+
+def _run(cmd, **kw):
+    import subprocess
+
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, **kw)
+
+
+def test_check_script_is_valid_bash():
+    res = _run(["bash", "-n", CHECK_SH])
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.skipif(ON_GPU, reason="on a GPU machine check.sh would run for minutes; this checks its no-GPU exit")
+def test_check_script_without_gpu_says_so(tmp_path):
+    res = _run(["bash", CHECK_SH], env={**os.environ, "OUT": str(tmp_path / "out")})
+    assert res.returncode == 2 and "no CUDA device" in res.stderr, (res.returncode, res.stdout, res.stderr)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_help_and_no_gpu_exit():
+    res = _run([sys.executable, BENCH, "--help"])
+    assert res.returncode == 0 and "--json" in res.stdout and "do_bench" in res.stdout, res.stderr
+    if not ON_GPU:
+        res = _run([sys.executable, BENCH, "--vocab", "1000"])
+        assert res.returncode == 2 and "no CUDA device" in res.stderr
+
+
+def test_bench_dry_run_and_summary(tmp_path):
+    """Every code path of the benchmark once on tiny CPU shapes, then the check's summary of it."""
+    import json
+
+    out = tmp_path / "bench_loss_gpu.json"
+    res = _run([sys.executable, BENCH, "--dry-run", "--dtype", "bf16", "--variants", "triton", "triton-sync", "eager",
+                "compile", "--sweep", "--json", str(out)])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    rows = {(r["variant"], r["pass_"]): r for r in doc["results"]}
+    for variant in ("triton", "triton-sync", "eager"):
+        for pass_name in ("fwd", "fwd+bwd"):
+            r = rows[(variant, pass_name)]
+            assert r["status"] == "ok" and r["ms"] > 0, r
+            elem = 2  # bf16
+            want_bytes = 4 * 1000 * elem * (3 if pass_name == "fwd+bwd" else 2)
+            assert r["minimal_bytes"] == want_bytes
+            assert abs(r["gbps"] - want_bytes / (r["ms"] * 1e-3) / 1e9) <= 1e-9 * r["gbps"] + 1e-12
+    assert rows[("compile", "fwd")]["status"] == "skipped"
+    assert len([r for r in doc["results"] if r["note"] == "sweep" and r["status"] == "ok"]) == 18
+    assert any(s.startswith("best plan") for s in doc["summary"])
+    res = _run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu", "summarize.py"), str(tmp_path)])
+    assert res.returncode == 0 and "triton-sync" in res.stdout and "eager" in res.stdout, res.stdout + res.stderr
