@@ -105,14 +105,16 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def plan(n: int, vocab: int, device: torch.device, elem_size: int) -> dict:
+def plan(n: int, vocab: int, device: torch.device) -> dict:
     """Block size, warps and launch mode for n rows of vocab entries (exposed for benchmarks).
 
-    The GPU defaults are first choices, not yet tuned on a GPU: 4096-entry blocks (16 entries,
-    32 bytes of a 16-bit row, per thread at 8 warps); split only when rows are too few to give
+    The GPU defaults are first choices, not yet timed on a GPU (benchmarks/bench_loss_gpu.py
+    --sweep times the alternatives): 2048-entry blocks at 8 warps, 8 entries per thread, which
+    compiles (triton 3.6 and 3.9, sm_90) to about 80 registers, so three programs share an SM;
+    4096 at 8 warps needs about 150 and allows one. Split only when rows are too few to give
     every SM two programs."""
     pow2 = 1 << max(0, (vocab - 1).bit_length())
-    block = BLOCK_V or min(4096 if elem_size <= 2 else 2048, max(pow2, 16))
+    block = BLOCK_V or min(2048, max(pow2, 16))
     warps = NUM_WARPS or (8 if block >= 2048 else 4)
     if MODE not in MODES:
         raise ValueError(f"salt_kernels.triton_backend.MODE must be one of {', '.join(MODES)}, got {MODE!r}")
@@ -157,7 +159,7 @@ def rows(
         return out
     use_teacher = teacher is not None and kd_weight > 0
     tau = float(temperature)
-    p = plan(n, vocab, device, student.element_size())
+    p = plan(n, vocab, device)
     has_grad = grad is not None
     if has_grad:
         scale = grad_scale.to(device=device, dtype=torch.float32).reshape(-1)

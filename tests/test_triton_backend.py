@@ -145,7 +145,7 @@ def test_split_rows_match_oracle(gen, monkeypatch, mode, tau, w):
     n, vocab = 5, 1000 if not ON_GPU else 9000
     student, teacher = logits((n, vocab), gen), logits((n, vocab), gen)
     labels = labels_for(n, vocab, gen, ignored=(1,))
-    plan = tb.plan(n, vocab, DEVICE, 4)
+    plan = tb.plan(n, vocab, DEVICE)
     assert plan["split"] == -(-vocab // tb.SLICE_V) and plan["mode"] == (mode if ON_GPU else "split"), plan
     grad_out = (torch.rand(n, generator=gen) + 0.5).to(DEVICE)
     check_against_oracle(student, teacher, labels, w=w, tau=tau, reduction="none", grad_out=grad_out)
