@@ -317,8 +317,8 @@ def test_gpu_offsets_beyond_2_pow_31():
     if free < need:
         pytest.skip(f"needs {need / 2**30:.1f} GiB free on the GPU, has {free / 2**30:.1f}")
     torch.manual_seed(3)
-    student = (torch.randn(n, vocab, device="cuda") * 3).to(torch.bfloat16)
-    teacher = (torch.randn(n, vocab, device="cuda") * 3).to(torch.bfloat16)
+    student = torch.randn(n, vocab, device="cuda", dtype=torch.bfloat16).mul_(3)
+    teacher = torch.randn(n, vocab, device="cuda", dtype=torch.bfloat16).mul_(3)
     labels = torch.randint(0, vocab, (n,), device="cuda")
     assert n * vocab > 2**31
     grad = torch.empty_like(student)
@@ -352,7 +352,7 @@ def test_check_script_is_valid_bash():
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU machine check.sh would run for minutes; this checks its no-GPU exit")
 def test_check_script_without_gpu_says_so(tmp_path):
-    res = _run(["bash", CHECK_SH], env={**os.environ, "OUT": str(tmp_path / "out")})
+    res = _run(["bash", CHECK_SH], env={**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable})
     assert res.returncode == 2 and "no CUDA device" in res.stderr, (res.returncode, res.stdout, res.stderr)
     assert not (tmp_path / "out").exists()
 
