@@ -150,6 +150,13 @@ def test_salt_trainer_trains_tiny_llama_pair(tmp_path, gen, transition, ga):
     assert all(torch.equal(p, teacher_before[n]) for n, p in teacher.named_parameters())
     assert not any(p.requires_grad for p in teacher.parameters())
     assert any(not torch.equal(p.detach(), student_before[n]) for n, p in student.named_parameters())
+    # evaluate(): the CE of the trained student, as plain cross-entropy on its logits says.
+    ev = Rows(gen, n=4)
+    eval_loss = trainer.evaluate(ev)["eval_loss"]
+    with torch.no_grad():
+        z = student(input_ids=ev.ids).logits
+    ce = torch.nn.functional.cross_entropy(z[:, :-1].reshape(-1, VOCAB), ev.ids[:, 1:].reshape(-1))
+    assert eval_loss == pytest.approx(float(ce), rel=1e-4)
 
 
 def test_salt_trainer_loss_matches_logits_loss(tmp_path, gen):
