@@ -13,7 +13,8 @@ Variants (the same value: mean SALT loss, kd_weight 0.5, temperature 2):
 
 Memory: each variant runs in a fresh process; after a small warm-up (libraries loaded, thread
 pools up) and the inputs' allocation it reads its resident set size, runs one step, and reports
-ru_maxrss minus that RSS minus the bytes of the outputs (gradients of hidden and weight):
+its peak RSS (VmHWM, reset just before the step; ru_maxrss where that cannot be reset) minus
+that RSS minus the bytes of the outputs (gradients of hidden and weight):
 the memory the step needed beyond what it was given and what it returns.
 Time: median of --reps forward+backward steps after one warm-up step, in the same process.
 """
@@ -39,6 +40,25 @@ TEMPERATURE = 2.0
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes(reset_ok: bool) -> int:
+    if reset_ok:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _make_step(variant: str, args):
@@ -111,10 +131,11 @@ def worker(args) -> dict:
     run_once(_inputs(64, args.ds, args.dt, 1000, dtype, 1))
     inputs = _inputs(args.n, args.ds, args.dt, args.vocab, dtype, args.seed)
     rss0 = _rss_bytes()
+    reset_ok = _reset_peak_rss()
     t0 = time.perf_counter()
     loss = run_once(inputs)
     first_s = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_rss_bytes(reset_ok)
     out_bytes = sum(t.grad.numel() * t.grad.element_size() for t in inputs[:2])
     times = []
     for _ in range(args.reps):
@@ -129,6 +150,7 @@ def worker(args) -> dict:
         "step_s": statistics.median(times) if times else first_s,
         "step_times_s": times,
         "rss_before_step_bytes": rss0,
+        "peak_rss_reset": reset_ok,
         "output_bytes": out_bytes,
     }
 
