@@ -185,4 +185,5 @@ def copy_bandwidth(device: torch.device, nbytes: int | None = None, repeats: int
         t0 = time.perf_counter()
         dst.copy_(src)
         times.append(time.perf_counter() - t0)
+    del src, dst
     return 2 * nbytes / statistics.median(times)

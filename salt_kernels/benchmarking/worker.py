@@ -3,9 +3,9 @@ allocator or compiler state carries over between variants:
 
     python -m salt_kernels.benchmarking.worker SPEC.json RESULT.json
 
-SPEC: {"mode": "case", "variant", "n", "v", "dtype", "passes", "device", "repeats", "warmup",
-"min_time", "kd_weight", "temperature"} or {"mode": "copy", "device"}. RESULT gets the
-measurements (see runner.py for the fields) or {"error": ...}.
+SPEC: {"variant", "n", "v", "dtype", "passes", "device", "repeats", "warmup", "min_time",
+"kd_weight", "temperature"}. RESULT gets {"process_bytes_with_inputs", "passes": {pass: the
+measurements of timing.measure_pass}} or {"error", "traceback"}.
 """
 
 from __future__ import annotations
@@ -26,19 +26,11 @@ def run_case(spec: dict) -> dict:
     fn = make_loss_fn(spec["variant"], spec["kd_weight"], spec["temperature"])
     student, teacher, labels = make_inputs(spec["n"], spec["v"], DTYPES[spec["dtype"]], device)
     mem = PeakMemory(device)
-    out = {"input_bytes_resident": mem.set_baseline(), "passes": {}}
+    out = {"process_bytes_with_inputs": mem.set_baseline(), "passes": {}}
     kw = {k: spec[k] for k in ("repeats", "warmup", "min_time") if spec.get(k) is not None}
     for pass_ in spec["passes"]:
         out["passes"][pass_] = measure_pass(fn, student, teacher, labels, pass_, **kw)
     return out
-
-
-def run_copy(spec: dict) -> dict:
-    import torch
-
-    from .timing import copy_bandwidth
-
-    return {"copy_bytes_per_s": copy_bandwidth(torch.device(spec["device"]))}
 
 
 def main(argv: list[str]) -> int:
@@ -46,7 +38,7 @@ def main(argv: list[str]) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
     try:
-        result = run_copy(spec) if spec.get("mode") == "copy" else run_case(spec)
+        result = run_case(spec)
     except Exception as exc:  # reported as a failed case, with the traceback's last lines
         tb = traceback.format_exc().strip().splitlines()
         result = {"error": f"{type(exc).__name__}: {exc}", "traceback": tb[-12:]}
