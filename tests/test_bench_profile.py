@@ -266,3 +266,15 @@ def test_profile_accounting_needs_a_demo(tmp_path, capsys):
 
 def test_peak_flops_table():
     assert peak_flops(torch.device("cpu"), torch.bfloat16) is None
+
+
+def test_report_flags_variants_whose_loss_disagrees():
+    def rec(variant, value):
+        return {"variant": variant, "n": 8, "v": 16, "dtype": "fp32", "pass": "fwd", "status": "ok",
+                "loss_value": value}
+
+    agree = {"results": [rec("cpu", 10.0), rec("eager", 10.000001)]}
+    assert render.value_disagreements(agree) == []
+    wrong = {"results": [rec("cpu", 10.0), rec("eager", 10.0), rec("liger", 7.5)]}
+    (line,) = render.value_disagreements(wrong)
+    assert "liger computes a different loss" in line and "N=8 V=16 fp32" in line

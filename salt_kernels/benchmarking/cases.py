@@ -165,19 +165,21 @@ def make_cases(variants, ns, vs, dtypes) -> list[Case]:
 
 def make_inputs(n: int, v: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
     """Student and teacher logits with a realistic spread (std 3 around a per-row offset) and
-    labels; generated in row blocks straight into the target dtype so that the process never
-    holds more than the inputs."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
+    labels; generated in row blocks (on the GPU for CUDA inputs) straight into the target dtype,
+    so that the process never holds much more than the inputs. The same seed gives the same
+    inputs to every variant on a device, so their loss values can be compared."""
+    gen_device = device if device.type == "cuda" else torch.device("cpu")
+    g = torch.Generator(device=gen_device).manual_seed(seed)
     student = torch.empty(n, v, dtype=dtype, device=device)
     teacher = torch.empty(n, v, dtype=dtype, device=device)
     block = max(1, (16 << 20) // max(1, v))
     for out, offset in ((student, 0.0), (teacher, 0.5)):
         for start in range(0, n, block):
             rows = min(block, n - start)
-            x = torch.randn(rows, v, generator=g) * 3.0 + offset
-            x += torch.randn(rows, 1, generator=g) * 2.0
+            x = torch.randn(rows, v, generator=g, device=gen_device) * 3.0 + offset
+            x += torch.randn(rows, 1, generator=g, device=gen_device) * 2.0
             out[start : start + rows].copy_(x)
-    labels = torch.randint(0, v, (n,), generator=g).to(device)
+    labels = torch.randint(0, v, (n,), generator=g, device=gen_device).to(device)
     return student, teacher, labels
 
 

@@ -135,12 +135,36 @@ def _speedup_rows(doc, variants, shapes, dtype, by):
     return rows
 
 
+def value_disagreements(doc: dict, rtol: float = 1e-3) -> list[str]:
+    """Cases where the variants' loss values on the same inputs differ by more than rtol: one of
+    them computes something else, and its time is not comparable."""
+    values: dict = {}
+    for r in doc["results"]:
+        if r.get("status") == "ok" and r.get("loss_value") is not None:
+            values.setdefault((r["n"], r["v"], r["dtype"]), {})[r["variant"]] = r["loss_value"]
+    out = []
+    for (n, v, dtype), vals in sorted(values.items()):
+        ref = vals.get("reference", vals.get("cpu", vals.get("triton", vals.get("eager"))))
+        if ref is None:
+            continue
+        bad = {k: x for k, x in vals.items() if not abs(x - ref) <= rtol * abs(ref) + 1e-6}
+        if bad:
+            listed = ", ".join(f"{k} {x:.6g}" for k, x in vals.items())
+            out.append(f"N={n} V={v} {dtype}: the loss values disagree ({listed}); "
+                       f"{', '.join(bad)} computes a different loss, so its time is not comparable")
+    return out
+
+
 def tables(doc: dict) -> str:
     """All result tables of one run, as Markdown."""
     variants, shapes, dtypes, passes, by = _index(doc)
     names = [VARIANT_TITLES.get(v, v) for v in variants]
     align = ["r", "r"] + ["r"] * len(variants)
     parts = []
+    for line in value_disagreements(doc):
+        parts.append(f"**WARNING: {line}.**  ")
+    if parts:
+        parts.append("")
     notes: dict[str, int] = {}
     for dtype in dtypes:
         for p in passes:

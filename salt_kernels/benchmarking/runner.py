@@ -189,7 +189,8 @@ def run_bench(
                     doc["results"].append(_record(case, p, status="failed", reason=why))
             else:
                 for p in passes:
-                    doc["results"].append(_record(case, p, status="ok", reason="", **res["passes"][p]))
+                    doc["results"].append(_record(case, p, status="ok", reason="", loss_value=res["loss_value"],
+                                                  **res["passes"][p]))
             pbar.update(1)
             save()
     doc["machine"]["load_average_end"] = load_average()

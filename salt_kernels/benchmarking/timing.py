@@ -86,7 +86,10 @@ def measure_pass_cpu(fn, student, teacher, labels, pass_, *, repeats=3, warmup=1
     mem.set_baseline()
     peak = 0
     times: list[float] = []
-    while len(times) < repeats or (sum(times) < min_time and len(times) < MAX_CPU_REPEATS):
+    start = time.perf_counter()
+    # At least `repeats` calls; more while the pass's wall time (untimed forwards of "bwd"
+    # included) stays under min_time.
+    while len(times) < repeats or (time.perf_counter() - start < min_time and len(times) < MAX_CPU_REPEATS):
         prepare()
         if pass_ == "bwd":  # the peak while the backward runs (the forward's saved tensors count)
             mem.reset()
@@ -114,17 +117,20 @@ def measure_pass_gpu(fn, student, teacher, labels, pass_, *, repeats=10, warmup=
     prepare, timed = _pass_callables(fn, student, teacher, labels, pass_)
     # Warm up (torch.compile and Triton compile here), timing the first call.
     first = None
-    estimate = None
+    estimate = None  # seconds of one timed call
+    iteration = None  # seconds of prepare + timed call
     for i in range(max(1, warmup)):
+        synchronize(device)
+        t_prep = time.perf_counter()
         prepare()
         synchronize(device)
         t0 = time.perf_counter()
         timed()
         synchronize(device)
-        dt = time.perf_counter() - t0
+        t1 = time.perf_counter()
         if i == 0:
-            first = dt
-        estimate = dt
+            first = t1 - t0
+        estimate, iteration = t1 - t0, t1 - t_prep
     # Peak memory of one call, measured alone (do_bench's L2-flush buffer must not count).
     mem = PeakMemory(device)
     student.grad = None
@@ -134,14 +140,16 @@ def measure_pass_gpu(fn, student, teacher, labels, pass_, *, repeats=10, warmup=
     timed()
     peak = mem.peak_above_baseline()
     student.grad = None
-    rep_ms = max(100.0, 1000.0 * min_time, 1000.0 * estimate * repeats * 1.5)
+    rep_ms = max(100.0, 1000.0 * min_time, 1000.0 * estimate * repeats * 1.5)  # >= `repeats` calls
     if pass_ in ("fwd", "fwdbwd"):
         times_ms = triton.testing.do_bench(
             timed, warmup=25, rep=rep_ms, grad_to_none=[student], return_mode="all"
         )
     else:
         flush = torch.empty(256 << 20, dtype=torch.int8, device=device)
-        n = max(repeats, int(rep_ms / max(1e-3, 1000.0 * estimate)))
+        # Enough backward calls for about rep_ms of wall time, forwards included (the fused
+        # backends' backward is microseconds, their forward is not): at least `repeats`, at most 200.
+        n = max(repeats, min(200, int(rep_ms / max(1e-3, 1000.0 * iteration))))
         times_ms = []
         for _ in range(n):
             prepare()
@@ -178,6 +186,8 @@ def copy_bandwidth(device: torch.device, nbytes: int | None = None, repeats: int
         import triton.testing
 
         ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
+        del src, dst
+        torch.cuda.empty_cache()  # the case processes need this memory
         return 2 * nbytes / (ms / 1000.0)
     dst.copy_(src)
     times = []

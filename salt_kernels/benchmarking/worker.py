@@ -27,6 +27,12 @@ def run_case(spec: dict) -> dict:
     student, teacher, labels = make_inputs(spec["n"], spec["v"], DTYPES[spec["dtype"]], device)
     mem = PeakMemory(device)
     out = {"process_bytes_with_inputs": mem.set_baseline(), "passes": {}}
+    # The loss value on these inputs (the same for every variant): the report checks that all
+    # variants agree, so that a wrong variant does not pass for a fast one.
+    with torch.no_grad():
+        probe = student.clone() if spec["variant"] == "liger" else student  # Liger writes into its input
+        out["loss_value"] = float(fn(probe, teacher, labels))
+        del probe
     kw = {k: spec[k] for k in ("repeats", "warmup", "min_time") if spec.get(k) is not None}
     for pass_ in spec["passes"]:
         out["passes"][pass_] = measure_pass(fn, student, teacher, labels, pass_, **kw)
