@@ -60,8 +60,11 @@ def _tau_pow(e, TAU_MODE: tl.constexpr):
 
 @triton.jit
 def _slice_stats(z_row, u_row, start, end, inv_tau,
-                 BLOCK_V: tl.constexpr, HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr):
-    """Online statistics of z[start:end] (and u[start:end]): (m_z, s_z, s_zt, m_u, s_u, acc)."""
+                 BLOCK_V: tl.constexpr, HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr,
+                 EVICT: tl.constexpr):
+    """Online statistics of z[start:end] (and u[start:end]): (m_z, s_z, s_zt, m_u, s_u, acc).
+    EVICT is the L2 policy of the loads: "evict_last" when this program reads the same entries
+    again for the gradient, so they are still in L2 then."""
     NEG_INF: tl.constexpr = float("-inf")
     C_Z: tl.constexpr = 1.4426950408889634
     c_t = inv_tau * 1.4426950408889634
@@ -75,7 +78,7 @@ def _slice_stats(z_row, u_row, start, end, inv_tau,
         cols = off + tl.arange(0, BLOCK_V)
         mask = cols < end
         # Padding lanes read -inf: no mass, no KD term, never a new maximum.
-        z = tl.load(z_row + cols, mask=mask, other=NEG_INF).to(tl.float32)
+        z = tl.load(z_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
         m_new = tl.maximum(m_z, tl.max(z, 0))
         # An all -inf prefix keeps the maximum at -inf; shift by 0 then so that no -inf - -inf
         # appears (exp(-inf - 0) = 0 is the right answer for every term).
@@ -93,7 +96,7 @@ def _slice_stats(z_row, u_row, start, end, inv_tau,
             vs_z = vs_z * tl.exp2(dm * C_Z) + _tau_pow(e_t, TAU_MODE)
         m_z = m_new
         if HAS_TEACHER:
-            u = tl.load(u_row + cols, mask=mask, other=NEG_INF).to(tl.float32)
+            u = tl.load(u_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
             mu_new = tl.maximum(m_u, tl.max(u, 0))
             mu_safe = tl.where(mu_new == NEG_INF, 0.0, mu_new)
             alpha = tl.exp2((m_u - mu_safe) * c_t)
@@ -225,7 +228,8 @@ def _grad_slice(z_row, u_row, g_row, start, end, y, m_z, s_z, s_zt, m_u, s_u, sc
     for off in range(start, end, BLOCK_V):
         cols = off + tl.arange(0, BLOCK_V)
         mask = cols < end
-        d = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32) - m_z
+        # Last use of these entries: let them leave L2 first.
+        d = tl.load(z_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32) - m_z
         if TAU_MODE == 0:
             g = c_z * tl.exp2(d * C_Z - l_z)
             if HAS_TEACHER:
@@ -238,7 +242,7 @@ def _grad_slice(z_row, u_row, g_row, start, end, y, m_z, s_z, s_zt, m_u, s_u, sc
             if HAS_TEACHER:
                 g += c_kd * p_t
         if HAS_TEACHER:
-            u = tl.load(u_row + cols, mask=mask, other=0.0).to(tl.float32)
+            u = tl.load(u_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
             g -= c_kd * tl.exp2((u - m_u) * c_t - l_u)
         g = tl.where(cols == y, g - c_label, g)
         tl.store(g_row + cols, g.to(g_row.dtype.element_ty), mask=mask)
@@ -285,8 +289,13 @@ def salt_rows_kernel(
             m_z, s_z, s_zt, m_u, s_u, acc = _merge_partials(
                 ws_row, inv_tau, SPLIT, SPLIT_POW2, HAS_TEACHER, TAU_MODE, False)
         else:
+            # Keep the entries in L2 when this program reads them again for the gradient.
+            if HAS_GRAD and MODE != 1:
+                EVICT: tl.constexpr = "evict_last"
+            else:
+                EVICT: tl.constexpr = "evict_first"
             m_z, s_z, s_zt, m_u, s_u, acc = _slice_stats(
-                z_row, u_row, start, end, inv_tau, BLOCK_V, HAS_TEACHER, TAU_MODE)
+                z_row, u_row, start, end, inv_tau, BLOCK_V, HAS_TEACHER, TAU_MODE, EVICT)
             if MODE != 0:
                 _store_partials(ws_row + part * 8, m_z, s_z, s_zt, m_u, s_u, acc)
             if MODE == 3:

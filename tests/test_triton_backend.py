@@ -388,3 +388,15 @@ def test_bench_dry_run_and_summary(tmp_path):
     assert any(s.startswith("best plan") for s in doc["summary"])
     res = _run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu", "summarize.py"), str(tmp_path)])
     assert res.returncode == 0 and "triton-sync" in res.stdout and "eager" in res.stdout, res.stdout + res.stderr
+
+
+def test_kernels_compile_for_the_gpu_without_one():
+    """The interpreter cannot tell whether the kernels compile for a GPU: compile two
+    specializations for sm_90 ahead of time (triton's bundled ptxas), in a process without
+    TRITON_INTERPRET."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = _run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu", "compile_check.py"), "--quick"], env=env)
+    if res.returncode == 2:
+        pytest.skip(f"this triton cannot compile ahead of time here: {res.stderr.strip()[-300:]}")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.stdout.count("ok   sm_90") == 2, res.stdout
