@@ -265,6 +265,8 @@ def salt_rows_kernel(
     MODE: tl.constexpr, SPLIT: tl.constexpr, SPLIT_POW2: tl.constexpr, BLOCK_V: tl.constexpr,
     HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr, HAS_GRAD: tl.constexpr,
 ):
+    # MODE: 0 fused, 1 partials, 2 merge + gradient, 3 both in one launch (module docstring).
+    # The workspace holds 8 (WS_FIELDS) floats per (row, slice).
     if MODE == 3:
         # Ticket order = start order (see the module docstring: why this cannot deadlock).
         pid = tl.atomic_add(cnt_ptr, 1)
@@ -299,8 +301,9 @@ def salt_rows_kernel(
             if MODE != 0:
                 _store_partials(ws_row + part * 8, m_z, s_z, s_zt, m_u, s_u, acc)
             if MODE == 3:
-                # Every thread's partial stores precede the release of the row counter; the
-                # acquire loop then sees the other slices' partials (read past L1: volatile).
+                # The barrier orders this program's partial stores before the release of the
+                # row counter; after the acquire loop and a second barrier every thread reads
+                # the other slices' partials (volatile: from L2, never a stale L1 line).
                 tl.debug_barrier()
                 seen = tl.atomic_add(cnt_ptr + 1 + row, 1) + 1
                 while seen < SPLIT:
