@@ -42,7 +42,6 @@ MODE_FINISH = 2
 MODE_SYNC = 3
 WS_FIELDS = 8  # workspace floats per (row, slice): m_z, s_z, s_zt, m_u, s_u, acc, (2 spare)
 
-LOG2E = 1.4426950408889634
 
 
 @triton.jit

@@ -43,7 +43,6 @@ DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 # reports; the kernels discard those lanes.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-F64 = torch.float64
 NEG_INF = float("-inf")
 
 
