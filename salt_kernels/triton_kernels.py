@@ -43,7 +43,6 @@ MODE_SYNC = 3
 WS_FIELDS = 8  # workspace floats per (row, slice): m_z, s_z, s_zt, m_u, s_u, acc, (2 spare)
 
 
-
 @triton.jit
 def _tau_pow(e, TAU_MODE: tl.constexpr):
     """e ** tau for an integer tau in 2..4, by multiplies."""
