@@ -22,14 +22,25 @@
 // else follows salt_math.h: -inf teacher entries contribute 0 (kd_term), a student -inf where the
 // teacher has mass gives +inf, NaN anywhere in the row makes the row's statistics NaN, and with
 // kd_weight == 0 the teacher pointer is never touched (TEACHER == false).
+//
+// SALT_CUDA_EMULATION (tests only, see emulation.h): the same source compiled by a host compiler,
+// each CUDA thread a host thread, so that indexing, barriers, shuffles, the cluster exchange and
+// every global access (bounds and alignment) are checked on machines without a GPU.
 #pragma once
 
+#include <stdint.h>
+#include <string.h>
+
+#if defined(SALT_CUDA_EMULATION)
+#include "emulation.h"
+#define SALT_SHARED(type, name, count) type* name = salt_emu::shared_array<type>(count)
+#else
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-#include <stdint.h>
-#include <string.h>
+#define SALT_SHARED(type, name, count) __shared__ type name[count]
+#endif
 
 #include "../salt_math.h"
 #include "salt_cuda.h"
@@ -53,9 +64,13 @@ struct Elem<kFloat32> {
 
 __device__ __forceinline__ float fast_exp2(float x) {
   // 2^x; -inf -> +0, NaN -> NaN, results below 2^-126 flush to 0 (irrelevant next to the row max).
+#if defined(SALT_CUDA_EMULATION)
+  return exp2f(x);
+#else
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
+#endif
 }
 
 // ---- conversions --------------------------------------------------------------------------------
@@ -65,7 +80,11 @@ __device__ __forceinline__ float half_bits_to_float(uint32_t h) {
   if constexpr (DT == kBFloat16) {
     return __uint_as_float(h << 16);
   } else {
+#if defined(SALT_CUDA_EMULATION)
+    return half_to_float(static_cast<uint16_t>(h));
+#else
     return __half2float(__ushort_as_half(static_cast<unsigned short>(h)));
+#endif
   }
 }
 
@@ -83,10 +102,16 @@ template <int DT>
 __device__ __forceinline__ void store_scalar(typename Elem<DT>::T* p, float x) {
   if constexpr (DT == kFloat32) {
     __stcs(p, x);
-  } else if constexpr (DT == kBFloat16) {
-    __stcs(reinterpret_cast<unsigned short*>(p), __bfloat16_as_ushort(__float2bfloat16_rn(x)));
   } else {
-    __stcs(reinterpret_cast<unsigned short*>(p), __half_as_ushort(__float2half_rn(x)));
+#if defined(SALT_CUDA_EMULATION)
+    const uint16_t b = DT == kBFloat16 ? float_to_bf16(x) : float_to_half(x);
+    __stcs(reinterpret_cast<unsigned short*>(p), static_cast<unsigned short>(b));
+#else
+    if constexpr (DT == kBFloat16)
+      __stcs(reinterpret_cast<unsigned short*>(p), __bfloat16_as_ushort(__float2bfloat16_rn(x)));
+    else
+      __stcs(reinterpret_cast<unsigned short*>(p), __half_as_ushort(__float2half_rn(x)));
+#endif
   }
 }
 
@@ -94,6 +119,12 @@ __device__ __forceinline__ void store_scalar(typename Elem<DT>::T* p, float x) {
 template <int DT>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   uint32_t w;
+#if defined(SALT_CUDA_EMULATION)
+  if constexpr (DT == kBFloat16)
+    w = uint32_t(float_to_bf16(lo)) | (uint32_t(float_to_bf16(hi)) << 16);
+  else
+    w = uint32_t(float_to_half(lo)) | (uint32_t(float_to_half(hi)) << 16);
+#else
   if constexpr (DT == kBFloat16) {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     memcpy(&w, &v, 4);
@@ -101,6 +132,7 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
     const __half2 v = __floats2half2_rn(lo, hi);
     memcpy(&w, &v, 4);
   }
+#endif
   return w;
 }
 
@@ -420,7 +452,7 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)
   Stats st = to_stats<TEACHER>(sc, inv_tau, tau1);
   warp_allreduce<TEACHER>(st);
   if constexpr (!WARP_ROWS) {
-    __shared__ Stats warp_part[NWARPS];
+    SALT_SHARED(Stats, warp_part, NWARPS);
     if (lane == 0) warp_part[warp] = st;
     __syncthreads();
     st = lane < NWARPS ? warp_part[lane] : stats_empty();
@@ -433,12 +465,12 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)
   bool cluster_wait = false;
   if constexpr (!WARP_ROWS) {
     if (cluster > 1) {
-      __shared__ Stats block_part;
+      SALT_SHARED(Stats, block_part, 1);
       cg::cluster_group cl = cg::this_cluster();
-      if (threadIdx.x == 0) block_part = st;
+      if (threadIdx.x == 0) block_part[0] = st;
       cl.sync();
       Stats r = stats_empty();
-      if (lane < cluster) r = *cl.map_shared_rank(&block_part, lane);
+      if (lane < cluster) r = *cl.map_shared_rank(&block_part[0], lane);
       warp_allreduce<TEACHER>(r);
       st = r;
       cl.barrier_arrive();
@@ -521,6 +553,7 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)
   }
 }
 
+#if !defined(SALT_CUDA_EMULATION)
 // ---- host side ----------------------------------------------------------------------------------
 
 // Launches rows_kernel<DZ, DU, TEACHER, ...> for the chosen configuration. Returns the launch's
@@ -574,14 +607,11 @@ cudaError_t launch_student(const RowsArgs& a, const LaunchConfig& cfg) {
   }
 }
 
-}  // namespace cuda
-}  // namespace salt
-
-namespace salt {
-namespace cuda {
 // Defined in salt_cuda_{f32,bf16,f16}.cu: every instantiation for one student dtype.
 cudaError_t launch_student_f32(const RowsArgs& a, const LaunchConfig& cfg);
 cudaError_t launch_student_bf16(const RowsArgs& a, const LaunchConfig& cfg);
 cudaError_t launch_student_f16(const RowsArgs& a, const LaunchConfig& cfg);
+#endif  // !SALT_CUDA_EMULATION
+
 }  // namespace cuda
 }  // namespace salt

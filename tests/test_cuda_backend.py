@@ -1,0 +1,553 @@
+"""The hand-written CUDA backend (csrc/cuda, salt_kernels.cuda_backend).
+
+Without a GPU (CI):
+  * the module was built by nvcc and its machine code holds sm_90 SASS and compute_90 PTX;
+  * available_backends()["cuda"] says why it is unusable;
+  * the kernel source itself runs in a CPU emulator (csrc/cuda/emulation.h: one fiber per CUDA
+    thread, real barriers for __syncthreads / shuffles / the cluster, every global access checked
+    for bounds and alignment), built here with g++, on every launch mode (warp per row, block per
+    row, clusters of 2 to 8 blocks), dtype, strided and misaligned layouts and the special values,
+    against the float64 oracle.
+With a GPU: backend "cuda" against the float64 oracle on the CPU test cases, through salt_loss and
+through every launch configuration.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+import torch
+
+import salt_kernels as sk
+from oracle import make_logits, oracle_grad, oracle_reduce, oracle_rows
+from salt_kernels import cuda_backend
+from salt_kernels.rows import RowOutputs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+F64 = torch.float64
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+HAS_GPU = torch.cuda.is_available()
+
+
+def _nvcc():
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        root = os.environ.get(var)
+        if root and os.path.isfile(os.path.join(root, "bin", "nvcc")):
+            return os.path.join(root, "bin", "nvcc")
+    return shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.isfile("/usr/local/cuda/bin/nvcc") else None)
+
+
+def _need_module():
+    if cuda_backend._salt_cuda is None:
+        if _nvcc() is None:
+            pytest.skip("nvcc is not installed here, so setup.py skipped the cuda backend")
+        pytest.fail(f"nvcc exists but the cuda backend is not built: {cuda_backend._IMPORT_ERROR}")
+    return cuda_backend._salt_cuda
+
+
+def _cuobjdump():
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    nvcc = _nvcc()
+    if nvcc:
+        # nvcc may be a wrapper script; the toolkit's bin is where `nvcc --dryrun` says TOP is.
+        for cand in (os.path.join(os.path.dirname(nvcc), "cuobjdump"), "/usr/local/cuda/bin/cuobjdump"):
+            if os.path.isfile(cand):
+                return cand
+    try:
+        import triton
+
+        cand = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+        if os.path.isfile(cand):
+            return cand
+    except ImportError:
+        pass
+    return None
+
+
+# ---- build and packaging (no GPU needed) ---------------------------------------------------------
+
+
+def test_module_is_built_where_nvcc_exists():
+    mod = _need_module()
+    assert callable(mod.rows) and callable(mod.launch_config)
+
+
+def test_module_holds_sm90_sass_and_ptx():
+    mod = _need_module()
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump (CUDA toolkit or the triton wheel) to inspect the module with")
+    elves = subprocess.run([tool, "--list-elf", mod.__file__], capture_output=True, text=True, check=True).stdout
+    assert "sm_90" in elves, elves
+    ptx = subprocess.run([tool, "--list-ptx", mod.__file__], capture_output=True, text=True, check=True).stdout
+    assert ".ptx" in ptx, ptx  # the compute_90 fallback for newer GPUs
+    sass = subprocess.run([tool, "--dump-sass", mod.__file__], capture_output=True, text=True, check=True).stdout
+    assert "rows_kernel" in sass and "MUFU.EX2" in sass
+    # The static CUDA runtime stays private: the module exports only its init function.
+    nm = shutil.which("nm")
+    if nm:
+        exported = subprocess.run([nm, "-D", "--defined-only", mod.__file__], capture_output=True, text=True).stdout
+        assert "cudaLaunchKernel" not in exported and "PyInit__salt_cuda" in exported
+
+
+def test_available_backends_gives_a_reason_without_gpu():
+    ok, why = sk.available_backends()["cuda"]
+    if HAS_GPU and cuda_backend._salt_cuda is not None:
+        assert ok and why == ""
+        return
+    assert ok is False and why
+    if cuda_backend._salt_cuda is not None:
+        assert "no CUDA device" in why
+    else:
+        assert "_salt_cuda" in why
+
+
+def test_cpu_tensors_are_refused():
+    ok, why = cuda_backend.supports_device(torch.device("cpu"))
+    assert not ok and why
+
+
+def test_module_imports_and_reports_without_a_driver():
+    mod = _need_module()
+    if HAS_GPU:
+        assert mod.device_count() >= 1
+        return
+    # No GPU: the static runtime must fail cleanly (an exception), never crash the process.
+    try:
+        n = mod.device_count()
+    except RuntimeError as exc:
+        assert "CUDA" in str(exc)
+    else:
+        assert n == 0
+
+
+def test_launch_config_follows_the_vocabulary():
+    _need_module()
+    bf16 = torch.bfloat16
+    assert cuda_backend.launch_config(7, bf16, bf16, block=0, cluster=0)[0] == "warp"
+    assert cuda_backend.launch_config(1000, torch.float32, torch.float32, block=0, cluster=0)[0] == "warp"
+    mode, threads, cluster = cuda_backend.launch_config(32000, bf16, bf16, block=0, cluster=0)
+    assert mode == "block" and threads in (256, 512) and cluster == 1
+    mode, threads, cluster = cuda_backend.launch_config(128256, bf16, bf16, block=0, cluster=0)
+    assert mode == "block" and threads == 512 and cluster in (2, 4, 8)
+    # Overrides
+    assert cuda_backend.launch_config(128256, bf16, bf16, block=32, cluster=0) == ("warp", 32, 1)
+    assert cuda_backend.launch_config(7, bf16, bf16, block=512, cluster=8) == ("block", 512, 8)
+    assert cuda_backend.launch_config(7, bf16, bf16, block=256, cluster=3)[2] in (2, 4)
+
+
+# ---- the shared math header through the kernel source, on the CPU --------------------------------
+
+EMU_SOURCE = os.path.join(ROOT, "csrc", "cuda", "emulate.cpp")
+EMU_DEPENDS = [
+    EMU_SOURCE,
+    os.path.join(ROOT, "csrc", "cuda", "emulation.h"),
+    os.path.join(ROOT, "csrc", "cuda", "rows_kernel.cuh"),
+    os.path.join(ROOT, "csrc", "cuda", "salt_cuda.h"),
+    os.path.join(ROOT, "csrc", "salt_math.h"),
+]
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or sysconfig.get_config_var("CXX")
+    if not cxx or not shutil.which(cxx.split()[0]):
+        pytest.skip("no C++ compiler to build the CUDA-kernel emulator with")
+    out = str(tmp_path_factory.mktemp("cuda_emulator") / "salt_cuda_emulator.so")
+    cmd = [*cxx.split(), "-O1", "-std=c++17", "-shared", "-fPIC", "-w", EMU_SOURCE, "-o", out]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr[-4000:]}"
+    lib = ctypes.CDLL(out)
+    lib.salt_emulate_rows.restype = ctypes.c_int
+    lib.salt_emulate_rows.argtypes = [
+        ctypes.POINTER(ctypes.c_int64),
+        ctypes.POINTER(ctypes.c_double),
+        ctypes.POINTER(ctypes.c_int64),
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+    ]
+    return lib
+
+
+def _region(t: torch.Tensor, rows: int, row_elems: int, writable: bool, row_stride=None):
+    es = t.element_size()
+    stride = t.stride(0) if row_stride is None else row_stride
+    return [t.data_ptr(), stride * es, row_elems * es, rows, int(writable)]
+
+
+def emulated_rows(lib, student, teacher, labels, *, kd_weight, temperature, ignore_index, grad=None,
+                  grad_scale=None, mode="block", block=256, cluster=1):
+    """cuda_backend.rows, with the kernel run by the emulator on CPU tensors."""
+    n, vocab = student.shape
+    out = RowOutputs.empty(n, student.device)
+    use_teacher = teacher is not None and kd_weight > 0
+    codes = cuda_backend.DTYPE_CODES
+    if grad is not None:
+        grad_scale = grad_scale.to(torch.float32).contiguous()
+    gs_stride = (1 if grad_scale.numel() > 1 else 0) if grad is not None else 0
+    ia = [
+        student.data_ptr(), student.stride(0), codes[student.dtype],
+        teacher.data_ptr() if use_teacher else 0, teacher.stride(0) if use_teacher else 0,
+        codes[teacher.dtype] if use_teacher else 0,
+        labels.data_ptr(), labels.stride(0), int(labels.dtype == torch.int64), n, vocab, ignore_index,
+        out.loss.data_ptr(), out.ce.data_ptr(), out.kd.data_ptr(), out.lse.data_ptr(),
+        grad.data_ptr() if grad is not None else 0, grad.stride(0) if grad is not None else 0,
+        grad_scale.data_ptr() if grad is not None else 0, gs_stride,
+        0 if mode == "warp" else 1, block, cluster,
+    ]
+    regions = [_region(student, n, vocab, False), _region(labels, n, 1, False)]
+    if use_teacher:
+        regions.append(_region(teacher, n, vocab, False))
+    if grad is not None:
+        regions.append(_region(grad, n, vocab, True))
+        regions.append(_region(grad_scale, n if gs_stride else 1, 1, False, row_stride=gs_stride))
+    flat = [int(v) for r in regions for v in r]
+    err = ctypes.create_string_buffer(1024)
+    rc = lib.salt_emulate_rows(
+        (ctypes.c_int64 * len(ia))(*[int(v) for v in ia]),
+        (ctypes.c_double * 2)(float(kd_weight if use_teacher else 0.0), float(temperature)),
+        (ctypes.c_int64 * len(flat))(*flat),
+        len(regions),
+        err,
+        len(err),
+    )
+    assert rc == 0, err.value.decode()
+    return out
+
+
+# ---- one case: inputs, a launch, and the comparison with float64 ----------------------------------
+
+
+def make_case(n, vocab, dz, du, *, gen, device="cpu", layout="contiguous", label_dtype=torch.int64):
+    """Student/teacher/labels/grad buffers. layout "strided": rows live inside wider buffers at
+    different offsets (misaligned rows, student and teacher misaligned differently, a gradient
+    with its own stride), labels every other element."""
+    z = make_logits((n, vocab), dz, generator=gen)
+    u = make_logits((n, vocab), du, generator=gen) if du is not None else None
+    y = torch.randint(0, vocab, (n,), generator=gen).to(label_dtype)
+    if n > 2:
+        y[n // 2] = -100
+    if layout == "strided":
+        def embed(x, pad, off):
+            big = torch.full((n, vocab + pad), 1e4, dtype=x.dtype)  # a read of the padding would show
+            big[:, off:off + vocab] = x
+            return big[:, off:off + vocab]
+
+        z = embed(z, 5, 1)
+        u = embed(u, 3, 3) if u is not None else None
+        yy = torch.full((2 * n,), 7, dtype=label_dtype)
+        yy[::2] = y
+        y = yy[::2]
+        gbuf = torch.full((n, vocab + 6), 777.0, dtype=dz)
+        grad = gbuf[:, 2:2 + vocab]
+    else:
+        gbuf = torch.full((n, vocab), float("nan"), dtype=dz)
+        grad = gbuf
+    to = lambda t: None if t is None else t.to(device)  # noqa: E731
+    if device != "cpu":
+        z, u, y, gbuf = to(z), to(u), to(y), to(gbuf)
+        grad = gbuf[:, 2:2 + vocab] if layout == "strided" else gbuf
+    return z, u, y, grad, gbuf
+
+
+def check_rows_vs_oracle(out, grad, z, u, y, *, w, tau, scale, ignore_index=-100, finite=True):
+    zc, uc, yc = z.cpu(), (None if u is None else u.cpu()), y.cpu()
+    rl, rc, rk = oracle_rows(zc, uc, yc, w, tau, ignore_index)
+    loss, ce, kd = out.loss.cpu().double(), out.ce.cpu().double(), out.kd.cpu().double()
+    bound = 1e-5 * (rl.abs() + rc.abs() + rk.abs()) + 1e-5
+    for name, got, want in (("loss", loss, rl), ("ce", ce, rc), ("kd", kd, rk)):
+        err = (got - want).abs()
+        assert bool((err <= bound).all()), f"{name}: max error {err.max():.3e} at row {int(err.argmax())}"
+    # The three log-sum-exps (the teacher ones only when the teacher is used).
+    valid = yc.long() != ignore_index
+    z64 = zc.to(F64)
+    lse = out.lse.cpu().double()
+    want_z = torch.where(valid, torch.logsumexp(z64, -1), torch.zeros(()).double())
+    assert torch.allclose(lse[:, 0], want_z, rtol=1e-5, atol=1e-5)
+    if uc is not None and w > 0:
+        want_zt = torch.where(valid, torch.logsumexp(z64 / tau, -1), torch.zeros(()).double())
+        want_u = torch.where(valid, torch.logsumexp(uc.to(F64) / tau, -1), torch.zeros(()).double())
+        assert torch.allclose(lse[:, 1], want_zt, rtol=1e-5, atol=1e-5)
+        assert torch.allclose(lse[:, 2], want_u, rtol=1e-5, atol=1e-5)
+    if grad is None:
+        return
+    row_w = scale.cpu().double().expand(zc.shape[0])
+    want = oracle_grad(zc, uc, yc, w, tau, ignore_index, row_weights=row_w, reduction="none")
+    got = grad.cpu().double()
+    if finite:
+        assert bool(torch.isfinite(got).all()), "gradient not fully written (or not finite)"
+    tol = 1e-5 if z.dtype == torch.float32 else 1e-2
+    rel = float((got - want).norm()) / max(float(want.norm()), 1e-30)
+    assert rel <= tol, f"relative gradient error {rel:.3e} > {tol:g}"
+    assert bool((got[~valid] == 0).all()), "ignored rows must get a zero gradient"
+
+
+def run_and_check(runner, n, vocab, dz, du, *, tau, w, gen, device="cpu", layout="contiguous",
+                  scale_kind="row", label_dtype=torch.int64, **launch):
+    z, u, y, grad, gbuf = make_case(n, vocab, dz, du, gen=gen, device=device, layout=layout,
+                                    label_dtype=label_dtype)
+    if scale_kind == "row":  # reduction "none": a non-uniform grad_output per row
+        scale = (torch.rand(n, generator=gen) * 3 - 1).to(device)
+    else:
+        scale = torch.tensor([0.37]).to(device)
+    out = runner(z, u, y, kd_weight=w, temperature=tau, ignore_index=-100, grad=grad, grad_scale=scale, **launch)
+    check_rows_vs_oracle(out, grad, z, u, y, w=w, tau=tau, scale=scale)
+    if layout == "strided":  # nothing outside the gradient's rows was written
+        pad = torch.ones(gbuf.shape, dtype=torch.bool, device=gbuf.device)
+        pad[:, 2:2 + vocab] = False
+        assert bool((gbuf[pad] == 777.0).all())
+    # Forward only (no gradient): the same statistics.
+    out2 = runner(z, u, y, kd_weight=w, temperature=tau, ignore_index=-100, **launch)
+    assert torch.equal(out2.loss, out.loss) and torch.equal(out2.lse, out.lse)
+
+
+# Launch modes of the kernel: (mode, threads per block, cluster).
+EMU_CONFIGS = [("warp", 256, 1), ("block", 256, 1), ("block", 512, 1), ("block", 256, 2), ("block", 512, 8)]
+
+
+def _emu(lib):
+    return lambda *a, **k: emulated_rows(lib, *a, **k)
+
+
+@pytest.mark.parametrize("mode,block,cluster", EMU_CONFIGS)
+@pytest.mark.parametrize("dz,du", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                   (torch.float16, torch.float16), (torch.bfloat16, torch.float32),
+                                   (torch.float32, torch.bfloat16)], ids=str)
+def test_emulated_kernel_matches_float64(emulator, mode, block, cluster, dz, du, gen):
+    tau, w = (2.0, 0.5) if dz != du else (1.0, 0.3)
+    run_and_check(_emu(emulator), 3, 1003, dz, du, tau=tau, w=w, gen=gen, mode=mode, block=block, cluster=cluster)
+
+
+@pytest.mark.parametrize("mode,block,cluster", EMU_CONFIGS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_emulated_kernel_strided_misaligned_rows(emulator, mode, block, cluster, dtype, gen):
+    run_and_check(_emu(emulator), 4, 777, dtype, dtype, tau=2.0, w=0.5, gen=gen, layout="strided",
+                  label_dtype=torch.int32, mode=mode, block=block, cluster=cluster)
+
+
+@pytest.mark.parametrize("vocab", [1, 7, 8, 9, 33, 4099])
+@pytest.mark.parametrize("tau,w", [(1.0, 0.3), (0.5, 1.0), (4.0, 0.0)])
+def test_emulated_kernel_vocab_sizes_and_weights(emulator, vocab, tau, w, gen):
+    cfg = ("warp", 256, 1) if vocab < 100 else ("block", 256, 2)
+    run_and_check(_emu(emulator), 5, vocab, torch.bfloat16, torch.bfloat16, tau=tau, w=w, gen=gen,
+                  scale_kind="scalar", mode=cfg[0], block=cfg[1], cluster=cfg[2])
+
+
+def test_emulated_kernel_many_groups_per_thread(emulator, gen):
+    # 70001 fp32 logits over 256 threads: ~68 groups per thread, odd tail, both pass orders.
+    run_and_check(_emu(emulator), 2, 70001, torch.float32, torch.float32, tau=2.0, w=0.5, gen=gen,
+                  mode="block", block=256, cluster=1)
+
+
+@pytest.mark.parametrize("mode,block,cluster", [("warp", 256, 1), ("block", 512, 4)])
+def test_emulated_kernel_special_values(emulator, mode, block, cluster, gen):
+    lib = emulator
+    n, v = 8, 1500
+    z = make_logits((n, v), generator=gen)
+    u = make_logits((n, v), generator=gen)
+    y = torch.randint(40, v, (n,), generator=gen)
+    u[0, :] = float("-inf")
+    u[0, 5] = 1.0  # a single allowed teacher token
+    u[1, : v // 2 + 300] = float("-inf")  # long -inf stretches
+    z[2, 10:40] = float("-inf")
+    u[2, 10:40] = float("-inf")  # both -inf: finite
+    z[3, 100] = float("-inf")  # teacher has mass there: KD = +inf
+    z[4, 777] = float("nan")
+    u[5, 3] = float("nan")
+    y[6] = -100
+    grad = torch.empty(n, v)
+    scale = torch.ones(n)
+    out = emulated_rows(lib, z, u, y, kd_weight=0.5, temperature=2.0, ignore_index=-100, grad=grad,
+                        grad_scale=scale, mode=mode, block=block, cluster=cluster)
+    fine = [0, 1, 2, 7]
+    check_rows_vs_oracle(
+        RowOutputs(out.loss[fine], out.ce[fine], out.kd[fine], out.lse[fine]), grad[fine], z[fine], u[fine],
+        y[fine], w=0.5, tau=2.0, scale=scale[fine],
+    )
+    assert torch.isinf(out.kd[3]) and out.kd[3] > 0 and torch.isinf(out.loss[3])
+    assert torch.isnan(out.loss[4]) and torch.isnan(out.loss[5]) and torch.isnan(grad[4]).all()
+    assert torch.isnan(grad[5]).all()
+    assert out.loss[6] == 0 and (grad[6] == 0).all() and (out.lse[6] == 0).all()
+
+
+def test_emulated_kernel_never_reads_the_teacher_at_zero_weight(emulator, gen):
+    # The emulator checks every load against the declared regions; with kd_weight 0 the teacher is
+    # not declared (and its pointer is not even passed), so any read of it would be reported.
+    n, v = 6, 900
+    z = make_logits((n, v), generator=gen)
+    y = torch.randint(0, v, (n,), generator=gen)
+    u = torch.full((n, v), float("nan"))
+    for mode, block, cluster in EMU_CONFIGS[:3]:
+        grad = torch.empty(n, v)
+        out = emulated_rows(emulator, z, u, y, kd_weight=0.0, temperature=3.0, ignore_index=-100,
+                            grad=grad, grad_scale=torch.ones(1), mode=mode, block=block, cluster=cluster)
+        check_rows_vs_oracle(out, grad, z, None, y, w=0.0, tau=3.0, scale=torch.ones(1))
+
+
+def test_emulated_kernel_all_rows_ignored(emulator):
+    z = torch.randn(4, 300)
+    u = torch.randn(4, 300)
+    y = torch.full((4,), -7)
+    for mode, block, cluster in (("warp", 256, 1), ("block", 256, 2)):
+        grad = torch.full((4, 300), float("nan"))
+        out = emulated_rows(emulator, z, u, y, kd_weight=0.5, temperature=1.0, ignore_index=-7,
+                            grad=grad, grad_scale=torch.ones(1), mode=mode, block=block, cluster=cluster)
+        assert (out.loss == 0).all() and (out.lse == 0).all() and (grad == 0).all()
+
+
+def test_emulator_reports_out_of_bounds_loads(emulator, gen):
+    """The checker itself: declaring the student one element shorter than it is must be reported
+    as an out-of-bounds load (so a real overrun would not pass silently)."""
+    n, v = 2, 64
+    z = make_logits((n, v), generator=gen)
+    y = torch.zeros(n, dtype=torch.long)
+    out = RowOutputs.empty(n, "cpu")
+    codes = cuda_backend.DTYPE_CODES
+    ia = [z.data_ptr(), v, codes[z.dtype], 0, 0, 0, y.data_ptr(), 1, 1, n, v, -100,
+          out.loss.data_ptr(), out.ce.data_ptr(), out.kd.data_ptr(), out.lse.data_ptr(), 0, 0, 0, 0, 0, 256, 1]
+    regions = [[z.data_ptr(), v * 4, (v - 1) * 4, n, 0], [y.data_ptr(), 8, 8, n, 0]]
+    flat = [int(x) for r in regions for x in r]
+    err = ctypes.create_string_buffer(512)
+    rc = emulator.salt_emulate_rows((ctypes.c_int64 * len(ia))(*ia), (ctypes.c_double * 2)(0.0, 1.0),
+                                    (ctypes.c_int64 * len(flat))(*flat), len(regions), err, 512)
+    assert rc == 1 and b"out-of-bounds" in err.value
+
+
+# ---- on a GPU ------------------------------------------------------------------------------------
+
+gpu = pytest.mark.skipif(not HAS_GPU, reason="no CUDA device: GPU comparisons of backend cuda skipped")
+
+
+def _gpu_ready():
+    ok, why = cuda_backend.supports_device(torch.device("cuda"))
+    if not ok:
+        pytest.skip(f"backend cuda unusable here: {why}")
+
+
+def _cuda_rows(*a, **k):
+    out = cuda_backend.rows(*a, **k)
+    torch.cuda.synchronize()
+    return out
+
+
+GPU_SHAPES = [(1, 16), (7, 128), (1000, 48), (32000, 6), (70001, 3), (128256, 4)]
+TAU_W = [(1.0, 0.3), (2.0, 0.5), (0.5, 1.0), (4.0, 0.0)]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("vocab,n", GPU_SHAPES)
+@pytest.mark.parametrize("tau,w", TAU_W)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_gpu_salt_loss_matches_float64(dtype, vocab, n, tau, w, reduction, gen):
+    _gpu_ready()
+    z = make_logits((n, vocab), dtype, generator=gen)
+    u = make_logits((n, vocab), dtype, generator=gen)
+    y = torch.randint(0, vocab, (n,), generator=gen)
+    y[n // 2] = -100
+    zz = z.cuda().requires_grad_()
+    loss, parts = sk.salt_loss(zz, u.cuda(), y.cuda(), kd_weight=w, temperature=tau, reduction=reduction,
+                               backend="cuda", return_parts=True)
+    grad_out = (torch.rand(n, generator=gen) * 3 - 1) if reduction == "none" else None
+    loss.backward(None if grad_out is None else grad_out.cuda())
+    rl, rc, rk = oracle_rows(z, u, y, w, tau)
+    want = oracle_reduce(rl, y, reduction)
+    err = (loss.detach().cpu().double() - want).abs()
+    assert bool((err <= 1e-5 * want.abs() + 1e-6).all()), f"loss error {err.max():.3e}"
+    scale = float(oracle_reduce(rl.abs() + rc.abs() + rk.abs(), y, reduction).abs().max()) + 0.1
+    assert float((parts.ce.cpu().double() - oracle_reduce(rc, y, reduction)).abs().max()) <= 1e-5 * scale
+    assert float((parts.kd.cpu().double() - oracle_reduce(rk, y, reduction)).abs().max()) <= 1e-5 * scale
+    g = zz.grad.cpu().double()
+    want_g = oracle_grad(z, u, y, w, tau, row_weights=grad_out, reduction=reduction)
+    assert zz.grad.dtype == dtype
+    if float(want_g.abs().max()) < 1e-6:  # V == 1: the gradient is identically 0
+        assert float(g.abs().max()) <= 1e-7
+    else:
+        rel = float((g - want_g).norm() / want_g.norm())
+        assert rel <= (1e-5 if dtype == torch.float32 else 1e-2), f"gradient error {rel:.3e}"
+
+
+GPU_CONFIGS = [(32, 0), (256, 1), (512, 1), (512, 2), (512, 4), (512, 8)]
+
+
+@gpu
+@pytest.mark.parametrize("block,cluster", GPU_CONFIGS)
+@pytest.mark.parametrize("dz,du", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                   (torch.float16, torch.float16), (torch.bfloat16, torch.float32),
+                                   (torch.float32, torch.bfloat16)], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+@pytest.mark.parametrize("vocab", [1000, 32000, 128256])
+def test_gpu_every_launch_configuration(block, cluster, dz, du, layout, vocab, gen):
+    _gpu_ready()
+    run_and_check(_cuda_rows, 5, vocab, dz, du, tau=2.0, w=0.5, gen=gen, device="cuda", layout=layout,
+                  label_dtype=torch.int32 if layout == "strided" else torch.int64, block=block, cluster=cluster)
+
+
+@gpu
+@pytest.mark.parametrize("block,cluster", [(32, 0), (512, 1), (512, 4)])
+def test_gpu_special_values(block, cluster, gen):
+    _gpu_ready()
+    n, v = 8, 5000
+    z = make_logits((n, v), generator=gen)
+    u = make_logits((n, v), generator=gen)
+    y = torch.randint(40, v, (n,), generator=gen)
+    u[0, :] = float("-inf")
+    u[0, 5] = 1.0
+    u[1, : v // 2 + 300] = float("-inf")
+    z[2, 10:40] = float("-inf")
+    u[2, 10:40] = float("-inf")
+    z[3, 100] = float("-inf")
+    z[4, 777] = float("nan")
+    u[5, 3] = float("nan")
+    y[6] = -100
+    grad = torch.empty(n, v, device="cuda")
+    scale = torch.ones(n, device="cuda")
+    out = _cuda_rows(z.cuda(), u.cuda(), y.cuda(), kd_weight=0.5, temperature=2.0, ignore_index=-100, grad=grad,
+                     grad_scale=scale, block=block, cluster=cluster)
+    fine = [0, 1, 2, 7]
+    out_f = RowOutputs(out.loss[fine], out.ce[fine], out.kd[fine], out.lse[fine])
+    check_rows_vs_oracle(out_f, grad[fine], z[fine], u[fine], y[fine], w=0.5, tau=2.0, scale=scale[fine].cpu())
+    loss, kd = out.loss.cpu(), out.kd.cpu()
+    assert torch.isinf(kd[3]) and kd[3] > 0 and torch.isinf(loss[3])
+    assert torch.isnan(loss[4]) and torch.isnan(loss[5])
+    assert torch.isnan(grad[4].cpu()).all() and torch.isnan(grad[5].cpu()).all()
+    assert loss[6] == 0 and (grad[6] == 0).all()
+
+
+@gpu
+def test_gpu_zero_kd_weight_ignores_a_nan_teacher(gen):
+    _gpu_ready()
+    z = make_logits((10, 3000), generator=gen).cuda()
+    y = torch.randint(0, 3000, (10,), generator=gen).cuda()
+    poisoned = torch.full((10, 3000), float("nan"), device="cuda")
+    a = sk.salt_loss(z, poisoned, y, kd_weight=0.0, backend="cuda")
+    b = sk.salt_loss(z, None, y, kd_weight=0.0, backend="cuda")
+    assert torch.isfinite(a) and float(a) == float(b)
+
+
+@gpu
+def test_gpu_respects_current_stream_and_device(gen):
+    _gpu_ready()
+    z = make_logits((64, 32000), torch.bfloat16, generator=gen).cuda()
+    u = make_logits((64, 32000), torch.bfloat16, generator=gen).cuda()
+    y = torch.randint(0, 32000, (64,), generator=gen).cuda()
+    ref = sk.salt_loss(z, u, y, backend="cuda")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        got = sk.salt_loss(z, u, y, backend="cuda")
+    torch.cuda.current_stream().wait_stream(s)
+    assert float(got) == float(ref)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
