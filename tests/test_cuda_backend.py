@@ -89,8 +89,12 @@ def test_module_holds_sm90_sass_and_ptx():
     assert "sm_90" in elves, elves
     ptx = subprocess.run([tool, "--list-ptx", mod.__file__], capture_output=True, text=True, check=True).stdout
     assert ".ptx" in ptx, ptx  # the compute_90 fallback for newer GPUs
-    sass = subprocess.run([tool, "--dump-sass", mod.__file__], capture_output=True, text=True, check=True).stdout
-    assert "rows_kernel" in sass and "MUFU.EX2" in sass
+    # SASS of one kernel (bf16 student, bf16 teacher, 512-thread blocks): Hopper code whose exps
+    # are the hardware's ex2 (MUFU.EX2), not a software expf.
+    kernel = "_ZN4salt4cuda11rows_kernelILi1ELi1ELb1ELi512ELb0EEEvNS_8RowsArgsEi"
+    sass = subprocess.run([tool, "--dump-sass", "--function", kernel, mod.__file__], capture_output=True,
+                          text=True, check=True).stdout
+    assert "arch = sm_90" in sass and kernel in sass and "MUFU.EX2" in sass, sass[:2000]
     # The static CUDA runtime stays private: the module exports only its init function.
     nm = shutil.which("nm")
     if nm:
@@ -311,7 +315,7 @@ def run_and_check(runner, n, vocab, dz, du, *, tau, w, gen, device="cpu", layout
 
 
 # Launch modes of the kernel: (mode, threads per block, cluster).
-EMU_CONFIGS = [("warp", 256, 1), ("block", 256, 1), ("block", 512, 1), ("block", 256, 2), ("block", 512, 8)]
+EMU_CONFIGS = [("warp", 256, 1), ("block", 256, 1), ("block", 512, 1), ("block", 256, 2), ("block", 256, 8)]
 
 
 def _emu(lib):
@@ -332,6 +336,13 @@ def test_emulated_kernel_matches_float64(emulator, mode, block, cluster, dz, du,
 def test_emulated_kernel_strided_misaligned_rows(emulator, mode, block, cluster, dtype, gen):
     run_and_check(_emu(emulator), 4, 777, dtype, dtype, tau=2.0, w=0.5, gen=gen, layout="strided",
                   label_dtype=torch.int32, mode=mode, block=block, cluster=cluster)
+
+
+@pytest.mark.parametrize("layout,dtype", [("contiguous", torch.bfloat16), ("strided", torch.float32)])
+def test_emulated_kernel_largest_cluster(emulator, layout, dtype, gen):
+    # 8 blocks of 512 threads per row: the largest launch the kernel makes.
+    run_and_check(_emu(emulator), 2, 5003, dtype, dtype, tau=2.0, w=0.5, gen=gen, layout=layout,
+                  mode="block", block=512, cluster=8)
 
 
 @pytest.mark.parametrize("vocab", [1, 7, 8, 9, 33, 4099])
