@@ -289,9 +289,14 @@ def check_rows_vs_oracle(out, grad, z, u, y, *, w, tau, scale, ignore_index=-100
     got = grad.cpu().double()
     if finite:
         assert bool(torch.isfinite(got).all()), "gradient not fully written (or not finite)"
-    tol = 1e-5 if z.dtype == torch.float32 else 1e-2
-    rel = float((got - want).norm()) / max(float(want.norm()), 1e-30)
-    assert rel <= tol, f"relative gradient error {rel:.3e} > {tol:g}"
+    if float(want.abs().max()) < 1e-6:
+        # An identically ~zero gradient (V == 1): no relative measure exists; allow a few ulp of a
+        # probability (the GPU's exp is ex2.approx).
+        assert float((got - want).abs().max()) <= 1e-6
+    else:
+        tol = 1e-5 if z.dtype == torch.float32 else 1e-2
+        rel = float((got - want).norm()) / float(want.norm())
+        assert rel <= tol, f"relative gradient error {rel:.3e} > {tol:g}"
     assert bool((got[~valid] == 0).all()), "ignored rows must get a zero gradient"
 
 
@@ -481,7 +486,7 @@ def test_gpu_salt_loss_matches_float64(dtype, vocab, n, tau, w, reduction, gen):
     want_g = oracle_grad(z, u, y, w, tau, row_weights=grad_out, reduction=reduction)
     assert zz.grad.dtype == dtype
     if float(want_g.abs().max()) < 1e-6:  # V == 1: the gradient is identically 0
-        assert float(g.abs().max()) <= 1e-7
+        assert float(g.abs().max()) <= 1e-6
     else:
         rel = float((g - want_g).norm() / want_g.norm())
         assert rel <= (1e-5 if dtype == torch.float32 else 1e-2), f"gradient error {rel:.3e}"

@@ -61,6 +61,19 @@ inline void report(const std::string& what) {
   if (g_error.empty()) g_error = what;
 }
 
+// ex2.approx.ftz.f32 stand-in: exp2f with a relative error of +-2^-21 (sign from a hash of the
+// argument; about twice the hardware's ~2 ulp), so the float64 comparisons of the tests also
+// cover the approximation. Subnormal results flush to zero as with .ftz.
+inline float approx_exp2(float x) {
+  const float y = exp2f(x);
+  if (!(y >= 1.17549435e-38f)) return y != y ? y : 0.f;  // NaN stays NaN; ftz
+  if (y == INFINITY) return y;
+  uint32_t b;
+  memcpy(&b, &x, 4);
+  const float e = ((b * 2654435761u) >> 31) ? 4.76837158e-7f : -4.76837158e-7f;
+  return y * (1.f + e);
+}
+
 // ---- memory regions and access checks ------------------------------------------------------------
 
 struct Region {

@@ -65,7 +65,7 @@ struct Elem<kFloat32> {
 __device__ __forceinline__ float fast_exp2(float x) {
   // 2^x; -inf -> +0, NaN -> NaN, results below 2^-126 flush to 0 (irrelevant next to the row max).
 #if defined(SALT_CUDA_EMULATION)
-  return exp2f(x);
+  return salt_emu::approx_exp2(x);
 #else
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
