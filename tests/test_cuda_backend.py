@@ -565,5 +565,20 @@ def test_gpu_respects_current_stream_and_device(gen):
     assert float(got) == float(ref)
 
 
+@gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_gpu_second_device_leaves_the_current_device_alone(gen):
+    _gpu_ready()
+    torch.cuda.set_device(0)
+    z = make_logits((16, 5000), generator=gen)
+    u = make_logits((16, 5000), generator=gen)
+    y = torch.randint(0, 5000, (16,), generator=gen)
+    got = sk.salt_loss(z.to("cuda:1"), u.to("cuda:1"), y.to("cuda:1"), backend="cuda")
+    assert got.device == torch.device("cuda:1") and torch.cuda.current_device() == 0
+    rl, _, _ = oracle_rows(z, u, y, 0.5, 1.0)
+    want = oracle_reduce(rl, y, "mean")
+    assert abs(float(got) - float(want)) <= 1e-5 * abs(float(want)) + 1e-6
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

@@ -115,8 +115,21 @@ const char* rows_cuda(const RowsArgs& args, int32_t device, const LaunchConfig& 
   if (args.n_rows > int64_t(0x7fffffff))
     return fail("more than 2^31 - 1 rows in one call; split the rows", cudaSuccess);
 
-  cudaError_t err = cudaSetDevice(device);
-  if (err != cudaSuccess) return fail("cudaSetDevice failed", err);
+  // The driver's current context is per host thread and shared with torch's own CUDA runtime:
+  // switch to `device` only for the launch and switch back, as torch's device guards do.
+  int previous = -1;
+  cudaError_t err = cudaGetDevice(&previous);
+  if (err != cudaSuccess) return fail("cudaGetDevice failed", err);
+  if (previous != device) {
+    err = cudaSetDevice(device);
+    if (err != cudaSuccess) return fail("cudaSetDevice failed", err);
+  }
+  struct Restore {
+    int previous, device;
+    ~Restore() {
+      if (previous != device && previous >= 0) cudaSetDevice(previous);
+    }
+  } restore{previous, device};
 
   LaunchConfig cfg = config;
   if (cfg.mode == kModeWarp) {
