@@ -164,9 +164,10 @@ class BuildExt(build_ext):
             super().build_extension(ext)
         except Exception as exc:  # the CPU extension and the package must still install
             detail = str(exc).strip().splitlines()
+            errors = [line.strip() for line in detail if "error" in line.lower()]
             _cuda_say(
                 "the cuda backend failed to build and is skipped: "
-                + (detail[-1] if detail else type(exc).__name__)
+                + (errors[0] if errors else detail[-1] if detail else type(exc).__name__)
             )
             if len(detail) > 1:
                 print("\n".join(detail[-40:]), file=sys.stderr, flush=True)

@@ -501,7 +501,7 @@ GPU_CONFIGS = [(32, 0), (256, 1), (512, 1), (512, 2), (512, 4), (512, 8)]
                                    (torch.float16, torch.float16), (torch.bfloat16, torch.float32),
                                    (torch.float32, torch.bfloat16)], ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
-@pytest.mark.parametrize("vocab", [1000, 32000, 128256])
+@pytest.mark.parametrize("vocab", [1000, 128256])
 def test_gpu_every_launch_configuration(block, cluster, dz, du, layout, vocab, gen):
     _gpu_ready()
     run_and_check(_cuda_rows, 5, vocab, dz, du, tau=2.0, w=0.5, gen=gen, device="cuda", layout=layout,
