@@ -80,9 +80,15 @@ def fill_derived(results: list[dict], copy_bps: float | None) -> None:
     for r in results:
         if r.get("status") != "ok":
             continue
+        r["peak_logits"] = r["peak_bytes"] / r["logits_bytes"] if r.get("peak_bytes") is not None else None
+        if r["pass"] == "bwd" and r["variant"] in C.SALT_BACKENDS:
+            # The gradient was written during the forward: the backward moves no logits-sized
+            # data, and a bandwidth over the minimal bytes would mean nothing.
+            r["gb_per_s"] = r["copy_fraction"] = None
+            r["note"] = "gradient computed in the forward"
+            continue
         r["gb_per_s"] = r["bytes"] / r["median_s"] / 1e9 if r["median_s"] > 0 else None
         r["copy_fraction"] = (r["bytes"] / r["median_s"]) / copy_bps if copy_bps and r["median_s"] > 0 else None
-        r["peak_logits"] = r["peak_bytes"] / r["logits_bytes"] if r.get("peak_bytes") is not None else None
 
 
 def run_bench(

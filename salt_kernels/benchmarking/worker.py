@@ -20,7 +20,7 @@ def run_case(spec: dict) -> dict:
 
     from .cases import DTYPES, make_inputs, make_loss_fn
     from .machine import PeakMemory
-    from .timing import measure_pass
+    from .timing import measure_passes
 
     device = torch.device(spec["device"])
     fn = make_loss_fn(spec["variant"], spec["kd_weight"], spec["temperature"])
@@ -34,8 +34,7 @@ def run_case(spec: dict) -> dict:
         out["loss_value"] = float(fn(probe, teacher, labels))
         del probe
     kw = {k: spec[k] for k in ("repeats", "warmup", "min_time") if spec.get(k) is not None}
-    for pass_ in spec["passes"]:
-        out["passes"][pass_] = measure_pass(fn, student, teacher, labels, pass_, **kw)
+    out["passes"] = measure_passes(fn, student, teacher, labels, spec["passes"], **kw)
     return out
 
 
