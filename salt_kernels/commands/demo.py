@@ -23,6 +23,28 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def command_line(dc) -> str:
+    """The demo command with the flags that differ from the defaults (for the report)."""
+    from dataclasses import fields
+
+    from salt_kernels.train.demo import DemoConfig
+
+    default = DemoConfig()
+    parts = ["salt-kernels", "demo"]
+    for f in fields(dc):
+        value = getattr(dc, f.name)
+        if value == getattr(default, f.name) or f.name in ("resume", "overwrite", "progress"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            parts += [flag] + [shlex.quote(v) for v in value]
+        else:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
+
+
 def run(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
@@ -33,9 +55,8 @@ def run(args: argparse.Namespace) -> int:
     for f in fields(DemoConfig):
         if hasattr(args, f.name):
             setattr(dc, f.name, getattr(args, f.name))
-    command = "salt-kernels " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "salt-kernels demo"
     try:
-        summary = run_demo(dc, command=command)
+        run_demo(dc, command=command_line(dc))
     except ConfigError as exc:
         print(f"salt-kernels demo: error: {exc}", file=sys.stderr)
         return 2

@@ -105,6 +105,8 @@ class RunConfig:
     ckpt_interval: int = opt(200, "write a checkpoint every this many steps (0: only at the end)")
     log_interval: int = opt(10, "write a training row to metrics.jsonl every this many steps")
     device: str = opt("auto", "auto (cuda if available), cpu or cuda", DEVICES)
+    threads: int = opt(0, "CPU threads for torch (0: torch's default, one per core); use 1 on a "
+                       "machine shared with other jobs")
     backend: str = opt("auto", "salt_loss backend", BACKENDS)
     loss: str = opt("linear", "linear: fused output projection + loss (linear_salt_loss, never "
                     "materializes logits); logits: model logits + salt_loss", LOSS_PATHS)

@@ -39,6 +39,7 @@ class DemoConfig:
     eval_interval: int = opt(25, "evaluate every this many steps")
     seed: int = opt(0, "seed: initialization and data order, shared by baseline and SALT")
     device: str = opt("auto", "auto, cpu or cuda", DEVICES)
+    threads: int = opt(0, "CPU threads (0: torch's default); 1 on a machine shared with other jobs")
     backend: str = opt("auto", "salt_loss backend", BACKENDS)
     loss: str = opt("linear", "linear (fused projection + loss) or logits (salt_loss on logits)",
                     LOSS_PATHS)
@@ -52,7 +53,7 @@ def run_configs(dc: DemoConfig) -> dict[str, TrainConfig]:
     root = Path(dc.runs_dir) / dc.name
     common = dict(data=list(dc.data), batch_size=dc.batch_size, seq_len=dc.seq_len,
                   vocab_size=dc.vocab_size, lr=dc.lr, warmup_steps=dc.warmup_steps,
-                  eval_interval=dc.eval_interval, seed=dc.seed, device=dc.device,
+                  eval_interval=dc.eval_interval, seed=dc.seed, device=dc.device, threads=dc.threads,
                   backend=dc.backend, loss=dc.loss, resume=dc.resume, overwrite=dc.overwrite,
                   progress=dc.progress, ckpt_interval=100)
     teacher_final = str(root / "teacher" / "final")

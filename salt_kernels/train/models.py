@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -104,6 +105,20 @@ def build_model(preset: str | ModelPreset, vocab_size: int, **overrides):
     return LlamaForCausalLM(preset_config(preset, vocab_size, **overrides))
 
 
+@contextmanager
+def _quiet_hf():
+    """No "Loading weights" / "Writing model shards" bars in the middle of the training logs."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_model_dir(path: str, dtype=None):
     """A local Hugging Face causal-LM directory (any architecture AutoModelForCausalLM knows)."""
     from transformers import AutoModelForCausalLM
@@ -113,7 +128,8 @@ def load_model_dir(path: str, dtype=None):
     kwargs = {"local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    with _quiet_hf():
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
 def make_model(spec: str, vocab_size: int, **overrides):
@@ -153,8 +169,9 @@ def save_model_dir(model, tokenizer, path: str | Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    with _quiet_hf():
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)

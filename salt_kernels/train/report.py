@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from .checkpoint import atomic_write_text
@@ -159,7 +158,3 @@ def write_report(root: str | Path, command: str = "salt-kernels demo") -> dict:
     plot_curves(root, summary, root / "curves.png")
     atomic_write_text(render_markdown(summary, command), root / "report.md")
     return summary
-
-
-def _finite(x) -> bool:
-    return x is not None and math.isfinite(x)

@@ -43,6 +43,7 @@ from .data import (
     split_documents,
     train_tokenizer,
 )
+from .report import read_metrics
 from .models import (
     check_model_spec,
     count_parameters,
@@ -56,7 +57,7 @@ from .models import (
 
 # Keys that may differ between a run and its resumption.
 RESUME_FREE_KEYS = {"resume", "overwrite", "progress", "device", "backend", "log_interval",
-                    "ckpt_interval", "eval_interval"}
+                    "ckpt_interval", "eval_interval", "threads"}
 RUN_ARTIFACTS = ("metrics.jsonl", "checkpoint.pt", "summary.json", "config.json", "selection.pt",
                  "final", "tokenizer")
 
@@ -328,11 +329,6 @@ class Metrics:
                 fh.write(json.dumps(row) + "\n")
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
 def _fmt_time(s: float) -> str:
     s = int(s)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
@@ -349,6 +345,8 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, dict], None] | None = Non
     """
     global _bar
     docs = validate_inputs(cfg)  # every user error surfaces here, before anything is trained
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
     d = init_distributed(device.type)
     try:
@@ -618,7 +616,7 @@ def _selection_sampler(cfg, teacher, data: Dataset, sampler: ShardSampler, devic
     from .selection import score_sequences, select_top_fraction
 
     s = cfg.salt
-    path = out / (f"selection.pt" if d.world == 1 else f"selection-rank{d.rank}.pt")
+    path = out / ("selection.pt" if d.world == 1 else f"selection-rank{d.rank}.pt")
     ids = sampler.ids
     cached = torch.load(path, weights_only=True) if path.exists() else None
     if cached is not None and torch.equal(cached["ids"], ids) and cached["top_k"] == s.select_top_k:
