@@ -61,6 +61,9 @@ def _skip_reason(variant, n, v, dtype):
     ok, why = C.variant_status(variant, DEVICE)
     if not ok:
         return f"{variant} not usable on {DEVICE.type}: {why}"
+    if variant in C.OPT_IN and GRID != "tiny":
+        return (f"{variant} is the plain-PyTorch oracle, not a performance backend (seconds per call at "
+                "these sizes); it runs in the tiny grid, and in `salt-kernels bench --backends ...,reference`")
     if variant == "compile" and GRID == "tiny":
         return ("torch.compile compiles each shape and mode for 30-60 s on a small CPU: run it with "
                 "SALT_BENCH_GRID=default or full")
