@@ -397,3 +397,13 @@ def test_demo_writes_report(tmp_path, corpus):
     # a second demo into the same folder is refused unless --resume/--overwrite
     assert main(["demo", "--runs-dir", str(tmp_path), "--name", "d", "--data", str(corpus),
                  "--no-progress"]) == 2
+
+
+def test_bf16_teacher_gives_nearly_the_same_distillation_loss(tmp_path, corpus, teacher_dir):
+    kd = {}
+    for dtype in ("float32", "bfloat16"):
+        train(tiny(tmp_path, corpus, role="salt", teacher=teacher_dir, n_kd=3, steps=3,
+                   teacher_dtype=dtype, out_dir=str(tmp_path / dtype)))
+        kd[dtype] = [r["kd"] for r in rows(tmp_path / dtype, "train")]
+    assert kd["bfloat16"] != kd["float32"]  # the teacher really ran in bf16
+    assert kd["bfloat16"] == pytest.approx(kd["float32"], rel=0.05)
