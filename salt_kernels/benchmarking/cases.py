@@ -120,6 +120,9 @@ def variant_status(variant: str, device: torch.device) -> tuple[bool, str]:
     """Whether a variant runs on this device, and why not."""
     from .. import baselines, dispatch
 
+    if variant == "triton" and device.type == "cpu":
+        return False, ("Triton runs on CUDA GPUs; on CPU only under its interpreter "
+                       "(TRITON_INTERPRET=1), whose times mean nothing")
     if variant in SALT_BACKENDS:
         ok, why = dispatch.backend_status(variant, device)
         return ok, why

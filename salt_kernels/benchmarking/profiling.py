@@ -225,26 +225,19 @@ class StepRunner:
 
         return student, optimizer, step
 
-    def measure(self, kind: str, loss: str, on_step=None, trace_dir: str | None = None, trace_steps: int = 2) -> dict:
+    def state_bytes(self, student, optimizer) -> int:
+        """Bytes of the student's weights and AdamW state (the gradients come and go each step)."""
+        total = sum(p.numel() * p.element_size() for p in student.parameters())
+        for st in optimizer.state.values():
+            total += sum(t.numel() * t.element_size() for t in st.values() if torch.is_tensor(t))
+        return total
+
+    def estimated_state_bytes(self) -> int:
+        """Weights + two AdamW moments of one student copy, before any is built."""
+        return 3 * sum(p.numel() * p.element_size() for p in self.student_init.parameters())
+
+    def summarize(self, kind: str, loss: str, rows: list[dict], peaks: list[int | None], state: int) -> dict:
         cfg = self.cfg
-        student, optimizer, step = self.make_step(kind, loss)
-        for _ in range(cfg.warmup):
-            step()
-            if on_step:
-                on_step()
-        mem = PeakMemory(self.device)
-        mem.set_baseline()
-        mem.reset()
-        rows = []
-        for _ in range(cfg.steps):
-            rows.append(step())
-            if on_step:
-                on_step()
-        peak_above = mem.peak_above_baseline()
-        peak_abs = mem.peak()
-        trace_path = None
-        if trace_dir:
-            trace_path = self._trace(step, kind, loss, trace_dir, trace_steps)
         phases = {p: statistics.median(r[p] for r in rows) for p in PHASES}
         totals = [sum(r.values()) for r in rows]
         step_s = statistics.median(totals)
@@ -252,7 +245,7 @@ class StepRunner:
         peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else peak_flops(
             self.device, torch.bfloat16 if cfg.amp == "bf16" else torch.float32)
         tokens_per_s = cfg.tokens_per_step / step_s
-        del student, optimizer, step
+        known = [x for x in peaks if x is not None]
         return {
             "kind": kind,
             "loss": loss,
@@ -261,16 +254,16 @@ class StepRunner:
             "step_times_s": totals,
             "phases_s": phases,
             "tokens_per_s": tokens_per_s,
-            "peak_bytes": peak_abs if mem.supported else None,
-            "peak_above_resident_bytes": peak_above if mem.supported else None,
+            "state_bytes": state,
+            "step_peak_bytes": max(known) if known else None,
             "model_flops_per_token": flops,
             "achieved_flops": flops * tokens_per_s,
             "peak_flops": peak,
             "mfu": flops * tokens_per_s / peak if peak else None,
-            "trace": trace_path,
+            "trace": None,
         }
 
-    def _trace(self, step, kind, loss, trace_dir, trace_steps) -> str:
+    def trace(self, step, kind, loss, trace_dir, trace_steps) -> str:
         import os
 
         from torch.profiler import ProfilerActivity, profile
@@ -287,7 +280,21 @@ class StepRunner:
         return path
 
 
-def run_profile(cfg: ProfileConfig, *, trace_dir=None, trace_steps=2, progress=True, command="", log=print) -> dict:
+def _measured_step(step, mem: PeakMemory):
+    """One step's phase times and its peak memory above what was held before it."""
+    mem.set_baseline()
+    mem.reset()
+    times = step()
+    return times, (mem.peak_above_baseline() if mem.supported else None)
+
+
+def run_profile(cfg: ProfileConfig, *, trace_dir=None, trace_steps=2, progress=True, command="", log=print,
+                interleave: bool | None = None) -> dict:
+    """Measure every (step kind, loss) variant. Interleaved (the default when every variant's
+    student and optimizer fit in memory at once): round r runs one step of each variant, the
+    order rotating between rounds, so that a change in the machine's load hits all variants
+    alike; otherwise one variant after the other."""
+    from .machine import available_bytes
     from .progress import bar
 
     device = torch.device(cfg.device)
@@ -312,15 +319,47 @@ def run_profile(cfg: ProfileConfig, *, trace_dir=None, trace_steps=2, progress=T
             log(f"not run: loss {loss}: {why}")
             continue
         variants += [(kind, loss) for kind in KINDS]
-    per_variant = cfg.warmup + cfg.steps + (trace_steps if trace_dir else 0)
-    with bar(len(variants) * per_variant, "profile", enabled=progress) as pbar:
-        for kind, loss in variants:
-            pbar.set_postfix_str(f"{KIND_TITLES[kind]}, {LOSS_TITLES[loss]}")
-            res = runner.measure(kind, loss, on_step=lambda: pbar.update(1), trace_dir=trace_dir,
-                                 trace_steps=trace_steps)
+    if interleave is None:
+        interleave = len(variants) * runner.estimated_state_bytes() < 0.3 * available_bytes(device)
+    doc["interleaved"] = interleave
+    mem = PeakMemory(device)
+    total = len(variants) * (cfg.warmup + cfg.steps + (trace_steps if trace_dir else 0))
+    rows = {v: [] for v in variants}
+    peaks = {v: [] for v in variants}
+    states = {}
+    with bar(total, "profile", enabled=progress) as pbar:
+        if interleave:
+            built = {v: runner.make_step(*v) for v in variants}
+            for r in range(cfg.warmup + cfg.steps):
+                k = r % len(variants)
+                for v in variants[k:] + variants[:k]:
+                    pbar.set_postfix_str(f"{KIND_TITLES[v[0]]}, {LOSS_TITLES[v[1]]}")
+                    times, peak = _measured_step(built[v][2], mem)
+                    if r >= cfg.warmup:
+                        rows[v].append(times)
+                        peaks[v].append(peak)
+                    pbar.update(1)
+            for v in variants:
+                states[v] = runner.state_bytes(built[v][0], built[v][1])
+        for v in variants:
+            if interleave:
+                student, optimizer, step = built.pop(v)
+            else:
+                pbar.set_postfix_str(f"{KIND_TITLES[v[0]]}, {LOSS_TITLES[v[1]]}")
+                student, optimizer, step = runner.make_step(*v)
+                for r in range(cfg.warmup + cfg.steps):
+                    times, peak = _measured_step(step, mem)
+                    if r >= cfg.warmup:
+                        rows[v].append(times)
+                        peaks[v].append(peak)
+                    pbar.update(1)
+                states[v] = runner.state_bytes(student, optimizer)
+            res = runner.summarize(*v, rows[v], peaks[v], states[v])
             if trace_dir:
+                res["trace"] = runner.trace(step, *v, trace_dir, trace_steps)
                 pbar.update(trace_steps)
             doc["results"].append(res)
+            del student, optimizer, step
     doc["machine"]["load_average_end"] = load_average()
     add_overheads(doc)
     return doc

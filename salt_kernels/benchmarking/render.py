@@ -390,13 +390,13 @@ def profile_tables(doc: dict, with_accounting: bool = True) -> str:
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
         rows.append([
             KIND_TITLES[r["kind"]], LOSS_TITLES[r["loss"]], fmt_time(r["step_s"]), f"{r['tokens_per_s']:,.0f}",
-            fmt_bytes(r.get("peak_bytes")), fmt_bytes(r.get("peak_above_resident_bytes")), mfu,
+            fmt_bytes(r.get("step_peak_bytes")), fmt_bytes(r.get("state_bytes")), mfu,
             f"{100 * ov_same:+.0f}%" if ov_same is not None else "",
             f"{100 * ov_torch:+.0f}%" if ov_torch is not None else "",
         ])
     lines.append("**Training step throughput** (overhead: the SALT step's time over a CE-only step)\n")
     lines.append(table(
-        ["step", "loss", "step time", "tokens/s", "peak memory", "peak above resident", "MFU",
+        ["step", "loss", "step time", "tokens/s", "step peak memory", "student + AdamW state", "MFU",
          "overhead vs CE, same loss", "overhead vs plain-PyTorch CE"],
         rows, ["l", "l", "r", "r", "r", "r", "r", "r", "r"]))
     lines.append("")
@@ -412,11 +412,17 @@ def profile_tables(doc: dict, with_accounting: bool = True) -> str:
     lines.append(table(["step", "loss"] + [PHASE_TITLES[p] for p in PHASES], rows, ["l", "l"] + ["r"] * len(PHASES)))
     lines.append("")
     lines.append(
-        "Peak memory: " + ("torch.cuda.max_memory_allocated" if m["device"] == "cuda" else "the process's resident set (VmHWM)")
-        + " over the measured steps; above resident: minus what was held before them (weights, optimizer "
-        "state, batch). MFU counts the student's 6P + 12LdT FLOPs per token and, in SALT steps, the teacher's "
-        "forward 2P + 4LdT; n/a where the device's peak is unknown (CPUs; pass --peak-tflops). With the fused "
-        "linear loss the output projections run inside the loss phase."
+        "Step peak memory: the most a step held above what was held before it (activations, logits, loss "
+        "temporaries, gradients; "
+        + ("torch.cuda.max_memory_allocated" if m["device"] == "cuda" else "the process's resident set, VmHWM")
+        + "); student + AdamW state: its weights and optimizer moments; the teacher's weights and the batch "
+        "come on top of both. "
+        + ("Variants were measured interleaved (one step of each per round, the order rotating), so a change "
+           "in the machine's load hits all alike. " if doc.get("interleaved") else
+           "Variants were measured one after the other (all students at once would not fit in memory). ")
+        + "MFU counts the student's 6P + 12LdT FLOPs per token and, in SALT steps, the teacher's forward "
+        "2P + 4LdT; n/a where the device's peak is unknown (CPUs; pass --peak-tflops). With the fused linear "
+        "loss the output projections run inside the loss phase."
     )
     if with_accounting and doc.get("accounting", {}).get("text"):
         lines += ["", "```", doc["accounting"]["text"], "```"]
