@@ -68,11 +68,14 @@ def _bench(tmp_path, *extra):
 
 
 def test_bench_writes_json_markdown_and_plots(tmp_path, capsys):
-    rc, out, md = _bench(tmp_path, "--backends", "cpu,eager", "--dtype", "fp32")
+    threads = torch.get_num_threads()
+    rc, out, md = _bench(tmp_path, "--backends", "cpu,eager", "--dtype", "fp32", "--threads", "1")
+    assert torch.get_num_threads() == threads  # --threads applies to the run only
     printed = capsys.readouterr().out
     assert rc == 0
     doc = json.loads(out.read_text())
     assert doc["kind"] == "salt-kernels-bench"
+    assert doc["config"]["threads"] == 1 and doc["machine"]["torch_threads"] == 1 and "--threads 1" in doc["command"]
     bw = doc["copy_bandwidth"]["bytes_per_s"]
     assert bw and bw > 0
     results = doc["results"]

@@ -110,6 +110,7 @@ def run_bench(
     case_timeout: float | None = None,
     command: str = "",
     progress: bool = True,
+    threads: int | None = None,
     log=print,
 ) -> dict:
     for p in passes:
@@ -132,6 +133,7 @@ def run_bench(
             "v": vs,
             "dtypes": dtypes,
             "variants": variants,
+            "threads": threads,
         },
         "copy_bandwidth": {},
         "left_out": [{"variant": v, "reason": why} for v, why in left_out],
@@ -184,6 +186,7 @@ def run_bench(
                 "min_time": min_time,
                 "kd_weight": kd_weight,
                 "temperature": temperature,
+                "threads": threads,
             }
             res = run_worker(spec, timeout=case_timeout)
             if "error" in res:

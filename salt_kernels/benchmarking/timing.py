@@ -257,7 +257,7 @@ def copy_bandwidth(device: torch.device, nbytes: int | None = None, repeats: int
         import triton.testing
 
         ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
-        del src, dst
+        src = dst = None
         torch.cuda.empty_cache()  # the case processes need this memory
         return 2 * nbytes / (ms / 1000.0)
     dst.copy_(src)
@@ -266,5 +266,5 @@ def copy_bandwidth(device: torch.device, nbytes: int | None = None, repeats: int
         t0 = time.perf_counter()
         dst.copy_(src)
         times.append(time.perf_counter() - t0)
-    del src, dst
+    src = dst = None
     return 2 * nbytes / statistics.median(times)

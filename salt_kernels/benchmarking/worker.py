@@ -4,7 +4,7 @@ allocator or compiler state carries over between variants:
     python -m salt_kernels.benchmarking.worker SPEC.json RESULT.json
 
 SPEC: {"variant", "n", "v", "dtype", "passes", "device", "repeats", "warmup", "min_time",
-"kd_weight", "temperature"}. RESULT gets {"process_bytes_with_inputs", "passes": {pass: the
+"kd_weight", "temperature", "threads" (None: torch's default)}. RESULT gets {"process_bytes_with_inputs", "passes": {pass: the
 measurements of timing.measure_pass}} or {"error", "traceback"}.
 """
 
@@ -22,6 +22,8 @@ def run_case(spec: dict) -> dict:
     from .machine import PeakMemory
     from .timing import measure_passes
 
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     fn = make_loss_fn(spec["variant"], spec["kd_weight"], spec["temperature"])
     student, teacher, labels = make_inputs(spec["n"], spec["v"], DTYPES[spec["dtype"]], device)

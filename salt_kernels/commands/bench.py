@@ -56,6 +56,10 @@ def register(subparsers) -> None:
     p.add_argument("--min-time", type=float, default=None,
                    help="keep repeating a pass until its timed calls add up to this many seconds, "
                         "at most 50 calls (default: 1.0 on CPU, 0.1 on GPU)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for torch and the kernels (torch.set_num_threads) in every case; on a "
+                        "machine shared with other jobs, fewer threads than cores give steadier numbers "
+                        "(default: torch's default, one per core)")
     p.add_argument("--kd-weight", type=float, default=0.5, help="KD weight w of the loss (default: 0.5)")
     p.add_argument("--temperature", type=float, default=2.0, help="temperature tau of the loss (default: 2.0)")
     p.add_argument("--memory-fraction", type=float, default=0.85,
@@ -92,9 +96,6 @@ def _device(name: str):
 
 def run(args) -> int:
     from ..benchmarking import cases as C
-    from ..benchmarking import render
-    from ..benchmarking.machine import available_bytes
-    from ..benchmarking.runner import run_bench
 
     device = _device(args.device)
     try:
@@ -111,6 +112,8 @@ def run(args) -> int:
                 raise ValueError(f"--passes: unknown pass {p_!r}; choose from {', '.join(C.PASSES)}")
         if any(x < 1 for x in ns + vs):
             raise ValueError("--n and --v must be positive")
+        if args.threads is not None and args.threads < 1:
+            raise ValueError("--threads must be at least 1")
         if args.repeats < 1:
             raise ValueError("--repeats must be at least 1")
         if not 0 < args.memory_fraction <= 1:
@@ -129,6 +132,23 @@ def run(args) -> int:
         except ImportError:
             print("salt-kernels bench: --plots needs matplotlib: pip install 'salt-kernels[bench]'", file=sys.stderr)
             return 2
+    import torch
+
+    threads_before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args, device, variants, left_out, ns, vs, dtypes, passes)
+    finally:  # the command may run inside a longer-lived process (tests, notebooks)
+        torch.set_num_threads(threads_before)
+
+
+def _run(args, device, variants, left_out, ns, vs, dtypes, passes) -> int:
+    from ..benchmarking import cases as C
+    from ..benchmarking import render
+    from ..benchmarking.machine import available_bytes
+    from ..benchmarking.runner import run_bench
+
     out = args.out.replace("{device}", device.type)
     warmup = args.warmup if args.warmup is not None else (3 if device.type == "cuda" else 1)
     min_time = args.min_time if args.min_time is not None else (0.1 if device.type == "cuda" else 1.0)
@@ -154,6 +174,8 @@ def run(args) -> int:
         f"--v {','.join(map(str, vs))} --dtype {','.join(dtypes)} --backends {','.join(variants)} "
         f"--passes {','.join(passes)} --repeats {args.repeats} --warmup {warmup} --min-time {min_time:g}"
     )
+    if args.threads:
+        command += f" --threads {args.threads}"
     if (args.kd_weight, args.temperature) != (0.5, 2.0):
         command += f" --kd-weight {args.kd_weight:g} --temperature {args.temperature:g}"
     doc = run_bench(
@@ -174,6 +196,7 @@ def run(args) -> int:
         case_timeout=args.case_timeout,
         command=command,
         progress=not args.no_progress,
+        threads=args.threads,
     )
     print()
     print(render.text_report(doc))

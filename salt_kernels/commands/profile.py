@@ -56,6 +56,9 @@ def register(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant before measuring (default: 2)")
     p.add_argument("--kd-weight", type=float, help="w of the SALT stage-1 loss (default: 0.5, or the demo's)")
     p.add_argument("--temperature", type=float, help="distillation temperature tau (default: 2.0, or the demo's)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for torch and the kernels (torch.set_num_threads); on a machine shared "
+                        "with other jobs, fewer threads than cores give steadier numbers (default: one per core)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model initialization and the batch (default: 0)")
     p.add_argument("--peak-tflops", type=float,
                    help="the device's peak matmul TFLOP/s for MFU, when it is not in the built-in table "
@@ -108,8 +111,7 @@ def run(args) -> int:
     import torch
 
     from ..benchmarking import accounting as acc
-    from ..benchmarking import render
-    from ..benchmarking.profiling import LOSSES, ProfileConfig, run_profile
+    from ..benchmarking.profiling import LOSSES, ProfileConfig
 
     if args.device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -172,9 +174,25 @@ def run(args) -> int:
         problems.append("--kd-weight must be in [0, 1]")
     if not cfg.temperature > 0:
         problems.append("--temperature must be positive")
+    if args.threads is not None and args.threads < 1:
+        problems.append("--threads must be at least 1")
     if problems:
         print("salt-kernels profile: " + "; ".join(problems), file=sys.stderr)
         return 2
+    threads_before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args, cfg, device, losses, summary, summary_path, demo)
+    finally:  # the command may run inside a longer-lived process (tests, notebooks)
+        torch.set_num_threads(threads_before)
+
+
+def _run(args, cfg, device, losses, summary, summary_path, demo) -> int:
+    from ..benchmarking import accounting as acc
+    from ..benchmarking import render
+    from ..benchmarking.profiling import run_profile
+
 
     command = (
         f"salt-kernels profile --device {device} --student {cfg.student} --teacher {cfg.teacher} "
@@ -182,6 +200,8 @@ def run(args) -> int:
         f"--amp {cfg.amp} --losses {','.join(losses)} --backend {cfg.backend} --steps {cfg.steps} "
         f"--warmup {cfg.warmup} --kd-weight {cfg.kd_weight:g} --temperature {cfg.temperature:g}"
     )
+    if args.threads:
+        command += f" --threads {args.threads}"
     if args.accounting:
         command += f" --accounting {args.accounting}"
     try:
