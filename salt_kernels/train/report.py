@@ -31,7 +31,8 @@ def run_section(run_dir: Path) -> dict:
     keys = ("final_val_loss", "final_val_ppl", "final_val_acc", "steps", "wall_time_s",
             "tokens_per_s", "step_time_s", "parameters", "model", "loss_path", "processes", "n_kd",
             "kd_weight", "temperature", "transition", "select_data", "stage1_step_time_s",
-            "stage2_step_time_s")
+            "stage2_step_time_s", "device", "threads", "cpu_count", "load_avg_1m_start",
+            "load_avg_1m_end")
     return {k: s[k] for k in keys if k in s}
 
 
@@ -92,6 +93,20 @@ def plot_curves(root: Path, summary: dict, path: Path) -> None:
     tmp.replace(path)
 
 
+def _machine_line(*runs) -> str:
+    r = runs[-1]
+    loads = [x.get(k) for x in runs for k in ("load_avg_1m_start", "load_avg_1m_end")]
+    loads = [x for x in loads if x is not None]
+    line = (f"Measured on {r.get('device', '?')} with {r.get('threads', '?')} torch thread(s), "
+            f"{r.get('processes', 1)} process(es), {r.get('cpu_count', '?')} CPU cores")
+    if loads:
+        line += f"; 1-minute load average {min(loads):.1f} to {max(loads):.1f} during the runs"
+        if r.get("device") == "cpu" and r.get("cpu_count") and max(loads) > r["cpu_count"]:
+            line += (" (above the core count: other processes shared the CPU, so times and "
+                     "tokens/s are slower and noisier than the machine alone would give)")
+    return line + "."
+
+
 def _fmt(x, spec=".4f"):
     return "n/a" if x is None else format(x, spec)
 
@@ -140,6 +155,8 @@ def render_markdown(summary: dict, command: str) -> str:
         "Train time counts forward, backward and optimizer steps (evaluations and checkpoints "
         "excluded); the teacher's own training is not charged to SALT, as in the paper, where the "
         "small model already exists.",
+        "",
+        _machine_line(t, b, s),
         "",
         "![validation loss](curves.png)",
         "",

@@ -452,7 +452,10 @@ def _train(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, on_
             ckpt.atomic_save({"step": step, "model": model.state_dict(),
                               "optimizer": optimizer.state_dict(), "rng": rngs,
                               "counters": dict(counters), "config": cfg.to_dict(),
-                              "world_size": d.world}, out / ckpt.CHECKPOINT)
+                              "world_size": d.world,
+                              # batches are a function of (seed, step): the step is the position
+                              "data_position": {"step": step, "epoch": sampler.epoch_of(step)}},
+                             out / ckpt.CHECKPOINT)
         d.barrier()
 
     def eval_row(step: int) -> dict:
@@ -467,6 +470,7 @@ def _train(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, on_
             f"acc {row['val_acc']:.3f}")
 
     # ---- the loop
+    load_start = _load_average()
     tokens_per_step = r.batch_size * cfg.data.seq_len
     _bar = _make_bar(r, start, d)
     status = "finished"
@@ -545,7 +549,7 @@ def _train(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, on_
         return RunResult("interrupted", step, out)
 
     save_checkpoint(r.steps)
-    summary = _run_summary(cfg, out, counters, n_params, n_kd, d)
+    summary = _run_summary(cfg, out, counters, n_params, n_kd, d, device, load_start)
     if d.main:
         save_model_dir(model, tokenizer, out / "final")
         ckpt.atomic_write_text(json.dumps(summary, indent=2) + "\n", out / "summary.json")
@@ -653,7 +657,15 @@ def _check_resume_compatible(state: dict, cfg: TrainConfig, d: Dist) -> None:
                           "original flags (or start over with --overwrite):\n  " + "\n  ".join(diffs))
 
 
-def _run_summary(cfg: TrainConfig, out: Path, counters: dict, n_params: int, n_kd: int, d: Dist) -> dict:
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):  # not on every platform
+        return None
+
+
+def _run_summary(cfg: TrainConfig, out: Path, counters: dict, n_params: int, n_kd: int, d: Dist,
+                 device: torch.device, load_start: float | None) -> dict:
     if not d.main:
         return {}
     rows = read_metrics(out / "metrics.jsonl")
@@ -674,6 +686,13 @@ def _run_summary(cfg: TrainConfig, out: Path, counters: dict, n_params: int, n_k
         "step_time_s": t / steps,
         "processes": d.world,
         "loss_path": cfg.run.loss,
+        # what the times were measured on: with a load average above the core count, other
+        # processes shared the CPU and the times are slower than the machine can do
+        "device": device.type,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m_start": load_start,
+        "load_avg_1m_end": _load_average(),
     }
     if cfg.run.role == "salt":
         summary.update({
