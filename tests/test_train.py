@@ -407,3 +407,18 @@ def test_bf16_teacher_gives_nearly_the_same_distillation_loss(tmp_path, corpus, 
         kd[dtype] = [r["kd"] for r in rows(tmp_path / dtype, "train")]
     assert kd["bfloat16"] != kd["float32"]  # the teacher really ran in bf16
     assert kd["bfloat16"] == pytest.approx(kd["float32"], rel=0.05)
+
+
+def test_progress_bar_shows_loss_w_tokens_per_s_and_eta(tmp_path, corpus, monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    train(tiny(tmp_path, corpus, steps=6, progress=True))
+    out = term.getvalue()
+    assert "6/6" in out and "loss=" in out and "w=0.00" in out and "tok_s=" in out
+    assert "<00:00" in out or "<0" in out  # tqdm's [elapsed<remaining] ETA field
+    assert "step 6/6 | val loss" in out  # readable log lines go above the bar
