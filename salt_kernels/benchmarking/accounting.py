@@ -65,7 +65,7 @@ def project(steps_baseline: int, steps_to_match: int | None, n_kd: int, t_ce: fl
 
 
 def _ms(s: float) -> str:
-    return f"{s * 1000:.1f} ms"
+    return f"{s:.2f} s" if s >= 1 else f"{s * 1000:.1f} ms"
 
 
 def _dur(s: float) -> str:

@@ -274,7 +274,7 @@ def plot(doc: dict, out_dir: str, prefix: str) -> list[str]:
                     if metric == "time":
                         ax.set_yscale("log")
                     ax.set_xticks(vs)
-                    ax.set_xticklabels([f"{v / 1000:g}k" for v in vs])
+                    ax.set_xticklabels([f"{v / 1000:.0f}k" if v >= 1000 else str(v) for v in vs])
                     ax.grid(True, alpha=0.3)
             handles, labels = [], []
             for row in axes:
