@@ -25,7 +25,9 @@ def register(subparsers) -> None:
             "Grid: the full grid is N in {1024, 4096, 16384} x V in {32000, 128256, 256000}, fp32 and\n"
             "bf16 (the default on a GPU). On a CPU the default is N=1024 x V in {32000, 128256}, which\n"
             "takes about 5 minutes on 2 cores (torch.compile compiles every shape); --full runs the whole\n"
-            "grid there (hours: eager at 16384 x 256000 fp32 needs ~150 GB and minutes per call).\n\n"
+            "grid there (hours: eager at 16384 x 256000 fp32 needs ~180 GB and minutes per call). On a GPU\n"
+            "the full grid takes tens of minutes (a process, and for torch.compile a compilation, per case):\n"
+            "choose a subset with --n/--v/--dtype/--backends when time is short.\n\n"
             "Render the JSON into benchmarks/RESULTS.md and PNG plots with --markdown/--plots here, or\n"
             "later with `python benchmarks/report.py RESULT.json`."
         ),
