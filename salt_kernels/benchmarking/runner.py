@@ -8,12 +8,15 @@ Result file (schema 1):
      "results": [{"variant", "n", "v", "dtype", "pass", "status": "ok"|"skipped"|"failed",
                   "reason", "median_s", "min_s", "max_s", "repeats", "times_s", "first_call_s",
                   "bytes", "gb_per_s", "copy_fraction", "peak_bytes", "peak_logits",
-                  "logits_bytes", "estimated_bytes"}]}
+                  "logits_bytes", "estimated_bytes", "loss_value", "note"}]}
 
 "bytes" is the minimal traffic of the pass (cases.Case.min_bytes), "gb_per_s" = bytes / median,
 "copy_fraction" = that over the copy bandwidth measured in the same run (the better of the
 measurements at the start and the end), "peak_bytes" the process's peak above its inputs and
-"peak_logits" the same in units of one logits tensor of the input dtype.
+"peak_logits" the same in units of one logits tensor of the input dtype, "loss_value" the
+variant's loss on the case's inputs (the same inputs for every variant: the report flags a
+variant that disagrees). A salt_kernels backend's "bwd" gets no GB/s: its gradient was written
+in the forward ("note").
 """
 
 from __future__ import annotations
