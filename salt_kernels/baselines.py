@@ -61,9 +61,12 @@ def liger(kd_weight: float, temperature: float, ignore_index: int = -100):
         v = student.shape[-1]
         z = student.reshape(-1, v)
         y = labels.reshape(-1)
-        ce = ce_fn(z, y)
+        # The KL inputs first: LigerCrossEntropyLoss overwrites its input logits with their
+        # gradient during its forward (its memory saving), so z is not z after ce_fn.
         log_q = torch.log_softmax(z.float() / tau, dim=-1)
         log_p = torch.log_softmax(teacher.reshape(-1, v).float() / tau, dim=-1)
-        return (1 - kd_weight) * ce + kd_weight * tau * tau * kl_fn(log_q, log_p)
+        kl = kl_fn(log_q, log_p)
+        ce = ce_fn(z, y)
+        return (1 - kd_weight) * ce + kd_weight * tau * tau * kl
 
     return fn
