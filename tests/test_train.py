@@ -422,3 +422,23 @@ def test_progress_bar_shows_loss_w_tokens_per_s_and_eta(tmp_path, corpus, monkey
     assert "6/6" in out and "loss=" in out and "w=0.00" in out and "tok_s=" in out
     assert "<00:00" in out or "<0" in out  # tqdm's [elapsed<remaining] ETA field
     assert "step 6/6 | val loss" in out  # readable log lines go above the bar
+
+
+def test_read_documents_txt_jsonl_and_folders(tmp_path):
+    from salt_kernels.train.data import read_documents, split_documents
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.txt").write_text("first document\nwith two lines\n")
+    (folder / "b.jsonl").write_text('{"text": "second"}\n\n"third"\n')
+    (folder / "ignored.csv").write_text("x,y\n")
+    assert read_documents([str(folder)]) == ["first document\nwith two lines\n", "second", "third"]
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"txt": 1}\n')
+    with pytest.raises(ConfigError, match="bad.jsonl:2"):
+        read_documents([str(tmp_path / "bad.jsonl")])
+    # the split is fixed (no seed) and puts every 20th piece in validation
+    docs = ["line %d\n" % i * 1 for i in range(4000)]
+    train_a, val_a = split_documents(["".join(docs)], 0.05)
+    train_b, val_b = split_documents(["".join(docs)], 0.05)
+    assert (train_a, val_a) == (train_b, val_b)
+    assert 0.03 < len(val_a) / (len(val_a) + len(train_a)) < 0.07

