@@ -136,13 +136,11 @@ def shift_labels(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torc
 def salt_kd_weight(step: int, *, kd_weight: float, n_kd: int, transition: str = "step") -> float:
     """SALT's distillation weight at optimizer step `step` (0-based): kd_weight for step < n_kd
     ("step"), or decaying linearly to 0 at n_kd ("linear"); 0 from n_kd on."""
+    from ..train.schedule import kd_weight as schedule_kd_weight  # the trainer's own schedule
+
     if transition not in TRANSITIONS:
         raise ValueError(f"transition must be one of {', '.join(TRANSITIONS)}, got {transition!r}")
-    if step >= n_kd or n_kd <= 0:
-        return 0.0
-    if transition == "step":
-        return kd_weight
-    return kd_weight * (1.0 - step / n_kd)
+    return schedule_kd_weight(step, kd_weight=kd_weight, n_kd=n_kd, transition=transition)
 
 
 class SaltTrainer(Trainer):
