@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .rows import RowOutputs
+from .rows import RowOutputs, compiled_rows_args
 
 NAME = "cpu"
 
@@ -18,7 +18,6 @@ except ImportError as exc:  # not built: `pip install -e .` compiles it
     _salt_cpu = None
     _IMPORT_ERROR = f"compiled module salt_kernels._salt_cpu is missing ({exc}); run `pip install -e .` to build it"
 
-DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
 def is_available() -> tuple[bool, str]:
@@ -50,34 +49,19 @@ def rows(
     grad: torch.Tensor | None = None,
     grad_scale: torch.Tensor | None = None,
 ) -> RowOutputs:
-    n, vocab = student.shape
-    out = RowOutputs.empty(n, student.device)
-    use_teacher = teacher is not None and kd_weight > 0
-    if grad is not None:
-        grad_scale = grad_scale.to(torch.float32).contiguous()
+    out = RowOutputs.empty(student.shape[0], student.device)
     _salt_cpu.rows(
-        student=student.data_ptr(),
-        student_row_stride=student.stride(0),
-        student_dtype=DTYPE_CODES[student.dtype],
-        teacher=teacher.data_ptr() if use_teacher else 0,
-        teacher_row_stride=teacher.stride(0) if use_teacher else 0,
-        teacher_dtype=DTYPE_CODES[teacher.dtype] if use_teacher else 0,
-        labels=labels.data_ptr(),
-        labels_stride=labels.stride(0) if labels.dim() else 0,
-        labels_int64=labels.dtype == torch.int64,
-        n_rows=n,
-        vocab=vocab,
-        kd_weight=kd_weight if use_teacher else 0.0,
-        temperature=temperature,
-        ignore_index=ignore_index,
-        loss=out.loss.data_ptr(),
-        ce=out.ce.data_ptr(),
-        kd=out.kd.data_ptr(),
-        lse=out.lse.data_ptr(),
-        grad=grad.data_ptr() if grad is not None else 0,
-        grad_row_stride=grad.stride(0) if grad is not None else 0,
-        grad_scale=grad_scale.data_ptr() if grad is not None else 0,
-        grad_scale_stride=(1 if grad_scale.numel() > 1 else 0) if grad is not None else 0,
+        **compiled_rows_args(
+            student,
+            teacher,
+            labels,
+            out,
+            kd_weight=kd_weight,
+            temperature=temperature,
+            ignore_index=ignore_index,
+            grad=grad,
+            grad_scale=grad_scale,
+        ),
         num_threads=torch.get_num_threads(),
     )
     return out

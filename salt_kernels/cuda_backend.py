@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from .rows import RowOutputs
+from .rows import DTYPE_CODES, RowOutputs, compiled_rows_args
 
 NAME = "cuda"
 MIN_CAPABILITY = (9, 0)
@@ -34,7 +34,6 @@ except ImportError as exc:  # not built: nvcc was missing at install time, or th
         "`pip install -e .` where nvcc is found (set CUDA_HOME or put nvcc on PATH)"
     )
 
-DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
 def _int_env(name: str) -> int:
@@ -107,38 +106,24 @@ def rows(
 ) -> RowOutputs:
     """The row contract of rows.py on CUDA tensors. `block` / `cluster` override the launch
     configuration (tests and tuning; None: SALT_CUDA_BLOCK / SALT_CUDA_CLUSTER, else automatic)."""
-    n, vocab = student.shape
+    n = student.shape[0]
     device = student.device
     out = RowOutputs.empty(n, device)
     if n == 0:
         return out
-    use_teacher = teacher is not None and kd_weight > 0
-    if grad is not None:
-        grad_scale = grad_scale.to(device=device, dtype=torch.float32).contiguous()
     index = device.index if device.index is not None else torch.cuda.current_device()
     _salt_cuda.rows(
-        student=student.data_ptr(),
-        student_row_stride=student.stride(0),
-        student_dtype=DTYPE_CODES[student.dtype],
-        teacher=teacher.data_ptr() if use_teacher else 0,
-        teacher_row_stride=teacher.stride(0) if use_teacher else 0,
-        teacher_dtype=DTYPE_CODES[teacher.dtype] if use_teacher else 0,
-        labels=labels.data_ptr(),
-        labels_stride=labels.stride(0) if labels.dim() else 0,
-        labels_int64=labels.dtype == torch.int64,
-        n_rows=n,
-        vocab=vocab,
-        kd_weight=kd_weight if use_teacher else 0.0,
-        temperature=temperature,
-        ignore_index=ignore_index,
-        loss=out.loss.data_ptr(),
-        ce=out.ce.data_ptr(),
-        kd=out.kd.data_ptr(),
-        lse=out.lse.data_ptr(),
-        grad=grad.data_ptr() if grad is not None else 0,
-        grad_row_stride=grad.stride(0) if grad is not None else 0,
-        grad_scale=grad_scale.data_ptr() if grad is not None else 0,
-        grad_scale_stride=(1 if grad_scale.numel() > 1 else 0) if grad is not None else 0,
+        **compiled_rows_args(
+            student,
+            teacher,
+            labels,
+            out,
+            kd_weight=kd_weight,
+            temperature=temperature,
+            ignore_index=ignore_index,
+            grad=grad,
+            grad_scale=grad_scale,
+        ),
         stream=torch.cuda.current_stream(device).cuda_stream,
         device=index,
         block=_BLOCK if block is None else block,

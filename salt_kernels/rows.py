@@ -33,3 +33,52 @@ class RowOutputs:
             kd=torch.empty(n, dtype=f32, device=device),
             lse=torch.empty(n, 3, dtype=f32, device=device),
         )
+
+
+# dtype codes of csrc/salt_math.h (salt::Dtype), shared by the compiled backends' launchers.
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def compiled_rows_args(
+    student: torch.Tensor,
+    teacher: torch.Tensor | None,
+    labels: torch.Tensor,
+    out: RowOutputs,
+    *,
+    kd_weight: float,
+    temperature: float,
+    ignore_index: int,
+    grad: torch.Tensor | None,
+    grad_scale: torch.Tensor | None,
+) -> dict:
+    """The fields of salt::RowsArgs (csrc/salt_math.h) as keyword arguments of the pybind11
+    `rows` functions: addresses, strides and dtype codes. Address 0 stands for "absent"; the
+    teacher is passed as absent when kd_weight == 0, so no kernel can read it."""
+    n, vocab = student.shape
+    use_teacher = teacher is not None and kd_weight > 0
+    if grad is not None:
+        grad_scale = grad_scale.to(device=student.device, dtype=torch.float32).contiguous()
+    return dict(
+        student=student.data_ptr(),
+        student_row_stride=student.stride(0),
+        student_dtype=DTYPE_CODES[student.dtype],
+        teacher=teacher.data_ptr() if use_teacher else 0,
+        teacher_row_stride=teacher.stride(0) if use_teacher else 0,
+        teacher_dtype=DTYPE_CODES[teacher.dtype] if use_teacher else 0,
+        labels=labels.data_ptr(),
+        labels_stride=labels.stride(0) if labels.dim() else 0,
+        labels_int64=labels.dtype == torch.int64,
+        n_rows=n,
+        vocab=vocab,
+        kd_weight=kd_weight if use_teacher else 0.0,
+        temperature=temperature,
+        ignore_index=ignore_index,
+        loss=out.loss.data_ptr(),
+        ce=out.ce.data_ptr(),
+        kd=out.kd.data_ptr(),
+        lse=out.lse.data_ptr(),
+        grad=grad.data_ptr() if grad is not None else 0,
+        grad_row_stride=grad.stride(0) if grad is not None else 0,
+        grad_scale=grad_scale.data_ptr() if grad is not None else 0,
+        grad_scale_stride=(1 if grad_scale.numel() > 1 else 0) if grad is not None else 0,
+    )
