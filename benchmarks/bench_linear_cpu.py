@@ -6,7 +6,7 @@ above inputs and outputs, each variant measured in its own subprocess.
 
 Variants (the same value: mean SALT loss, kd_weight 0.5, temperature 2):
   torch         plain PyTorch: both logits materialized with F.linear (teacher under no_grad),
-                F.cross_entropy + tau^2 * F.kl_div (salt_kernels.baselines.torch_salt_loss)
+                F.cross_entropy + tau^2 * F.kl_div (salt_kernels.benchmarking.baselines.torch_salt_loss)
   torch+salt    both logits materialized, loss by salt_kernels.salt_loss (the fused row kernel)
   linear        salt_kernels.linear_salt_loss: no [tokens x vocab] tensor is held
   compile       torch.compile of the plain version (projections included); off by default
@@ -66,7 +66,7 @@ def _make_step(variant: str, args):
     import torch.nn.functional as F
 
     import salt_kernels as sk
-    from salt_kernels.baselines import torch_salt_loss
+    from salt_kernels.benchmarking.baselines import torch_salt_loss
 
     def plain(h_s, w_s, h_t, w_t, y):
         z = F.linear(h_s, w_s)

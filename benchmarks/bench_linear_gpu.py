@@ -7,7 +7,7 @@ outputs, against plain PyTorch and Liger-Kernel's LigerFusedLinearJSDLoss (when 
 
 Variants (mean over tokens of (1 - w) * CE + w * KL(teacher || student), w = 0.5, tau = 1):
   torch    plain PyTorch: both logits materialized by F.linear (teacher under no_grad),
-           F.cross_entropy + F.kl_div (salt_kernels.baselines.torch_salt_loss)
+           F.cross_entropy + F.kl_div (salt_kernels.benchmarking.baselines.torch_salt_loss)
   linear   salt_kernels.linear_salt_loss (backend "auto": triton, else the next usable one)
   liger    liger_kernel.chunked_loss.LigerFusedLinearJSDLoss with weight_hard_loss = 1 - w,
            weight_soft_loss = w and the beta that makes its divergence the forward KL (found
@@ -51,7 +51,7 @@ def plain_step(h_s, w_s, h_t, w_t, y):
     import torch
     import torch.nn.functional as F
 
-    from salt_kernels.baselines import torch_salt_loss
+    from salt_kernels.benchmarking.baselines import torch_salt_loss
 
     z = F.linear(h_s, w_s)
     with torch.no_grad():
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
               "and a CUDA build of torch; for the CPU use benchmarks/bench_linear_cpu.py.", file=sys.stderr)
         return 2
     device = torch.device("cuda")
-    from salt_kernels import dispatch
+    from salt_kernels.backends import registry as dispatch
 
     backend_name = dispatch.resolve(args.backend, device).NAME
     name = torch.cuda.get_device_name(device)

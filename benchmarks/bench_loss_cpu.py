@@ -46,7 +46,7 @@ def make_inputs(n: int, v: int, dtype=torch.float32, seed: int = 0):
 
 def loss_fn(variant: str):
     import salt_kernels as sk
-    from salt_kernels import baselines
+    from salt_kernels.benchmarking import baselines
 
     if variant == "salt_kernels cpu":
         return lambda z, u, y: sk.salt_loss(z, u, y, kd_weight=KD_WEIGHT, temperature=TAU, backend="cpu")
@@ -135,7 +135,7 @@ def machine_name() -> str:
                     break
     except OSError:
         pass
-    from salt_kernels import cpu_backend
+    from salt_kernels.backends import cpu as cpu_backend
 
     return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, kernel ISA {cpu_backend.isa()}"
 

@@ -1,6 +1,6 @@
 """SALT loss on a CUDA GPU (issue 3 item 4): forward and forward+backward of salt_loss's triton
 (and cuda, when built) backends against plain PyTorch eager, torch.compile of the same function
-and Liger-Kernel's LigerCrossEntropyLoss + LigerKLDIVLoss (salt_kernels.baselines).
+and Liger-Kernel's LigerCrossEntropyLoss + LigerKLDIVLoss (salt_kernels.benchmarking.baselines).
 
     python benchmarks/bench_loss_gpu.py                      # N=16384, V in {32000, 128256, 256000}, bf16 + fp32, tau=2
     python benchmarks/bench_loss_gpu.py --vocab 128256 --dtype bf16 --json out.json
@@ -133,7 +133,8 @@ class Device:
 def make_loss(variant, args, vocab, dtype_name):
     """fn(student, teacher, labels) -> scalar loss, or (None, reason) when the variant is unusable."""
     import salt_kernels as sk
-    from salt_kernels import baselines, triton_backend
+    from salt_kernels.benchmarking import baselines
+    from salt_kernels.backends.triton import launcher as triton_backend
 
     w, tau = args.kd_weight, args.tau
     if variant.startswith("triton") or variant == "cuda":
@@ -266,7 +267,7 @@ def run_matrix(dev, args, copy_gbps, variants, passes, vocabs, note=""):
 def sweep_variants(args):
     """(label, fn) for every triton launch plan x block x warps worth trying on a GPU."""
     import salt_kernels as sk
-    from salt_kernels import triton_backend as tb
+    from salt_kernels.backends.triton import launcher as tb
 
     out = []
     for mode in ("fused", "split", "sync"):
@@ -317,7 +318,7 @@ def summary(results) -> list[str]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.dry_run:
-        # The interpreter must be chosen before salt_kernels.triton_kernels is imported.
+        # The interpreter must be chosen before salt_kernels.backends.triton.kernels is imported.
         os.environ["TRITON_INTERPRET"] = "1"
         args.rows, args.rep, args.warmup = min(args.rows, 4), 1, 1
         if args.vocab == [32000, 128256, 256000]:
@@ -331,7 +332,7 @@ def main(argv=None) -> int:
               "--dry-run to check the script on the CPU)", file=sys.stderr)
         return 2
     import salt_kernels as sk
-    from salt_kernels import triton_backend as tb
+    from salt_kernels.backends.triton import launcher as tb
 
     dev = Device(args)
     if args.dry_run:

@@ -1,5 +1,5 @@
 // pybind11 binding of the CPU kernel. It takes raw addresses, sizes and strides from the Python
-// launcher (salt_kernels/cpu_backend.py), which has validated them; no PyTorch headers here, so
+// launcher (salt_kernels/backends/cpu.py), which has validated them; no PyTorch headers here, so
 // one build serves every torch version.
 #include <pybind11/pybind11.h>
 
@@ -50,7 +50,7 @@ void rows(uintptr_t student, int64_t student_row_stride, int32_t student_dtype, 
 }  // namespace
 
 PYBIND11_MODULE(_salt_cpu, m) {
-  m.doc() = "SALT loss CPU kernel (see salt_kernels/cpu_backend.py for the Python launcher)";
+  m.doc() = "SALT loss CPU kernel (see salt_kernels/backends/cpu.py for the Python launcher)";
   m.def("rows", &rows, py::call_guard<py::gil_scoped_release>(), py::arg("student"),
         py::arg("student_row_stride"), py::arg("student_dtype"), py::arg("teacher"),
         py::arg("teacher_row_stride"), py::arg("teacher_dtype"), py::arg("labels"),

@@ -1,7 +1,7 @@
 // pybind11 binding of the CUDA kernel. Compiled by the host compiler (no CUDA headers needed) and
 // linked with the nvcc-built objects of csrc/cuda and a static CUDA runtime, so the module imports
 // on machines without a GPU or a CUDA-enabled torch. The Python launcher
-// (salt_kernels/cuda_backend.py) validates everything and passes raw device addresses, sizes,
+// (salt_kernels/backends/cuda.py) validates everything and passes raw device addresses, sizes,
 // strides, dtype codes, the device ordinal and the cudaStream_t of torch's current stream.
 #include <pybind11/pybind11.h>
 
@@ -79,7 +79,7 @@ int device_count() {
 }  // namespace
 
 PYBIND11_MODULE(_salt_cuda, m) {
-  m.doc() = "SALT loss CUDA kernel (see salt_kernels/cuda_backend.py for the Python launcher)";
+  m.doc() = "SALT loss CUDA kernel (see salt_kernels/backends/cuda.py for the Python launcher)";
   m.def("rows", &rows, py::call_guard<py::gil_scoped_release>(), py::arg("student"),
         py::arg("student_row_stride"), py::arg("student_dtype"), py::arg("teacher"),
         py::arg("teacher_row_stride"), py::arg("teacher_dtype"), py::arg("labels"),

@@ -4,10 +4,9 @@
     loss = sk.salt_loss(student_logits, teacher_logits, labels, kd_weight=0.5, temperature=2.0)
 """
 
-from .dispatch import available_backends
-from .functional import SaltParts, salt_loss
-from .linear import LinearSaltLoss, linear_salt_loss
-from .modules import SaltLoss
+from .backends.registry import available_backends
+from .functional import SaltParts, linear_salt_loss, salt_loss
+from .modules import LinearSaltLoss, SaltLoss
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,6 @@
-"""Input checks of DESIGN.md section 5: each bad input raises ValueError or TypeError naming the
-argument, what was expected and what came, before any work is done."""
+"""Every input check of the public API (docs/design.md, "Errors"): each bad input raises
+ValueError or TypeError naming the argument, what was expected and what came, before any work
+is done. The functional layer calls these; nothing below it checks again."""
 
 from __future__ import annotations
 
@@ -44,6 +45,36 @@ def check_scalar(name: str, value, *, low: float, high: float, low_open: bool = 
     return value
 
 
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def check_options(*, kd_weight, temperature, ignore_index, reduction) -> tuple[float, float, int]:
+    """The keyword options shared by every loss; returns (kd_weight, temperature, ignore_index)
+    as Python numbers."""
+    kd_weight = check_scalar("kd_weight", kd_weight, low=0.0, high=1.0)
+    temperature = check_scalar("temperature", temperature, low=0.0, high=math.inf, low_open=True)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    ignore_index = int(ignore_index)
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    return kd_weight, temperature, ignore_index
+
+
+def check_labels(labels, lead: tuple, device, what: str) -> None:
+    """labels: an int64/int32 tensor of shape `lead` on `device`; `what` names the tensor whose
+    leading shape it must match (e.g. "student_logits")."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dtype not in LABEL_DTYPES:
+        raise TypeError(f"labels must have dtype {_dtype_names(LABEL_DTYPES)}, got {_name(labels.dtype)}")
+    if tuple(labels.shape) != tuple(lead):
+        raise ValueError(f"labels must have shape {what}.shape[:-1] = {tuple(lead)}, got {tuple(labels.shape)}")
+    if labels.device != device:
+        raise ValueError(f"labels must be on the device of {what} ({device}), got {labels.device}")
+
+
 def validate_salt_inputs(
     student,
     teacher,
@@ -58,14 +89,9 @@ def validate_salt_inputs(
     """Checks every argument of salt_loss; returns (kd_weight, temperature, ignore_index) as
     Python numbers. Labels are range-checked when check_label_range is set (a device sync on GPU)."""
     check_logits("student_logits", student)
-    kd_weight = check_scalar("kd_weight", kd_weight, low=0.0, high=1.0)
-    temperature = check_scalar("temperature", temperature, low=0.0, high=math.inf, low_open=True)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-    ignore_index = int(ignore_index)
-    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
-
+    kd_weight, temperature, ignore_index = check_options(
+        kd_weight=kd_weight, temperature=temperature, ignore_index=ignore_index, reduction=reduction
+    )
     if teacher is None:
         if kd_weight > 0:
             raise ValueError(
@@ -83,23 +109,111 @@ def validate_salt_inputs(
             raise ValueError(
                 f"teacher_logits must be on the device of student_logits ({student.device}), got {teacher.device}"
             )
-
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.dtype not in LABEL_DTYPES:
-        raise TypeError(
-            f"labels must have dtype {_dtype_names(LABEL_DTYPES)}, got {str(labels.dtype).replace('torch.', '')}"
-        )
-    if labels.shape != student.shape[:-1]:
-        raise ValueError(
-            f"labels must have shape student_logits.shape[:-1] = {tuple(student.shape[:-1])}, "
-            f"got {tuple(labels.shape)}"
-        )
-    if labels.device != student.device:
-        raise ValueError(f"labels must be on the device of student_logits ({student.device}), got {labels.device}")
-
+    check_labels(labels, student.shape[:-1], student.device, "student_logits")
     if check_label_range and labels.numel() > 0:
         check_label_values(labels, student.shape[-1], ignore_index)
+    return kd_weight, temperature, ignore_index
+
+
+def _check_tensor(name: str, x, *, dims: int | None = None) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in LOGIT_DTYPES:
+        raise TypeError(f"{name} must have dtype {_dtype_names(LOGIT_DTYPES)}, got {_name(x.dtype)}")
+    if dims is not None and x.dim() != dims:
+        raise ValueError(f"{name} must be {dims}-d, got shape {tuple(x.shape)}")
+    if dims is None and x.dim() < 1:
+        raise ValueError(f"{name} must have shape (..., hidden), got a 0-d tensor")
+
+
+def _check_side(prefix: str, hidden, weight, bias, vocab: int | None) -> None:
+    """Shapes and devices of one model's (hidden, weight, bias)."""
+    _check_tensor(f"{prefix}_hidden", hidden)
+    _check_tensor(f"{prefix}_weight", weight, dims=2)
+    d = hidden.shape[-1]
+    if weight.shape[1] != d:
+        raise ValueError(
+            f"{prefix}_weight must have shape (vocab, {d}) to match {prefix}_hidden's last dimension, "
+            f"got {tuple(weight.shape)}"
+        )
+    if weight.shape[0] < 1:
+        raise ValueError(f"{prefix}_weight must have at least one row (the vocabulary), got {tuple(weight.shape)}")
+    if vocab is not None and weight.shape[0] != vocab:
+        raise ValueError(
+            f"{prefix}_weight must have the student's vocabulary size {vocab} rows, got {tuple(weight.shape)}"
+        )
+    if bias is not None:
+        _check_tensor(f"{prefix}_bias", bias, dims=1)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"{prefix}_bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    for name, t in ((f"{prefix}_weight", weight), (f"{prefix}_bias", bias)):
+        if t is not None and t.device != hidden.device:
+            raise ValueError(f"{name} must be on the device of student_hidden ({hidden.device}), got {t.device}")
+
+
+def matmul_dtype(prefix: str, hidden, weight, bias, autocast_dtype) -> torch.dtype:
+    """The dtype one model's projection runs in: the autocast dtype under torch.autocast (as
+    F.linear would), else the common dtype of hidden, weight and bias, which must agree."""
+    if autocast_dtype is not None:
+        return autocast_dtype
+    for name, t in ((f"{prefix}_weight", weight), (f"{prefix}_bias", bias)):
+        if t is not None and t.dtype != hidden.dtype:
+            raise TypeError(
+                f"{name} must have the dtype of {prefix}_hidden ({_name(hidden.dtype)}), got {_name(t.dtype)}; "
+                "cast one of them or run under torch.autocast"
+            )
+    return hidden.dtype
+
+
+def validate_linear_inputs(
+    student_hidden,
+    student_weight,
+    student_bias,
+    teacher_hidden,
+    teacher_weight,
+    teacher_bias,
+    labels,
+    *,
+    kd_weight,
+    temperature,
+    ignore_index,
+    reduction,
+    chunk_size,
+    check_label_range: bool,
+) -> tuple[float, float, int]:
+    """Checks every argument of linear_salt_loss; returns (kd_weight, temperature, ignore_index)."""
+    _check_side("student", student_hidden, student_weight, student_bias, None)
+    vocab = student_weight.shape[0]
+    device = student_hidden.device
+    kd_weight, temperature, ignore_index = check_options(
+        kd_weight=kd_weight, temperature=temperature, ignore_index=ignore_index, reduction=reduction
+    )
+    if chunk_size is not None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
+            raise TypeError(f"chunk_size must be a positive int or None, got {type(chunk_size).__name__}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size}")
+    lead = tuple(student_hidden.shape[:-1])
+    if kd_weight > 0:
+        if teacher_hidden is None or teacher_weight is None:
+            missing = "teacher_hidden" if teacher_hidden is None else "teacher_weight"
+            raise ValueError(
+                f"{missing} is None but kd_weight is {kd_weight:g}; pass the teacher's hidden states "
+                "and output weight, or set kd_weight=0 for plain cross-entropy"
+            )
+        _check_side("teacher", teacher_hidden, teacher_weight, teacher_bias, vocab)
+        if tuple(teacher_hidden.shape[:-1]) != lead:
+            raise ValueError(
+                f"teacher_hidden must have the leading shape of student_hidden {lead} (any last dimension), "
+                f"got {tuple(teacher_hidden.shape)}"
+            )
+        if teacher_hidden.device != device:
+            raise ValueError(
+                f"teacher_hidden must be on the device of student_hidden ({device}), got {teacher_hidden.device}"
+            )
+    check_labels(labels, lead, device, "student_hidden")
+    if check_label_range and labels.numel() > 0:
+        check_label_values(labels, vocab, ignore_index)
     return kd_weight, temperature, ignore_index
 
 

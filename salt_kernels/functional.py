@@ -1,4 +1,8 @@
-"""salt_loss: the functional API (DESIGN.md section 2)."""
+"""The public functional API: salt_loss and linear_salt_loss (docs/design.md, "API").
+
+Each function validates its arguments (_validation.py), resolves the backend (backends/) and
+calls its op (ops/). Nothing here computes the loss.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,10 @@ from typing import NamedTuple
 
 import torch
 
-from . import dispatch
-from ._validation import validate_salt_inputs
-from .autograd import SaltLossFunction
+from ._validation import matmul_dtype, validate_linear_inputs, validate_salt_inputs
+from .backends import registry
+from .ops.linear_salt_loss import LinearPlan, LinearSaltLossFunction, plan_chunk_size
+from .ops.salt_loss import SaltLossFunction
 
 
 class SaltParts(NamedTuple):
@@ -22,6 +27,14 @@ def as_rows(x: torch.Tensor) -> torch.Tensor:
     """(..., V) -> (N, V) with a contiguous vocabulary dimension; a view whenever possible."""
     rows = x.reshape(-1, x.shape[-1])
     return rows if rows.stride(-1) == 1 or rows.shape[-1] == 1 else rows.contiguous()
+
+
+def _finish(loss, ce, kd, shape, reduction: str, return_parts: bool):
+    if reduction == "none":
+        loss, ce, kd = loss.reshape(shape), ce.reshape(shape), kd.reshape(shape)
+    if return_parts:
+        return loss, SaltParts(ce=ce, kd=kd)
+    return loss
 
 
 def salt_loss(
@@ -62,7 +75,7 @@ def salt_loss(
         reduction=reduction,
         check_label_range=validate or on_cpu,
     )
-    impl = dispatch.resolve(backend, student_logits.device)
+    impl = registry.resolve(backend, student_logits.device)
     use_teacher = teacher_logits is not None and kd_weight > 0
     student = as_rows(student_logits)
     teacher = as_rows(teacher_logits.detach()) if use_teacher else None
@@ -70,9 +83,91 @@ def salt_loss(
     loss, ce, kd = SaltLossFunction.apply(
         student, teacher, flat_labels, impl, kd_weight, temperature, ignore_index, reduction
     )
-    if reduction == "none":
-        shape = labels.shape
-        loss, ce, kd = loss.reshape(shape), ce.reshape(shape), kd.reshape(shape)
-    if return_parts:
-        return loss, SaltParts(ce=ce, kd=kd)
-    return loss
+    return _finish(loss, ce, kd, labels.shape, reduction, return_parts)
+
+
+def linear_salt_loss(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor | None,
+    teacher_weight: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    student_bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    kd_weight: float = 0.5,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    backend: str = "auto",
+    return_parts: bool = False,
+    chunk_size: int | None = None,
+    validate: bool = True,
+):
+    """SALT loss of the output projections, without materializing either logits tensor:
+    equal in value and gradients to
+
+        salt_loss(student_hidden @ student_weight.T + student_bias,
+                  teacher_hidden @ teacher_weight.T + teacher_bias, labels, ...)
+
+    student_hidden: (..., d_s) float32/bfloat16/float16, the student's final hidden states.
+    student_weight: (V, d_s) output embedding (lm_head.weight); student_bias: (V,) or None.
+    teacher_hidden: (..., d_t) with the student's leading shape (d_t may differ from d_s), or None
+        with kd_weight == 0. teacher_weight: (V, d_t); teacher_bias: (V,) or None. The teacher
+        gets no gradient; its projection runs under no_grad in its own dtype and is never
+        computed when kd_weight == 0.
+    labels: student_hidden.shape[:-1], int64 or int32; rows equal to ignore_index are dropped
+        before any projection.
+    Hidden, weight and bias of one model must share a dtype, unless torch.autocast is on, in
+    which case the projections run in the autocast dtype (as F.linear would).
+    reduction, backend, return_parts, validate: as in salt_loss.
+    chunk_size: token rows per chunk; default from a memory budget for the chunk's logits and
+        gradient buffers: about 64 MiB on the CPU, 1 GiB on a GPU (at least 64 rows).
+
+    Gradients go to student_hidden (its dtype), student_weight and student_bias (accumulated in
+    fp32, returned in their dtype). Returns the loss in float32 (and SaltParts when asked).
+    """
+    device = student_hidden.device if isinstance(student_hidden, torch.Tensor) else None
+    kd_weight, temperature, ignore_index = validate_linear_inputs(
+        student_hidden,
+        student_weight,
+        student_bias,
+        teacher_hidden,
+        teacher_weight,
+        teacher_bias,
+        labels,
+        kd_weight=kd_weight,
+        temperature=temperature,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        chunk_size=chunk_size,
+        check_label_range=validate or (device is not None and device.type == "cpu"),
+    )
+    use_teacher = kd_weight > 0
+    autocast_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+    compute_dtype = matmul_dtype("student", student_hidden, student_weight, student_bias, autocast_dtype)
+    teacher_dtype = None
+    if use_teacher:
+        teacher_dtype = matmul_dtype("teacher", teacher_hidden, teacher_weight, teacher_bias, autocast_dtype)
+
+    vocab, d_s = student_weight.shape
+    n = labels.numel()
+    plan = LinearPlan(
+        backend=registry.resolve(backend, device),
+        kd_weight=kd_weight,
+        temperature=temperature,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        chunk_size=plan_chunk_size(chunk_size, n, vocab, compute_dtype, teacher_dtype, device),
+        compute_dtype=compute_dtype,
+        teacher_dtype=teacher_dtype,
+        use_teacher=use_teacher,
+    )
+    h_s = student_hidden.reshape(n, d_s)
+    h_t = w_t = b_t = None
+    if use_teacher:
+        h_t = teacher_hidden.detach().reshape(n, teacher_hidden.shape[-1])
+        w_t = teacher_weight.detach()
+        b_t = None if teacher_bias is None else teacher_bias.detach()
+    loss, ce, kd = LinearSaltLossFunction.apply(h_s, student_weight, student_bias, h_t, w_t, b_t, labels.reshape(n), plan)
+    return _finish(loss, ce, kd, labels.shape, reduction, return_parts)

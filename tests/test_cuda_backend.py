@@ -1,4 +1,4 @@
-"""The hand-written CUDA backend (csrc/cuda, salt_kernels.cuda_backend).
+"""The hand-written CUDA backend (csrc/cuda, salt_kernels.backends.cuda).
 
 Without a GPU (CI):
   * the module was built by nvcc and its machine code holds sm_90 SASS and compute_90 PTX;
@@ -26,8 +26,8 @@ import torch
 
 import salt_kernels as sk
 from oracle import make_logits, oracle_grad, oracle_reduce, oracle_rows
-from salt_kernels import cuda_backend
-from salt_kernels.rows import RowOutputs
+from salt_kernels.backends import cuda as cuda_backend
+from salt_kernels.backends.base import RowOutputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F64 = torch.float64

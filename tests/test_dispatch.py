@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import salt_kernels as sk
-from salt_kernels import dispatch
+from salt_kernels.backends import registry as dispatch
 
 
 def test_available_backends_lists_every_backend_with_reasons():

@@ -85,7 +85,7 @@ def test_custom_ignore_index_is_allowed_outside_range():
 
 
 def test_nothing_is_computed_on_bad_input(monkeypatch):
-    from salt_kernels import cpu_backend, reference
+    from salt_kernels.backends import cpu as cpu_backend, reference
 
     calls = []
     monkeypatch.setattr(cpu_backend, "rows", lambda *a, **k: calls.append(1))

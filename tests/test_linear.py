@@ -248,7 +248,7 @@ class RecordingBackend:
 def test_chunks_and_dropped_rows(monkeypatch, gen, kd_weight):
     """rows() sees only non-ignored rows, in chunks of at most chunk_size, never the whole
     [tokens x vocab]; without a teacher it is given none."""
-    from salt_kernels import dispatch
+    from salt_kernels.backends import registry as dispatch
 
     rec = RecordingBackend(dispatch.resolve("reference", torch.device("cpu")))
     monkeypatch.setattr(dispatch, "resolve", lambda name, device: rec)
@@ -266,7 +266,7 @@ def test_chunks_and_dropped_rows(monkeypatch, gen, kd_weight):
 
 
 def test_default_chunk_size_follows_budget():
-    from salt_kernels.linear import DEFAULT_CHUNK_BYTES, MIN_CHUNK_ROWS, default_chunk_size
+    from salt_kernels.ops.linear_salt_loss import DEFAULT_CHUNK_BYTES, MIN_CHUNK_ROWS, default_chunk_size
 
     rows = default_chunk_size(100000, 32000, 12)
     assert MIN_CHUNK_ROWS <= rows and rows * 32000 * 12 <= max(DEFAULT_CHUNK_BYTES, MIN_CHUNK_ROWS * 32000 * 12)

@@ -9,7 +9,7 @@ import torch
 
 ON_GPU = torch.cuda.is_available()
 if not ON_GPU:
-    # Must precede the first import of salt_kernels.triton_kernels (@triton.jit reads it).
+    # Must precede the first import of salt_kernels.backends.triton.kernels (@triton.jit reads it).
     os.environ["TRITON_INTERPRET"] = "1"
 
 try:
@@ -18,8 +18,8 @@ except Exception as exc:  # pragma: no cover - the test extra installs triton
     pytest.skip(f"triton is not importable ({exc}); linear_salt_loss on triton is not tested", allow_module_level=True)
 
 import salt_kernels as sk  # noqa: E402
-from salt_kernels import dispatch  # noqa: E402
-from salt_kernels import triton_kernels as tk  # noqa: E402
+from salt_kernels.backends import registry as dispatch  # noqa: E402
+from salt_kernels.backends.triton import kernels as tk  # noqa: E402
 
 if not ON_GPU and type(tk.salt_rows_kernel).__name__ != "InterpretedFunction":
     # Another module imported the kernels before TRITON_INTERPRET was set: build them again.

@@ -268,7 +268,7 @@ def test_module_and_no_grad(backend, gen):
 
 
 def test_cpu_kernel_matches_plain_pytorch_baseline(gen):
-    from salt_kernels.baselines import eager
+    from salt_kernels.benchmarking.baselines import eager
 
     z = make_logits((32, 5000), generator=gen).requires_grad_()
     u = make_logits((32, 5000), generator=gen)

@@ -1,7 +1,7 @@
 """The triton backend against the float64 oracle (DESIGN.md sections 1 and 6).
 
 Without a CUDA device the kernels run on CPU tensors under the Triton interpreter: this module
-sets TRITON_INTERPRET=1 before salt_kernels.triton_kernels is imported, and keeps shapes small
+sets TRITON_INTERPRET=1 before salt_kernels.backends.triton.kernels is imported, and keeps shapes small
 (the interpreter costs about 1 ms per program per loop iteration) while forcing small blocks so
 that rows span several blocks with a ragged last one, and several slices per row for the split
 launch plan. With a CUDA device the same cases run on the GPU (the real kernels), plus the GPU
@@ -16,7 +16,7 @@ import torch
 
 ON_GPU = torch.cuda.is_available()
 if not ON_GPU:
-    # Must precede the first import of salt_kernels.triton_kernels (@triton.jit reads it).
+    # Must precede the first import of salt_kernels.backends.triton.kernels (@triton.jit reads it).
     os.environ["TRITON_INTERPRET"] = "1"
 
 try:
@@ -27,8 +27,8 @@ except Exception as exc:  # pragma: no cover - the test extra installs triton
 sys.path.insert(0, os.path.dirname(__file__))
 
 import salt_kernels as sk  # noqa: E402
-from salt_kernels import triton_backend as tb  # noqa: E402
-from salt_kernels import triton_kernels as tk  # noqa: E402
+from salt_kernels.backends.triton import launcher as tb  # noqa: E402
+from salt_kernels.backends.triton import kernels as tk  # noqa: E402
 
 if not ON_GPU and type(tk.salt_rows_kernel).__name__ != "InterpretedFunction":
     # Another module imported the kernels before TRITON_INTERPRET was set: build them again.

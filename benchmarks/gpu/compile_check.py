@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         # The kernels file alone (it imports only triton): no torch needed for this check.
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         spec = importlib.util.spec_from_file_location(
-            "salt_triton_kernels", os.path.join(root, "salt_kernels", "triton_kernels.py"))
+            "salt_triton_kernels", os.path.join(root, "salt_kernels", "backends", "triton", "kernels.py"))
         tk = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(tk)
     except Exception as exc:

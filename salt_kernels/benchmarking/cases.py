@@ -118,7 +118,8 @@ def default_grid(device: torch.device, full: bool) -> tuple[tuple[int, ...], tup
 
 def variant_status(variant: str, device: torch.device) -> tuple[bool, str]:
     """Whether a variant runs on this device, and why not."""
-    from .. import baselines, dispatch
+    from . import baselines
+    from ..backends import registry as dispatch
 
     if variant == "triton" and device.type == "cpu":
         return False, ("Triton runs on CUDA GPUs; on CPU only under its interpreter "
@@ -188,7 +189,7 @@ def make_inputs(n: int, v: int, dtype: torch.dtype, device: torch.device, seed: 
 
 def make_loss_fn(variant: str, kd_weight: float = KD_WEIGHT, temperature: float = TEMPERATURE):
     """fn(student, teacher, labels) -> scalar loss (mean over rows) for a variant."""
-    from .. import baselines
+    from . import baselines
     from ..functional import salt_loss
 
     if variant in SALT_BACKENDS:

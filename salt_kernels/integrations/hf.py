@@ -34,7 +34,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without transfor
         'pip install "salt-kernels[hf]"'
     ) from exc
 
-from ..linear import linear_salt_loss
+from ..functional import linear_salt_loss
 
 IGNORE_INDEX = -100
 TRANSITIONS = ("step", "linear")

@@ -18,13 +18,13 @@ import os
 
 import torch
 
-from .rows import DTYPE_CODES, RowOutputs, compiled_rows_args
+from .base import DTYPE_CODES, RowOutputs, compiled_rows_args
 
 NAME = "cuda"
 MIN_CAPABILITY = (9, 0)
 
 try:
-    from . import _salt_cuda  # type: ignore[attr-defined]
+    from .. import _salt_cuda  # type: ignore[attr-defined]
 
     _IMPORT_ERROR = ""
 except ImportError as exc:  # not built: nvcc was missing at install time, or the build failed
@@ -104,7 +104,7 @@ def rows(
     block: int | None = None,
     cluster: int | None = None,
 ) -> RowOutputs:
-    """The row contract of rows.py on CUDA tensors. `block` / `cluster` override the launch
+    """The row contract of backends/base.py on CUDA tensors. `block` / `cluster` override the launch
     configuration (tests and tuning; None: SALT_CUDA_BLOCK / SALT_CUDA_CLUSTER, else automatic)."""
     n = student.shape[0]
     device = student.device

@@ -1,5 +1,5 @@
 """The autograd.Function of the fused linear SALT loss: output projections of student and teacher,
-composed with a backend's rows() (rows.py) chunk by chunk, so no [tokens x vocab] tensor is ever
+composed with a backend's rows() (backends/base.py) chunk by chunk, so no [tokens x vocab] tensor is ever
 held.
 
 Per chunk of (non-ignored) token rows:
@@ -22,6 +22,36 @@ from dataclasses import dataclass
 import torch
 
 F32 = torch.float32
+
+# Memory budget of one chunk's [chunk x V] buffers (student logits, teacher logits, gradient).
+# On the CPU the matmuls run near peak from about 100 rows on. On a GPU each chunk also reads and
+# writes the fp32 weight-gradient accumulator (V x d_s), so chunks must be long enough for the
+# GEMMs to stay compute bound (about 1400 rows at V=128256 in bf16); 1 GiB is still a fraction
+# of the logits plain PyTorch holds at that size (not measured on a GPU yet).
+DEFAULT_CHUNK_BYTES = 64 << 20
+DEFAULT_CHUNK_BYTES_GPU = 1 << 30
+# Chunks below this many rows make the weight-gradient GEMM memory bound; the budget is exceeded
+# rather than going below it (unless there are fewer rows).
+MIN_CHUNK_ROWS = 64
+
+
+def default_chunk_size(n_rows: int, vocab: int, bytes_per_row_element: int, budget: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Rows per chunk so that the chunk's [rows x vocab] buffers take about `budget` bytes
+    (at least MIN_CHUNK_ROWS rows, at most n_rows, a multiple of 8 when above 8)."""
+    rows = budget // max(1, vocab * bytes_per_row_element)
+    rows = max(MIN_CHUNK_ROWS, rows)
+    if rows > 8:
+        rows -= rows % 8
+    return max(1, min(rows, max(1, n_rows)))
+
+
+def plan_chunk_size(chunk_size, n_rows: int, vocab: int, compute_dtype, teacher_dtype, device) -> int:
+    """chunk_size as given, or the default for the device's memory budget."""
+    if chunk_size is not None:
+        return int(chunk_size)
+    per_element = 2 * compute_dtype.itemsize + (teacher_dtype.itemsize if teacher_dtype is not None else 0)
+    budget = DEFAULT_CHUNK_BYTES if device.type == "cpu" else DEFAULT_CHUNK_BYTES_GPU
+    return default_chunk_size(n_rows, vocab, per_element, budget)
 
 
 @dataclass

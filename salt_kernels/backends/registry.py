@@ -1,7 +1,7 @@
 """Backend registry and selection (DESIGN.md section 3).
 
 Each backend is a module exposing NAME, is_available() -> (bool, reason),
-supports_device(device) -> (bool, reason) and rows(...) (the contract in rows.py). Backends are
+supports_device(device) -> (bool, reason) and rows(...) (the contract in base.py). Backends are
 imported lazily, so importing salt_kernels never fails because triton, a GPU or a compiled
 module is missing.
 """
@@ -17,10 +17,10 @@ import torch
 
 # name -> module, in the order "auto" prefers them for each device type.
 _MODULES = {
-    "reference": "salt_kernels.reference",
-    "cpu": "salt_kernels.cpu_backend",
-    "triton": "salt_kernels.triton_backend",
-    "cuda": "salt_kernels.cuda_backend",
+    "reference": "salt_kernels.backends.reference",
+    "cpu": "salt_kernels.backends.cpu",
+    "triton": "salt_kernels.backends.triton.launcher",
+    "cuda": "salt_kernels.backends.cuda",
 }
 AUTO_ORDER = {
     "cpu": ("cpu", "reference"),

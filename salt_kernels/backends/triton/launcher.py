@@ -1,11 +1,11 @@
-"""Launcher of the Triton kernels (salt_kernels/triton_kernels.py) for the row contract of
-rows.py. Triton is imported lazily: without it (or without a CUDA device) the backend reports
-why through is_available() and importing salt_kernels still works.
+"""Launcher of the Triton kernels (kernels.py beside this file) for the row contract of
+backends/base.py. Triton is imported lazily: without it (or without a CUDA device) the backend
+reports why through is_available() and importing salt_kernels still works.
 
 Runs on CUDA tensors; on CPU tensors only under the Triton interpreter (TRITON_INTERPRET=1 set
-before salt_kernels.triton_kernels is imported, which the tests do).
+before salt_kernels.backends.triton.kernels is imported, which the tests do).
 
-Launch plan, per call (see triton_kernels.py for the modes):
+Launch plan, per call (see kernels.py for the modes):
   fused  one program per row: statistics loop, then gradient loop over the same row.
   split  SPLIT programs per row over slices of SLICE_V entries, two launches (partials, then
          merge + gradient): for few long rows, where one program per row leaves SMs idle.
@@ -22,7 +22,7 @@ import os
 
 import torch
 
-from .rows import RowOutputs
+from ..base import RowOutputs
 
 NAME = "triton"
 
@@ -44,7 +44,7 @@ def _load():
     global _kernels, _import_error
     if _kernels is None and _import_error is None:
         try:
-            from . import triton_kernels
+            from . import kernels as triton_kernels
 
             _kernels = triton_kernels
         except Exception as exc:  # ImportError, or a broken triton install
@@ -83,7 +83,7 @@ def supports_device(device: torch.device) -> tuple[bool, str]:
             return False, "backend triton runs on CUDA tensors; on CPU tensors only under TRITON_INTERPRET=1"
         if not _kernel_is_interpreted():
             return False, (
-                "salt_kernels.triton_kernels was imported before TRITON_INTERPRET=1 was set; "
+                "salt_kernels.backends.triton.kernels was imported before TRITON_INTERPRET=1 was set; "
                 "set it before the first use of the triton backend"
             )
         return True, ""
@@ -117,7 +117,7 @@ def plan(n: int, vocab: int, device: torch.device) -> dict:
     block = BLOCK_V or min(2048, max(pow2, 16))
     warps = NUM_WARPS or (8 if block >= 2048 else 4)
     if MODE not in MODES:
-        raise ValueError(f"salt_kernels.triton_backend.MODE must be one of {', '.join(MODES)}, got {MODE!r}")
+        raise ValueError(f"salt_kernels.backends.triton.launcher.MODE must be one of {', '.join(MODES)}, got {MODE!r}")
     mode = MODE
     if mode == "sync" and device.type != "cuda":
         mode = "split"  # the interpreter runs programs one by one: a spin-wait would never end

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import torch
 
-from .rows import RowOutputs, compiled_rows_args
+from .base import RowOutputs, compiled_rows_args
 
 NAME = "cpu"
 
 try:
-    from . import _salt_cpu  # type: ignore[attr-defined]
+    from .. import _salt_cpu  # type: ignore[attr-defined]
 
     _IMPORT_ERROR = ""
 except ImportError as exc:  # not built: `pip install -e .` compiles it

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .rows import RowOutputs
+from .base import RowOutputs
 
 NAME = "reference"
 CHUNK_ELEMENTS = 1 << 21
