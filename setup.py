@@ -35,7 +35,7 @@ if os.environ.get("SALT_SKIP_CPU_BUILD") != "1":
         )
     )
 
-# ---- CUDA backend: salt_kernels._salt_cuda (owner: issue 4) -----------------------------------
+# ---- CUDA backend: salt_kernels._salt_cuda ----------------------------------------------------
 # nvcc compiles csrc/cuda/*.cu to objects (in parallel, one per student dtype); the host compiler
 # builds the pybind11 binding and links it with those objects and libcudart_static. Nothing here
 # may break the CPU build: every failure is reported and the extension is left out.

@@ -3,7 +3,7 @@ outputs, against plain PyTorch and Liger-Kernel's LigerFusedLinearJSDLoss (when 
 
     python benchmarks/bench_linear_gpu.py                       # N=8192, d_s=4096, d_t=2048, V=128256, bf16
     python benchmarks/bench_linear_gpu.py --n 4096 --json out.json
-    python benchmarks/bench_linear_gpu.py --check-only          # correctness check only (seconds)
+    python benchmarks/bench_linear_gpu.py --check-only          # correctness check only
 
 Variants (mean over tokens of (1 - w) * CE + w * KL(teacher || student), w = 0.5, tau = 1):
   torch    plain PyTorch: both logits materialized by F.linear (teacher under no_grad),

@@ -1,4 +1,4 @@
-"""CPU benchmark of the SALT loss (issue 2): backend `cpu` against plain PyTorch eager and
+"""CPU benchmark of the SALT loss: backend `cpu` against plain PyTorch eager and
 torch.compile of the same function, forward and forward+backward, at N=4096, V=32000, tau=2,
 kd_weight=0.5, fp32 by default.
 

@@ -1,4 +1,4 @@
-"""SALT loss on a CUDA GPU (issue 3 item 4): forward and forward+backward of salt_loss's triton
+"""SALT loss on a CUDA GPU: forward and forward+backward of salt_loss's triton
 (and cuda, when built) backends against plain PyTorch eager, torch.compile of the same function
 and Liger-Kernel's LigerCrossEntropyLoss + LigerKLDIVLoss (salt_kernels.benchmarking.baselines).
 

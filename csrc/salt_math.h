@@ -1,6 +1,7 @@
-// The SALT loss math of DESIGN.md section 1, as inline functions shared by the CPU kernel
-// (csrc/cpu) and the CUDA kernel (csrc/cuda). One source for the online log-sum-exp update,
-// the combine of two partial states, the final per-row statistics and the gradient element.
+// The SALT loss math of docs/design.md, "The loss" and "One-pass algorithm", as inline
+// functions shared by the CPU kernel (csrc/cpu) and the CUDA kernel (csrc/cuda). One source for
+// the online log-sum-exp update, the combine of two partial states, the final per-row
+// statistics and the gradient element.
 //
 // No Python, no PyTorch: plain C++17 that nvcc also accepts.
 #pragma once

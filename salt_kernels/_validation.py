@@ -9,7 +9,12 @@ import numbers
 
 import torch
 
-LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+try:
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:  # torch built without distributed support
+    _DTensor = None
+
+LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 LABEL_DTYPES = (torch.int64, torch.int32)
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -18,9 +23,20 @@ def _dtype_names(dtypes) -> str:
     return ", ".join(str(d).replace("torch.", "") for d in dtypes)
 
 
+def reject_subclass(name: str, x) -> None:
+    """Tensor subclasses never reach the kernels: a DTensor gets a TypeError that says what to pass."""
+    if _DTensor is not None and isinstance(x, _DTensor):
+        raise TypeError(
+            f"{name} is a DTensor (placements {tuple(x.placements)}); salt_kernels takes plain tensors here: "
+            f"pass {name}.full_tensor() (gathers it), or the local shard to a loss that combines shards "
+            "across the process group"
+        )
+
+
 def check_logits(name: str, x) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    reject_subclass(name, x)
     if x.dtype not in LOGIT_DTYPES:
         raise TypeError(
             f"{name} must have dtype {_dtype_names(LOGIT_DTYPES)}, got {str(x.dtype).replace('torch.', '')}"
@@ -67,6 +83,7 @@ def check_labels(labels, lead: tuple, device, what: str) -> None:
     leading shape it must match (e.g. "student_logits")."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    reject_subclass("labels", labels)
     if labels.dtype not in LABEL_DTYPES:
         raise TypeError(f"labels must have dtype {_dtype_names(LABEL_DTYPES)}, got {_name(labels.dtype)}")
     if tuple(labels.shape) != tuple(lead):
@@ -118,6 +135,7 @@ def validate_salt_inputs(
 def _check_tensor(name: str, x, *, dims: int | None = None) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    reject_subclass(name, x)
     if x.dtype not in LOGIT_DTYPES:
         raise TypeError(f"{name} must have dtype {_dtype_names(LOGIT_DTYPES)}, got {_name(x.dtype)}")
     if dims is not None and x.dim() != dims:
@@ -218,11 +236,16 @@ def validate_linear_inputs(
 
 
 def check_label_values(labels: torch.Tensor, vocab: int, ignore_index: int) -> None:
+    """Host-side label range check (reads labels back: on a GPU this is a sync). The ops check
+    labels themselves; this eager check is what validate=True adds on a GPU."""
     bad = ((labels < 0) | (labels >= vocab)) & (labels != ignore_index)
     if bool(bad.any()):
-        position = tuple(int(i) for i in bad.nonzero()[0])
-        value = int(labels[position])
-        raise ValueError(
-            f"labels must be in [0, {vocab}) or equal ignore_index ({ignore_index}); "
-            f"got {value} at position {position}"
-        )
+        raise bad_label_error(labels, bad, vocab, ignore_index)
+
+
+def bad_label_error(labels: torch.Tensor, bad: torch.Tensor, vocab: int, ignore_index: int) -> ValueError:
+    position = tuple(int(i) for i in bad.nonzero()[0])
+    value = int(labels[position])
+    return ValueError(
+        f"labels must be in [0, {vocab}) or equal ignore_index ({ignore_index}); got {value} at position {position}"
+    )

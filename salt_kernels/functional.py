@@ -12,7 +12,7 @@ import torch
 
 from ._validation import matmul_dtype, validate_linear_inputs, validate_salt_inputs
 from .backends import registry
-from .ops.linear_salt_loss import LinearPlan, LinearSaltLossFunction, plan_chunk_size
+from .ops.linear_salt_loss import LinearSaltLossFunction, plan_chunk_size
 from .ops.salt_loss import SaltLossFunction
 
 
@@ -27,6 +27,23 @@ def as_rows(x: torch.Tensor) -> torch.Tensor:
     """(..., V) -> (N, V) with a contiguous vocabulary dimension; a view whenever possible."""
     rows = x.reshape(-1, x.shape[-1])
     return rows if rows.stride(-1) == 1 or rows.shape[-1] == 1 else rows.contiguous()
+
+
+def _eager_label_check(validate: bool, x) -> bool:
+    """The ops check labels themselves (CPU: a ValueError; GPU: a device-side assert, no sync).
+    validate=True adds the host check on a GPU, for its clear message, in eager mode only."""
+    device = getattr(x, "device", None)
+    return bool(validate) and device is not None and device.type != "cpu" and not torch.compiler.is_compiling()
+
+
+def _math_dtype(*dtypes) -> torch.dtype:
+    """float64 when any input is float64 (computed in float64), else float32."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def _wants_grad(*tensors) -> bool:
+    """Whether the forward should write gradients: grad mode on and an input requires grad."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _finish(loss, ce, kd, shape, reduction: str, return_parts: bool):
@@ -53,18 +70,20 @@ def salt_loss(
     """SALT loss: (1 - w) * CE(student, labels) + w * tau^2 * KL(softmax(teacher/tau) ||
     softmax(student/tau)) per token, fused in one pass per row.
 
-    student_logits: (..., V) float32/bfloat16/float16, the only input that gets a gradient
-        (in its own dtype).
+    student_logits: (..., V) float32/bfloat16/float16 (or float64, computed in float64 by the
+        reference backend, for gradcheck), the only input that gets a gradient (in its own dtype).
     teacher_logits: same shape, or None with kd_weight == 0. Never read when kd_weight == 0.
     labels: student_logits.shape[:-1], int64 or int32; rows equal to ignore_index count for nothing.
     reduction: "mean" over non-ignored rows, "sum", or "none" (per row, labels' shape, ignored rows 0).
     backend: "auto" (SALT_BACKEND, else the fastest usable), "reference", "cpu", "triton", "cuda".
     return_parts: also return SaltParts(ce, kd), detached, with the same reduction.
-    validate: range-check labels; always done on CPU, skippable on GPU to avoid a device sync.
+    validate: on a GPU in eager mode, also range-check labels on the host (a device sync) for a
+        clear ValueError; the op always checks them itself (CPU: ValueError naming the position;
+        GPU: a device-side assert).
 
-    Returns the loss in float32 (and the parts when asked).
+    Returns the loss in float32 (float64 for float64 inputs), and the parts when asked. The
+    gradient is only computed when grad mode is on and student_logits requires grad.
     """
-    on_cpu = isinstance(student_logits, torch.Tensor) and student_logits.device.type == "cpu"
     kd_weight, temperature, ignore_index = validate_salt_inputs(
         student_logits,
         teacher_logits,
@@ -73,15 +92,15 @@ def salt_loss(
         temperature=temperature,
         ignore_index=ignore_index,
         reduction=reduction,
-        check_label_range=validate or on_cpu,
+        check_label_range=_eager_label_check(validate, student_logits),
     )
-    impl = registry.resolve(backend, student_logits.device)
     use_teacher = teacher_logits is not None and kd_weight > 0
+    dtypes = (student_logits.dtype, teacher_logits.dtype if use_teacher else None)
+    name = registry.resolve_name(backend, student_logits.device, _math_dtype(*dtypes))
     student = as_rows(student_logits)
     teacher = as_rows(teacher_logits.detach()) if use_teacher else None
-    flat_labels = labels.reshape(-1)
-    loss, ce, kd = SaltLossFunction.apply(
-        student, teacher, flat_labels, impl, kd_weight, temperature, ignore_index, reduction
+    loss, ce, kd, _ = SaltLossFunction.apply(
+        student, teacher, labels, kd_weight, temperature, ignore_index, reduction, name, _wants_grad(student_logits)
     )
     return _finish(loss, ce, kd, labels.shape, reduction, return_parts)
 
@@ -127,7 +146,7 @@ def linear_salt_loss(
     Gradients go to student_hidden (its dtype), student_weight and student_bias (accumulated in
     fp32, returned in their dtype). Returns the loss in float32 (and SaltParts when asked).
     """
-    device = student_hidden.device if isinstance(student_hidden, torch.Tensor) else None
+    device = getattr(student_hidden, "device", None)
     kd_weight, temperature, ignore_index = validate_linear_inputs(
         student_hidden,
         student_weight,
@@ -141,7 +160,7 @@ def linear_salt_loss(
         ignore_index=ignore_index,
         reduction=reduction,
         chunk_size=chunk_size,
-        check_label_range=validate or (device is not None and device.type == "cpu"),
+        check_label_range=_eager_label_check(validate, student_hidden),
     )
     use_teacher = kd_weight > 0
     autocast_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
@@ -152,22 +171,31 @@ def linear_salt_loss(
 
     vocab, d_s = student_weight.shape
     n = labels.numel()
-    plan = LinearPlan(
-        backend=registry.resolve(backend, device),
-        kd_weight=kd_weight,
-        temperature=temperature,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        chunk_size=plan_chunk_size(chunk_size, n, vocab, compute_dtype, teacher_dtype, device),
-        compute_dtype=compute_dtype,
-        teacher_dtype=teacher_dtype,
-        use_teacher=use_teacher,
-    )
+    name = registry.resolve_name(backend, device, _math_dtype(compute_dtype, teacher_dtype))
     h_s = student_hidden.reshape(n, d_s)
     h_t = w_t = b_t = None
     if use_teacher:
         h_t = teacher_hidden.detach().reshape(n, teacher_hidden.shape[-1])
         w_t = teacher_weight.detach()
         b_t = None if teacher_bias is None else teacher_bias.detach()
-    loss, ce, kd = LinearSaltLossFunction.apply(h_s, student_weight, student_bias, h_t, w_t, b_t, labels.reshape(n), plan)
+    loss, ce, kd, *_ = LinearSaltLossFunction.apply(
+        h_s,
+        student_weight,
+        student_bias,
+        h_t,
+        w_t,
+        b_t,
+        labels,
+        kd_weight,
+        temperature,
+        ignore_index,
+        reduction,
+        name,
+        plan_chunk_size(chunk_size, n, vocab, compute_dtype, teacher_dtype, device),
+        compute_dtype,
+        teacher_dtype,
+        _wants_grad(student_hidden),
+        _wants_grad(student_weight),
+        _wants_grad(student_bias),
+    )
     return _finish(loss, ce, kd, labels.shape, reduction, return_parts)

@@ -1,5 +1,5 @@
-"""Float64 evaluation of DESIGN.md section 1, written independently of the package: the oracle
-every backend is compared with, and the generator of realistic random logits."""
+"""Float64 evaluation of docs/design.md, "The loss", written independently of the package: the
+oracle every backend is compared with, and the generator of realistic random logits."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def oracle_reduce(rows, labels, reduction, ignore_index=-100):
 
 
 def oracle_grad(student, teacher, labels, kd_weight, temperature, ignore_index=-100, row_weights=None, reduction="mean"):
-    """d(reduced loss)/d student in float64, by the closed form of DESIGN.md section 1."""
+    """d(reduced loss)/d student in float64, by the closed form of docs/design.md, "Gradient"."""
     z = student.to(F64).reshape(-1, student.shape[-1])
     y = labels.reshape(-1).long()
     valid = y != ignore_index

@@ -1,5 +1,5 @@
-"""Backend selection (DESIGN.md section 3): auto, explicit names, SALT_BACKEND, reasons, and
-an import that survives a missing compiled module."""
+"""Backend selection (docs/design.md, "Dispatch"): auto, explicit names, SALT_BACKEND, reasons,
+and an import that survives a missing compiled module."""
 
 import os
 import subprocess

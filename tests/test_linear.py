@@ -1,7 +1,7 @@
-"""linear_salt_loss against float64 evaluation (DESIGN.md sections 1 and 6): logits built in
-float64 from the same (possibly low-precision) hidden states, weights and biases, the loss from
-tests/oracle.py, and the gradients of hidden, weight and bias from the oracle's logits gradient
-by the chain rule (g @ W, g.T @ h, sum_rows g)."""
+"""linear_salt_loss against float64 evaluation (docs/design.md, "Fused linear form" and
+"Numerical acceptance"): logits built in float64 from the same (possibly low-precision) hidden
+states, weights and biases, the loss from tests/oracle.py, and the gradients of hidden, weight
+and bias from the oracle's logits gradient by the chain rule (g @ W, g.T @ h, sum_rows g)."""
 
 import math
 
@@ -57,8 +57,8 @@ def rel_err(got, want):
 
 
 def loss_tol(dtype):
-    # fp32: DESIGN.md section 6. bf16/fp16: a GEMM and the oracle may round a logit to
-    # neighbouring values (accumulation order), which moves the loss by far less than 1e-3.
+    # fp32: docs/design.md, "Numerical acceptance". bf16/fp16: a GEMM and the oracle may round a
+    # logit to neighbouring values (accumulation order), which moves the loss by far less than 1e-3.
     return 1e-5 if dtype == torch.float32 else 1e-3
 
 
@@ -251,7 +251,7 @@ def test_chunks_and_dropped_rows(monkeypatch, gen, kd_weight):
     from salt_kernels.backends import registry as dispatch
 
     rec = RecordingBackend(dispatch.resolve("reference", torch.device("cpu")))
-    monkeypatch.setattr(dispatch, "resolve", lambda name, device: rec)
+    monkeypatch.setattr(dispatch, "get", lambda name: rec)
     hs, ws, bs = make_side(50, DS, V, torch.float32, gen)
     ht, wt, bt = make_side(50, DT, V, torch.float32, gen)
     y = torch.randint(0, V, (50,), generator=gen)
@@ -363,7 +363,7 @@ def _inputs():
 
 
 BAD = [
-    ("student_hidden", lambda a: a.update(student_hidden=a["student_hidden"].double()), TypeError, "student_hidden must have dtype"),
+    ("student_hidden", lambda a: a.update(student_hidden=a["student_hidden"].int()), TypeError, "student_hidden must have dtype"),
     ("student_hidden", lambda a: a.update(student_hidden=[1.0]), TypeError, "student_hidden must be a torch.Tensor"),
     ("student_weight", lambda a: a.update(student_weight=a["student_weight"][:, :5]), ValueError, "student_weight must have shape (vocab, 8)"),
     ("student_weight", lambda a: a.update(student_weight=a["student_weight"].bfloat16()), TypeError, "student_weight must have the dtype of student_hidden"),

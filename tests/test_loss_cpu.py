@@ -1,5 +1,5 @@
 """salt_loss on the CPU backends (reference and the C++ kernel) against float64 evaluation of
-DESIGN.md section 1, with the tolerances of section 6."""
+docs/design.md, "The loss", with the tolerances of its "Numerical acceptance"."""
 
 import pytest
 import torch

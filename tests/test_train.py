@@ -1,4 +1,4 @@
-"""The SALT training loop (issue 5) on tiny configs: loss, schedule, equivalences, resume,
+"""The SALT training loop on tiny configs: loss, schedule, equivalences, resume,
 data selection, torchrun, bad input, demo report. Each run takes seconds on a CPU."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The triton backend against the float64 oracle (DESIGN.md sections 1 and 6).
+"""The triton backend against the float64 oracle (docs/design.md, "The loss" and
+"Numerical acceptance").
 
 Without a CUDA device the kernels run on CPU tensors under the Triton interpreter: this module
 sets TRITON_INTERPRET=1 before salt_kernels.backends.triton.kernels is imported, and keeps shapes small

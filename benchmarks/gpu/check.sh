@@ -74,7 +74,7 @@ TESTS=(tests/test_triton_backend.py)
 [[ -f tests/test_cuda_backend.py ]] && TESTS+=(tests/test_cuda_backend.py)
 run_step tests 120 "$PY" -m pytest -q -p no:cacheprovider -rs --junitxml="$OUT/tests.xml" "${TESTS[@]}"
 
-# The loss benchmark at the sizes; torch.compile only at V=128256 bf16 (each shape and
+# The loss benchmark at its default sizes; torch.compile only at V=128256 bf16 (each shape and
 # pass is a compilation of tens of seconds).
 run_step bench_loss_gpu 170 "$PY" benchmarks/bench_loss_gpu.py --compile-vocab 128256 --compile-dtype bf16 \
     --json "$OUT/bench_loss_gpu.json"

@@ -1,7 +1,8 @@
-// CUDA row kernel of the SALT loss (DESIGN.md section 1): forward statistics and the scaled
-// gradient in one kernel, one row per block (or per cluster of blocks, or per warp for small
-// vocabularies). Included by the per-dtype translation units salt_cuda_{f32,bf16,f16}.cu, so the
-// instantiations compile in parallel; salt_cuda.cu holds the host-side dispatcher.
+// CUDA row kernel of the SALT loss (docs/design.md, "One-pass algorithm"): forward statistics
+// and the scaled gradient in one kernel, one row per block (or per cluster of blocks, or per
+// warp for small vocabularies). Included by the per-dtype translation units
+// salt_cuda_{f32,bf16,f16}.cu, so the instantiations compile in parallel; salt_cuda.cu holds the
+// host-side dispatcher.
 //
 // Work split of one row (V logits, vocabulary contiguous, any row stride):
 //   * `h` head elements until the student row pointer is 16-byte aligned, then G full groups of

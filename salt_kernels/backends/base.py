@@ -4,7 +4,7 @@
                  ignore_index, grad=None, grad_scale=None) -> RowOutputs
 
 computes per row the loss, its CE and KD parts and the three fp32 log-sum-exps (lse_z, lse_zt,
-lse_u; zeros for ignored rows). When `grad` ([N, V], student dtype) is given it also writes
+lse_u; zeros for ignored rows); float64 for float64 inputs, which only the reference backend takes. When `grad` ([N, V], student dtype) is given it also writes
 d loss_i / d student_i scaled by grad_scale ([N] or [1] fp32), zeros for ignored rows. The
 vocabulary dimension of every tensor is contiguous; rows may have any stride. A backend never
 reads the teacher when kd_weight == 0 and never writes it.
@@ -25,14 +25,18 @@ class RowOutputs:
     lse: torch.Tensor  # [N, 3] fp32: lse_z, lse_zt, lse_u
 
     @classmethod
-    def empty(cls, n: int, device) -> "RowOutputs":
-        f32 = torch.float32
+    def empty(cls, n: int, device, dtype: torch.dtype = torch.float32) -> "RowOutputs":
         return cls(
-            loss=torch.empty(n, dtype=f32, device=device),
-            ce=torch.empty(n, dtype=f32, device=device),
-            kd=torch.empty(n, dtype=f32, device=device),
-            lse=torch.empty(n, 3, dtype=f32, device=device),
+            loss=torch.empty(n, dtype=dtype, device=device),
+            ce=torch.empty(n, dtype=dtype, device=device),
+            kd=torch.empty(n, dtype=dtype, device=device),
+            lse=torch.empty(n, 3, dtype=dtype, device=device),
         )
+
+
+def result_dtype(logits_dtype: torch.dtype) -> torch.dtype:
+    """Loss and parts come back in float32 (as autocast's cross_entropy), float64 for float64."""
+    return torch.float64 if logits_dtype == torch.float64 else torch.float32
 
 
 # dtype codes of csrc/salt_math.h (salt::Dtype), shared by the compiled backends' launchers.

@@ -1,5 +1,5 @@
-"""Plain-PyTorch evaluation of the SALT loss (DESIGN.md section 1): the fallback backend on any
-device and the readable statement of the math that the kernels implement.
+"""Plain-PyTorch evaluation of the SALT loss (docs/design.md, "The loss"): the fallback backend
+on any device and the readable statement of the math that the kernels implement.
 
 Rows are processed in chunks of about CHUNK_ELEMENTS logits, so the extra memory stays bounded
 (a few fp32 copies of one chunk) whatever the number of rows.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import RowOutputs
+from .base import RowOutputs, result_dtype
 
 NAME = "reference"
 CHUNK_ELEMENTS = 1 << 21
@@ -46,13 +46,14 @@ def rows(
 ) -> RowOutputs:
     n, vocab = student.shape
     device = student.device
-    out = RowOutputs.empty(n, device)
+    math_dtype = result_dtype(student.dtype)
+    out = RowOutputs.empty(n, device, math_dtype)
     use_teacher = teacher is not None and kd_weight > 0
     tau = temperature
     step = max(1, CHUNK_ELEMENTS // max(vocab, 1))
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
-        z = student[r0:r1].float()
+        z = student[r0:r1].to(math_dtype)
         y = labels[r0:r1].long()
         valid = y != ignore_index
         y_safe = torch.where(valid, y, torch.zeros_like(y))
@@ -60,7 +61,7 @@ def rows(
         ce = lse_z - z.gather(1, y_safe[:, None])[:, 0]
         if use_teacher:
             zt = z / tau if tau != 1 else z
-            ut = teacher[r0:r1].float() / tau
+            ut = teacher[r0:r1].to(math_dtype) / tau
             lse_zt = torch.logsumexp(zt, dim=-1) if tau != 1 else lse_z
             lse_u = torch.logsumexp(ut, dim=-1)
             log_p = ut - lse_u[:, None]
@@ -85,7 +86,7 @@ def rows(
             g.scatter_add_(1, y_safe[:, None], torch.full_like(ce[:, None], -(1 - kd_weight)))
             if use_teacher:
                 g += kd_weight * tau * ((zt - lse_zt[:, None]).exp() - p)
-            scale = grad_scale.float().expand(n)[r0:r1]
+            scale = grad_scale.to(math_dtype).expand(n)[r0:r1]
             g = torch.where(valid[:, None], g * scale[:, None], torch.zeros_like(g))
             grad[r0:r1].copy_(g)
     return out

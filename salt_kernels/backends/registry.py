@@ -1,4 +1,4 @@
-"""Backend registry and selection (DESIGN.md section 3).
+"""Backend registry and selection (docs/design.md, "Dispatch").
 
 Each backend is a module exposing NAME, is_available() -> (bool, reason),
 supports_device(device) -> (bool, reason) and rows(...) (the contract in base.py). Backends are
@@ -44,10 +44,24 @@ def _load(name: str) -> ModuleType | None:
     return _loaded[name]
 
 
-def backend_status(name: str, device: torch.device | None = None) -> tuple[bool, str]:
+# Backends that compute float64 inputs in float64 (for gradcheck); the others run fp32 math.
+FLOAT64_BACKENDS = ("reference",)
+
+
+def get(name: str) -> ModuleType:
+    """The loaded module of a backend by its concrete name (what the ops receive)."""
+    module = _load(name) if name in _MODULES else None
+    if module is None:
+        raise ValueError(f"salt_kernels backend {name!r} is not usable: {_load_errors.get(name, 'unknown backend')}")
+    return module
+
+
+def backend_status(name: str, device: torch.device | None = None, dtype: torch.dtype | None = None) -> tuple[bool, str]:
     module = _load(name)
     if module is None:
         return False, _load_errors[name]
+    if dtype == torch.float64 and name not in FLOAT64_BACKENDS:
+        return False, f"backend {name} computes in float32; float64 inputs run on {', '.join(FLOAT64_BACKENDS)}"
     if device is None:
         return module.is_available()
     return module.supports_device(device)
@@ -59,17 +73,22 @@ def available_backends() -> dict[str, tuple[bool, str]]:
     return {name: backend_status(name) for name in BACKEND_NAMES}
 
 
-def _reasons(device: torch.device) -> str:
+def _reasons(device: torch.device, dtype: torch.dtype | None = None) -> str:
     lines = []
     for name in BACKEND_NAMES:
-        ok, why = backend_status(name, device)
+        ok, why = backend_status(name, device, dtype)
         lines.append(f"  {name}: {'usable' if ok else why}")
     return "\n".join(lines)
 
 
-def resolve(backend: str, device: torch.device) -> ModuleType:
-    """The backend module to run on `device`. "auto" takes SALT_BACKEND when set, else the
-    fastest usable backend for the device type; an explicit name must be usable."""
+def resolve(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> ModuleType:
+    """The backend module to run on `device` (and inputs of `dtype`)."""
+    return _loaded[resolve_name(backend, device, dtype)]
+
+
+def resolve_name(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """The name of the backend to run on `device`. "auto" takes SALT_BACKEND when set, else the
+    fastest usable backend for the device type (and dtype); an explicit name must be usable."""
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
     requested = backend
@@ -79,28 +98,30 @@ def resolve(backend: str, device: torch.device) -> ModuleType:
         source = f"the environment variable {ENV_VAR}"
     if requested == "auto":
         order = AUTO_ORDER.get(device.type, ("reference",))
+        if dtype == torch.float64:
+            order = FLOAT64_BACKENDS
         for name in order:
-            ok, why = backend_status(name, device)
+            ok, why = backend_status(name, device, dtype)
             if ok:
                 if name != order[0] and device.type not in _warned_fallback:
                     _warned_fallback.add(device.type)
-                    first_ok, first_why = backend_status(order[0], device)
+                    first_ok, first_why = backend_status(order[0], device, dtype)
                     warnings.warn(
                         f"salt_kernels: backend {order[0]!r} is not usable on {device.type} "
                         f"({first_why}); falling back to {name!r}",
                         RuntimeWarning,
                         stacklevel=3,
                     )
-                return _loaded[name]
-        raise RuntimeError(f"no salt_kernels backend is usable on {device}:\n{_reasons(device)}")
+                return name
+        raise RuntimeError(f"no salt_kernels backend is usable on {device}:\n{_reasons(device, dtype)}")
     if requested not in _MODULES:
         raise ValueError(
             f"{source} must be 'auto' or one of {', '.join(BACKEND_NAMES)}, got {requested!r}"
         )
-    ok, why = backend_status(requested, device)
+    ok, why = backend_status(requested, device, dtype)
     if not ok:
         raise ValueError(
             f"{source} asks for {requested!r}, which is not usable on {device}: {why}\n"
-            f"Backends on this device:\n{_reasons(device)}"
+            f"Backends on this device:\n{_reasons(device, dtype)}"
         )
-    return _loaded[requested]
+    return requested

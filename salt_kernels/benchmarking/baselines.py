@@ -1,6 +1,7 @@
-"""The baselines users compare salt_loss with, computing the same value (DESIGN.md section 1):
-plain PyTorch eager (F.cross_entropy + tau^2 * F.kl_div on log_softmax, log_target=True), the
-same function under torch.compile, and Liger-Kernel's CE + KL losses when installed.
+"""The baselines users compare salt_loss with, computing the same value (docs/design.md,
+"The loss"): plain PyTorch eager (F.cross_entropy + tau^2 * F.kl_div on log_softmax,
+log_target=True), the same function under torch.compile, and Liger-Kernel's CE + KL losses when
+installed.
 
 Each factory returns fn(student, teacher, labels) -> scalar loss (mean over non-ignored rows),
 so the benchmarks and the tests can run every variant through one call site.

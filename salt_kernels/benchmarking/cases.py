@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-# The issue's grid.
+# The full benchmark grid.
 FULL_N = (1024, 4096, 16384)
 FULL_V = (32000, 128256, 256000)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -82,7 +82,7 @@ class Case:
 
     def min_bytes(self, pass_: str) -> int:
         """The least traffic the pass needs: read student and teacher logits once (and labels),
-        and for passes that make the gradient, write it once (DESIGN.md cost model)."""
+        and for passes that make the gradient, write it once (docs/design.md, "Cost model")."""
         labels = self.n * 8
         if pass_ == "fwd":
             return 2 * self.logits_bytes + labels

@@ -1,4 +1,4 @@
-"""`salt-kernels demo`: teacher, baseline and SALT runs on the CPU in minutes, plus a report."""
+"""`salt-kernels demo`: teacher, baseline and SALT runs sized for a CPU, plus a report."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def register(subparsers) -> None:
         description="Train a small teacher, then a 3x larger student twice from the same "
         "initialization and data order (baseline: cross-entropy; SALT: KD from the teacher for "
         "n_KD steps, then cross-entropy), and write RUNS_DIR/NAME/report.md, curves.png and "
-        "summary.json. The defaults finish in about 10 minutes on 2 CPU cores.",
+        "summary.json. The defaults are sized for a CPU.",
     )
     add_dataclass_arguments(parser, DemoConfig)
     parser.set_defaults(func=run)

@@ -9,7 +9,7 @@ import os
 import sys
 
 DEFAULT_OUT = os.path.join("benchmarks", "results", "profile_{device}.json")
-# Per device: (student, teacher, vocab, batch, seq_len). CPU: 1-2 minutes on 2 idle cores.
+# Per device: (student, teacher, vocab, batch, seq_len).
 DEFAULTS = {
     "cpu": ("student-s", "teacher-s", 32000, 8, 128),
     "cuda": ("student-m", "teacher-m", 128256, 8, 1024),
@@ -29,9 +29,9 @@ def register(subparsers) -> None:
             "logits held). Reports tokens/s, the step split into teacher forward, student forward,\n"
             "loss, backward and optimizer (the device synchronized between phases), the distillation\n"
             "overhead over a CE-only step, peak memory, and MFU where the device's peak is known.\n\n"
-            "Defaults: on CPU student-s + teacher-s, vocabulary 32000, 8 x 128 tokens, fp32 (1-2\n"
-            "minutes on 2 idle cores); on CUDA student-m + teacher-m, vocabulary 128256, 8 x 1024 tokens,\n"
-            "bf16 autocast. With --accounting RUN the model, batch and loss settings default to that\n"
+            "Defaults: on CPU student-s + teacher-s, vocabulary 32000, 8 x 128 tokens, fp32; on CUDA\n"
+            "student-m + teacher-m, vocabulary 128256, 8 x 1024 tokens, bf16 autocast. With\n"
+            "--accounting RUN the model, batch and loss settings default to that\n"
             "demo's (RUN/salt/config.json), and the projected wall-clock of SALT against the baseline\n"
             "is printed from the measured step times and the demo's steps-to-match."
         ),

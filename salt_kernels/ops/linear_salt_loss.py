@@ -1,6 +1,13 @@
-"""The autograd.Function of the fused linear SALT loss: output projections of student and teacher,
-composed with a backend's rows() (backends/base.py) chunk by chunk, so no [tokens x vocab] tensor is ever
-held.
+"""The fused linear SALT loss as torch.library custom ops (docs/design.md, "The fused linear
+form"): output projections of student and teacher composed with a backend's rows()
+(backends/base.py) chunk by chunk, so no [tokens x vocab] tensor is ever held.
+
+    torch.ops.salt_kernels.linear_salt_loss(h_s [N, d_s], w_s [V, d_s], b_s, h_t [N, d_t], w_t,
+        b_t, labels (any shape, N), kd_weight, temperature, ignore_index, reduction, backend,
+        chunk_size, compute_dtype, teacher_dtype, want_h, want_w, want_b)
+        -> (loss, ce, kd, grad_h, grad_w, grad_b)
+    torch.ops.salt_kernels.linear_salt_loss_backward(..., grad_output, ...) -> (grad_h, grad_w, grad_b)
+
 
 Per chunk of (non-ignored) token rows:
 
@@ -9,10 +16,12 @@ Per chunk of (non-ignored) token rows:
     backend.rows(z, u, y, grad=g, grad_scale=s)   loss parts and g = s * d loss / d z   [c, V] buffer
     grad_h[chunk] = g @ W_s             grad_W += g.T @ h_s (fp32)          grad_b += sum_rows g (fp32)
 
-The three buffers are allocated once and reused by every chunk. For "mean" and "sum" the gradient
-is computed in the forward pass (the loss's scale is known there) and handed out by backward,
-scaled by grad_output. For "none" the per-row grad_output is only known in backward, which runs
-the chunks again with it as the row scale.
+The three buffers are allocated once and reused by every chunk. For "mean" and "sum" the gradients
+asked for (want_*) are computed in the forward pass (the loss's scale is known there) and handed
+out by backward, scaled by grad_output; none is computed when no input requires grad. For
+"none" the per-row grad_output is only known in backward, which runs the chunks again with it as
+the row scale. On the CPU ignored rows are dropped before any projection; on a GPU finding them
+would cost a sync, so every row is projected and ignored rows contribute zeros.
 """
 
 from __future__ import annotations
@@ -20,6 +29,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
+
+from ..backends import registry
+from ..backends.base import result_dtype
+from .common import check_addressable, finish_backward, grad_scale_for, n_valid_rows, once_differentiable, reduce_rows
 
 F32 = torch.float32
 
@@ -56,7 +70,7 @@ def plan_chunk_size(chunk_size, n_rows: int, vocab: int, compute_dtype, teacher_
 
 @dataclass
 class LinearPlan:
-    """Everything the chunk loop needs besides the tensors (kept on the autograd ctx)."""
+    """Everything the chunk loop needs besides the tensors."""
 
     backend: object
     kd_weight: float
@@ -70,16 +84,20 @@ class LinearPlan:
 
 
 class _Chunks:
-    """The valid rows of one call, in the dtypes the matmuls run in."""
+    """The rows one call projects, in the dtypes the matmuls run in: the non-ignored rows on the
+    CPU, every row on a GPU (no sync)."""
 
     def __init__(self, plan: LinearPlan, h_s, w_s, b_s, h_t, w_t, b_t, labels):
         n = labels.shape[0]
-        valid = labels != plan.ignore_index
-        idx = valid.nonzero().reshape(-1)  # a device sync on GPU; it sizes everything below
         self.n = n
-        self.n_valid = idx.numel()
-        self.all_valid = self.n_valid == n
+        self.n_valid_t = n_valid_rows(labels, plan.ignore_index)
+        if labels.device.type == "cpu":
+            idx = (labels != plan.ignore_index).nonzero().reshape(-1)
+            self.all_valid = idx.numel() == n
+        else:
+            idx, self.all_valid = None, True
         self.idx = idx
+        self.n_rows = n if self.all_valid else idx.numel()
 
         def pick(x):
             return x if self.all_valid else x.index_select(0, idx)
@@ -128,19 +146,20 @@ def _accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 
 def run_chunks(plan: LinearPlan, ch: _Chunks, *, row_scale, want_h: bool, want_w: bool, want_b: bool):
     """One pass over the valid rows. row_scale: None (no gradient), or an fp32 tensor of shape [1]
-    or [n_valid] scaling each row's gradient. Returns (loss, ce, kd) per valid row (fp32) and the
-    gradients asked for: grad_h [n_valid, d_s] in the compute dtype, grad_w [V, d_s] and grad_b [V]
+    or [n_valid] scaling each row's gradient. Returns (loss, ce, kd) per projected row (fp32) and the
+    gradients asked for: grad_h [n_rows, d_s] in the compute dtype, grad_w [V, d_s] and grad_b [V]
     in fp32 (None where not asked)."""
-    nv = ch.n_valid
+    nv = ch.n_rows
     vocab = ch.w_s.shape[0]
     device = ch.h_s.device
     want_grad = row_scale is not None and (want_h or want_w or want_b)
-    loss = torch.empty(nv, dtype=F32, device=device)
-    ce = torch.empty(nv, dtype=F32, device=device)
-    kd = torch.empty(nv, dtype=F32, device=device)
+    acc = result_dtype(plan.compute_dtype)  # fp32 accumulation (float64 for float64 inputs)
+    loss = torch.empty(nv, dtype=acc, device=device)
+    ce = torch.empty(nv, dtype=acc, device=device)
+    kd = torch.empty(nv, dtype=acc, device=device)
     grad_h = torch.empty(nv, ch.h_s.shape[1], dtype=plan.compute_dtype, device=device) if want_grad and want_h else None
-    grad_w = torch.zeros(ch.w_s.shape, dtype=F32, device=device) if want_grad and want_w else None
-    grad_b = torch.zeros(vocab, dtype=F32, device=device) if want_grad and want_b else None
+    grad_w = torch.zeros(ch.w_s.shape, dtype=acc, device=device) if want_grad and want_w else None
+    grad_b = torch.zeros(vocab, dtype=acc, device=device) if want_grad and want_b else None
     if nv == 0:
         return loss, ce, kd, grad_h, grad_w, grad_b
 
@@ -179,16 +198,11 @@ def run_chunks(plan: LinearPlan, ch: _Chunks, *, row_scale, want_h: bool, want_w
             if grad_w is not None:
                 _accumulate_mm(grad_w, g.t(), h)
             if grad_b is not None:
-                grad_b.add_(g.sum(0, dtype=F32))
+                grad_b.add_(g.sum(0, dtype=acc))
     return loss, ce, kd, grad_h, grad_w, grad_b
 
 
-def _reduce(rows: torch.Tensor, reduction: str, n_valid: int) -> torch.Tensor:
-    total = rows.sum()
-    return total / max(1, n_valid) if reduction == "mean" else total
-
-
-def _scatter_rows(rows: torch.Tensor, ch: _Chunks) -> torch.Tensor:
+def _scatter_rows(rows: Tensor, ch: _Chunks) -> Tensor:
     if ch.all_valid:
         return rows
     full = torch.zeros(ch.n, dtype=rows.dtype, device=rows.device)
@@ -196,80 +210,190 @@ def _scatter_rows(rows: torch.Tensor, ch: _Chunks) -> torch.Tensor:
 
 
 def _finish_grads(ch: _Chunks, h_s, w_s, b_s, grad_h, grad_w, grad_b):
-    """Valid-row / fp32 gradients -> gradients shaped and typed like the inputs."""
+    """Projected-row / fp32 gradients -> gradients shaped and typed like the inputs; an empty
+    tensor for each one not asked for (an op returns tensors only)."""
     if grad_h is not None:
         if ch.all_valid:
             grad_h = grad_h.to(h_s.dtype)
         else:
             full = torch.zeros(h_s.shape, dtype=h_s.dtype, device=h_s.device)
             grad_h = full.index_copy_(0, ch.idx, grad_h.to(h_s.dtype))
-    if grad_w is not None:
-        grad_w = grad_w.to(w_s.dtype)
-    if grad_b is not None:
-        grad_b = grad_b.to(b_s.dtype)
-    return grad_h, grad_w, grad_b
+    grad_w = None if grad_w is None else grad_w.to(w_s.dtype)
+    grad_b = None if grad_b is None else grad_b.to(b_s.dtype)
+    return tuple(h_s.new_empty(0) if g is None else g for g in (grad_h, grad_w, grad_b))
 
 
-def _scale_(t: torch.Tensor | None, factor: torch.Tensor) -> torch.Tensor | None:
-    if t is None:
-        return None
-    if factor.device.type == "cpu":
-        f = float(factor)
-        if f != 1.0:
-            t.mul_(f)
-        return t
-    return t.mul_(factor.to(t.dtype))  # no device sync to test for 1.0
+def _plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype, teacher_dtype):
+    return LinearPlan(
+        backend=registry.get(backend),
+        kd_weight=kd_weight,
+        temperature=temperature,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        chunk_size=chunk_size,
+        compute_dtype=compute_dtype,
+        teacher_dtype=teacher_dtype,
+        use_teacher=teacher_dtype is not None,
+    )
+
+
+@torch.library.custom_op("salt_kernels::linear_salt_loss", mutates_args=())
+def linear_salt_loss_op(
+    h_s: Tensor,
+    w_s: Tensor,
+    b_s: Tensor | None,
+    h_t: Tensor | None,
+    w_t: Tensor | None,
+    b_t: Tensor | None,
+    labels: Tensor,
+    kd_weight: float,
+    temperature: float,
+    ignore_index: int,
+    reduction: str,
+    backend: str,
+    chunk_size: int,
+    compute_dtype: torch.dtype,
+    teacher_dtype: torch.dtype | None,
+    want_h: bool,
+    want_w: bool,
+    want_b: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    check_addressable(h_s, w_s, b_s, h_t, w_t, b_t, labels)
+    plan = _plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype, teacher_dtype)
+    shape, labels = labels.shape, labels.reshape(-1)
+    want_b = want_b and b_s is not None
+    with torch.autocast(h_s.device.type, enabled=False), torch.no_grad():
+        _check_labels(labels, w_s.shape[0], ignore_index)
+        ch = _Chunks(plan, h_s, w_s, b_s, h_t, w_t, b_t, labels)
+        row_scale = None
+        if reduction != "none" and (want_h or want_w or want_b):
+            row_scale = grad_scale_for(reduction, ch.n_valid_t, None)
+        loss, ce, kd, gh, gw, gb = run_chunks(plan, ch, row_scale=row_scale, want_h=want_h, want_w=want_w, want_b=want_b)
+        if reduction == "none":
+            loss, ce, kd = (_scatter_rows(x, ch).reshape(shape) for x in (loss, ce, kd))
+        else:
+            loss, ce, kd = (reduce_rows(x, reduction, ch.n_valid_t) for x in (loss, ce, kd))
+        grads = _finish_grads(ch, h_s, w_s, b_s, gh, gw, gb)
+    return (loss, ce, kd, *grads)
+
+
+def _check_labels(labels: Tensor, vocab: int, ignore_index: int) -> None:
+    from .salt_loss import check_labels_in_op
+
+    check_labels_in_op(labels, vocab, ignore_index)
+
+
+def _grad_shapes(h_s, w_s, b_s, want_h, want_w, want_b):
+    return (
+        h_s.new_empty(h_s.shape if want_h else (0,)),
+        w_s.new_empty(w_s.shape if want_w else (0,)),
+        (b_s if b_s is not None else h_s).new_empty(b_s.shape if want_b and b_s is not None else (0,)),
+    )
+
+
+@linear_salt_loss_op.register_fake
+def _(h_s, w_s, b_s, h_t, w_t, b_t, labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size,
+      compute_dtype, teacher_dtype, want_h, want_w, want_b):
+    shape = labels.shape if reduction == "none" else ()
+    parts = [h_s.new_empty(shape, dtype=result_dtype(compute_dtype)) for _ in range(3)]
+    in_forward = reduction != "none"  # "none" computes its gradients in backward
+    return (*parts, *_grad_shapes(h_s, w_s, b_s, want_h and in_forward, want_w and in_forward, want_b and in_forward))
+
+
+@torch.library.custom_op("salt_kernels::linear_salt_loss_backward", mutates_args=())
+def linear_salt_loss_backward_op(
+    h_s: Tensor,
+    w_s: Tensor,
+    b_s: Tensor | None,
+    h_t: Tensor | None,
+    w_t: Tensor | None,
+    b_t: Tensor | None,
+    labels: Tensor,
+    grad_output: Tensor,
+    kd_weight: float,
+    temperature: float,
+    ignore_index: int,
+    reduction: str,
+    backend: str,
+    chunk_size: int,
+    compute_dtype: torch.dtype,
+    teacher_dtype: torch.dtype | None,
+    want_h: bool,
+    want_w: bool,
+    want_b: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    check_addressable(h_s, w_s, b_s, h_t, w_t, b_t, labels)
+    plan = _plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype, teacher_dtype)
+    labels = labels.reshape(-1)
+    want_b = want_b and b_s is not None
+    with torch.autocast(h_s.device.type, enabled=False), torch.no_grad():
+        ch = _Chunks(plan, h_s, w_s, b_s, h_t, w_t, b_t, labels)
+        row_scale = grad_scale_for(reduction, ch.n_valid_t, grad_output)
+        if reduction == "none" and not ch.all_valid:
+            row_scale = row_scale.index_select(0, ch.idx).contiguous()
+        _, _, _, gh, gw, gb = run_chunks(plan, ch, row_scale=row_scale, want_h=want_h, want_w=want_w, want_b=want_b)
+        return _finish_grads(ch, h_s, w_s, b_s, gh, gw, gb)
+
+
+@linear_salt_loss_backward_op.register_fake
+def _(h_s, w_s, b_s, h_t, w_t, b_t, labels, grad_output, kd_weight, temperature, ignore_index, reduction, backend,
+      chunk_size, compute_dtype, teacher_dtype, want_h, want_w, want_b):
+    return _grad_shapes(h_s, w_s, b_s, want_h, want_w, want_b)
+
+
+_OPTIONS = ("kd_weight", "temperature", "ignore_index", "reduction", "backend", "chunk_size", "compute_dtype",
+            "teacher_dtype", "want_h", "want_w", "want_b")
+
+
+def setup_context(ctx, inputs, output):
+    *tensors, = inputs[:7]
+    for name, value in zip(_OPTIONS, inputs[7:]):
+        setattr(ctx, name, value)
+    loss, ce, kd, *grads = output
+    ctx.mark_non_differentiable(ce, kd, *grads)
+    ctx.save_for_backward(*tensors)
+    # Kept on ctx, not saved, and handed out once (see salt_loss.setup_context).
+    fresh = ctx.reduction != "none" and any(_computed(g, t) for g, t in zip(grads, tensors))
+    ctx.grads = grads if fresh else None
+
+
+def _computed(grad: Tensor, like: Tensor | None) -> bool:
+    """Whether an op output holds a gradient (an empty 1-d tensor stands for "not computed")."""
+    return like is not None and grad.shape == like.shape
+
+
+def backward(ctx, grad_loss, *_unused):
+    h_s, w_s, b_s, h_t, w_t, b_t, labels = ctx.saved_tensors
+    options = [getattr(ctx, name) for name in _OPTIONS]
+    # What the forward was asked for may be more than this backward needs (e.g. the weight only).
+    need = ctx.needs_input_grad[:3]
+    grads, ctx.grads = ctx.grads, None  # handed out once; a second backward recomputes below
+    if grads is not None:
+        out = [finish_backward(g, grad_loss) if n and _computed(g, t) else None for g, t, n in zip(grads, (h_s, w_s, b_s), need)]
+    else:
+        options[-3:] = [bool(n) for n in need]
+        out = torch.ops.salt_kernels.linear_salt_loss_backward(
+            h_s, w_s, b_s, h_t, w_t, b_t, labels, grad_loss, *options
+        )
+        out = [g if n and _computed(g, t) else None for g, t, n in zip(out, (h_s, w_s, b_s), need)]
+    return once_differentiable("salt_kernels.linear_salt_loss", tuple(out)) + (None,) * 15
+
+
+def _no_second_order(ctx, *grads):
+    raise RuntimeError("salt_kernels.linear_salt_loss: second-order gradients are not implemented")
+
+
+linear_salt_loss_op.register_autograd(backward, setup_context=setup_context)
+linear_salt_loss_backward_op.register_autograd(_no_second_order, setup_context=lambda ctx, inputs, output: None)
 
 
 class LinearSaltLossFunction(torch.autograd.Function):
-    """Inputs: student_hidden [N, d_s], student_weight [V, d_s], student_bias [V] | None,
-    teacher_hidden [N, d_t] | None, teacher_weight [V, d_t] | None, teacher_bias [V] | None,
-    labels [N], plan. Outputs: loss (reduced; [N] for "none"), ce, kd (detached)."""
+    """The op with its registered autograd, as an autograd.Function with setup_context (for the
+    torch.func transforms, which refuse the wrapper torch.library builds)."""
 
     @staticmethod
-    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, labels, plan: LinearPlan):
-        with torch.autocast(h_s.device.type, enabled=False), torch.no_grad():
-            ch = _Chunks(plan, h_s, w_s, b_s, h_t, w_t, b_t, labels)
-            want_h, want_w, want_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-            row_scale = None
-            if plan.reduction != "none" and (want_h or want_w or want_b):
-                s = 1.0 / max(1, ch.n_valid) if plan.reduction == "mean" else 1.0
-                row_scale = torch.full((1,), s, dtype=F32, device=h_s.device)
-            loss, ce, kd, gh, gw, gb = run_chunks(
-                plan, ch, row_scale=row_scale, want_h=want_h, want_w=want_w, want_b=want_b
-            )
-            if plan.reduction == "none":
-                loss, ce, kd = (_scatter_rows(x, ch) for x in (loss, ce, kd))
-                ctx.grads = None
-            else:
-                loss, ce, kd = (_reduce(x, plan.reduction, ch.n_valid) for x in (loss, ce, kd))
-                # Kept as attributes, not saved tensors, so backward hands them out without a
-                # copy (autograd steals a gradient nobody else references).
-                ctx.grads = _finish_grads(ch, h_s, w_s, b_s, gh, gw, gb) if row_scale is not None else None
-        ctx.mark_non_differentiable(ce, kd)
-        ctx.plan = plan
-        ctx.save_for_backward(h_s, w_s, b_s, h_t, w_t, b_t, labels)
-        return loss, ce, kd
+    def forward(*args):
+        return torch.ops.salt_kernels.linear_salt_loss(*args)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_loss, _grad_ce, _grad_kd):
-        plan: LinearPlan = ctx.plan
-        h_s, w_s, b_s, h_t, w_t, b_t, labels = ctx.saved_tensors
-        none5 = (None,) * 5
-        if ctx.grads is not None:
-            gh, gw, gb = ctx.grads
-            ctx.grads = None  # handed out once; a second backward recomputes below
-            return (_scale_(gh, grad_loss), _scale_(gw, grad_loss), _scale_(gb, grad_loss)) + none5
-        want_h, want_w, want_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        with torch.autocast(h_s.device.type, enabled=False), torch.no_grad():
-            ch = _Chunks(plan, h_s, w_s, b_s, h_t, w_t, b_t, labels)
-            if plan.reduction == "none":
-                g = grad_loss.reshape(-1).to(F32)
-                row_scale = (g if ch.all_valid else g.index_select(0, ch.idx)).contiguous()
-            else:
-                s = 1.0 / max(1, ch.n_valid) if plan.reduction == "mean" else 1.0
-                row_scale = (grad_loss.to(F32) * s).reshape(1)
-            _, _, _, gh, gw, gb = run_chunks(plan, ch, row_scale=row_scale, want_h=want_h, want_w=want_w, want_b=want_b)
-            gh, gw, gb = _finish_grads(ch, h_s, w_s, b_s, gh, gw, gb)
-        return (gh, gw, gb) + none5
+    setup_context = staticmethod(setup_context)
+    backward = staticmethod(backward)

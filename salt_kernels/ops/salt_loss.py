@@ -1,75 +1,188 @@
-"""The autograd.Function of the SALT loss: no math here, only the calls of the backend's rows()
-and the reductions.
+"""The SALT loss as torch.library custom ops (docs/design.md, "Ops, torch.compile and autograd").
 
-For "mean" and "sum" the gradient is computed in the forward pass, while each row is in cache,
-already scaled for the reduction; backward then returns it as is when grad_output is 1 (the
-usual loss.backward()), or scales it in place. For "none" the per-row grad_output is only known
-in backward, which runs the kernel again with it as the row scale.
+    torch.ops.salt_kernels.salt_loss(student [N, V], teacher [N, V] | None, labels (any shape, N),
+        kd_weight, temperature, ignore_index, reduction, backend, compute_grad)
+        -> (loss, ce, kd, grad)
+    torch.ops.salt_kernels.salt_loss_backward(student, teacher, labels, grad_output,
+        kd_weight, temperature, ignore_index, reduction, backend) -> grad
+
+No math here: both call a backend's rows() (backends/base.py). `backend` is a concrete backend
+name (the functional layer resolves "auto"). For "mean" and "sum" with compute_grad, the forward
+writes the gradient while each row is in cache, already scaled for the reduction; backward
+hands that buffer out (scaled by grad_output), without a copy in eager mode. For "none", or for a
+second backward through a retained graph, backward runs salt_loss_backward with grad_output as
+the row scale. Without compute_grad no gradient buffer is allocated ("grad" is then empty).
+
+Label ranges are checked inside the op, never on the host before it: on the CPU a bad label
+raises a ValueError naming its position; on a GPU a device-side assert costs no sync.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
+
+from ..backends import registry
+from ..backends.base import result_dtype
+from .._validation import bad_label_error
+from .common import (
+    check_addressable,
+    finish_backward,
+    grad_scale_for,
+    n_valid_rows,
+    once_differentiable,
+    reduce_rows,
+)
+
+OP = "salt_kernels::salt_loss"
 
 
-def _reduce(rows: torch.Tensor, reduction: str, n_valid: torch.Tensor) -> torch.Tensor:
-    if reduction == "none":
-        return rows
-    total = rows.sum()
-    return total / n_valid if reduction == "mean" else total
+def check_labels_in_op(labels: Tensor, vocab: int, ignore_index: int) -> None:
+    if labels.numel() == 0:
+        return
+    bad = ((labels < 0) | (labels >= vocab)) & (labels != ignore_index)
+    if labels.device.type == "cpu":
+        if bool(bad.any()):
+            raise bad_label_error(labels, bad, vocab, ignore_index)
+    else:
+        torch._assert_async(
+            ~bad.any(), f"salt_kernels: labels must be in [0, {vocab}) or equal ignore_index ({ignore_index})"
+        )
+
+
+@torch.library.custom_op(OP, mutates_args=())
+def salt_loss_op(
+    student: Tensor,
+    teacher: Tensor | None,
+    labels: Tensor,
+    kd_weight: float,
+    temperature: float,
+    ignore_index: int,
+    reduction: str,
+    backend: str,
+    compute_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    impl = registry.get(backend)
+    check_addressable(student, teacher, labels)
+    check_labels_in_op(labels, student.shape[1], ignore_index)
+    shape, labels = labels.shape, labels.reshape(-1)
+    n = student.shape[0]
+    n_valid = n_valid_rows(labels, ignore_index)
+    grad = scale = None
+    if compute_grad and reduction != "none":
+        scale = grad_scale_for(reduction, n_valid, None)
+        grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
+    out = impl.rows(
+        student,
+        teacher,
+        labels,
+        kd_weight=kd_weight,
+        temperature=temperature,
+        ignore_index=ignore_index,
+        grad=grad if n > 0 else None,
+        grad_scale=scale,
+    )
+    out_shape = shape if reduction == "none" else ()
+    loss, ce, kd = (reduce_rows(x, reduction, n_valid).reshape(out_shape) for x in (out.loss, out.ce, out.kd))
+    if grad is None:
+        grad = student.new_empty(0)
+    return loss, ce, kd, grad
+
+
+@salt_loss_op.register_fake
+def _(student, teacher, labels, kd_weight, temperature, ignore_index, reduction, backend, compute_grad):
+    dtype = result_dtype(student.dtype)
+    shape = labels.shape if reduction == "none" else ()
+    parts = [student.new_empty(shape, dtype=dtype) for _ in range(3)]
+    grad_shape = student.shape if compute_grad and reduction != "none" else (0,)
+    return (*parts, student.new_empty(grad_shape))
+
+
+@torch.library.custom_op("salt_kernels::salt_loss_backward", mutates_args=())
+def salt_loss_backward_op(
+    student: Tensor,
+    teacher: Tensor | None,
+    labels: Tensor,
+    grad_output: Tensor,
+    kd_weight: float,
+    temperature: float,
+    ignore_index: int,
+    reduction: str,
+    backend: str,
+) -> Tensor:
+    impl = registry.get(backend)
+    check_addressable(student, teacher, labels)
+    labels = labels.reshape(-1)
+    grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
+    if student.shape[0] == 0:
+        return grad
+    n_valid = n_valid_rows(labels, ignore_index)
+    scale = grad_scale_for(reduction, n_valid, grad_output)
+    impl.rows(
+        student,
+        teacher,
+        labels,
+        kd_weight=kd_weight,
+        temperature=temperature,
+        ignore_index=ignore_index,
+        grad=grad,
+        grad_scale=scale,
+    )
+    return grad
+
+
+@salt_loss_backward_op.register_fake
+def _(student, teacher, labels, grad_output, kd_weight, temperature, ignore_index, reduction, backend):
+    return torch.empty_like(student, memory_format=torch.contiguous_format)
+
+
+# ---- autograd: one setup_context and one backward, used by the op's registration and by the
+# autograd.Function below (which torch.func transforms need: they refuse the op's own wrapper).
+
+_ARGS = ("kd_weight", "temperature", "ignore_index", "reduction", "backend")
+
+
+def setup_context(ctx, inputs, output):
+    student, teacher, labels, *options, _compute_grad = inputs
+    for name, value in zip(_ARGS, options):
+        setattr(ctx, name, value)
+    loss, ce, kd, grad = output
+    ctx.mark_non_differentiable(ce, kd, grad)
+    ctx.save_for_backward(student, teacher, labels)
+    # The buffer is kept on ctx, not saved: once handed out it belongs to autograd (which may
+    # adopt it as .grad and add into it), so a saved copy would fail the version check of a
+    # second backward through a retained graph (which recomputes instead).
+    ctx.grad = grad if tuple(grad.shape) == tuple(student.shape) and ctx.reduction != "none" else None
+
+
+def backward(ctx, grad_loss, _grad_ce=None, _grad_kd=None, _grad_grad=None):
+    student, teacher, labels = ctx.saved_tensors
+    options = [getattr(ctx, name) for name in _ARGS]
+    grad, ctx.grad = ctx.grad, None  # handed out once; a second backward recomputes below
+    if grad is not None:
+        g = finish_backward(grad, grad_loss)
+    else:
+        g = torch.ops.salt_kernels.salt_loss_backward(student, teacher, labels, grad_loss, *options)
+    return once_differentiable("salt_kernels.salt_loss", (g,)) + (None,) * 8
+
+
+def _no_second_order(ctx, *grads):
+    raise RuntimeError("salt_kernels.salt_loss: second-order gradients are not implemented")
+
+
+salt_loss_op.register_autograd(backward, setup_context=setup_context)
+salt_loss_backward_op.register_autograd(_no_second_order, setup_context=lambda ctx, inputs, output: None)
 
 
 class SaltLossFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, student, teacher, labels, backend, kd_weight, temperature, ignore_index, reduction):
-        n = student.shape[0]
-        n_valid = (labels != ignore_index).sum().clamp_(min=1).to(torch.float32)
-        grad = None
-        scale = None
-        if ctx.needs_input_grad[0] and reduction != "none":
-            scale = (1.0 / n_valid).reshape(1) if reduction == "mean" else torch.ones(1, device=student.device)
-            grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
-        out = backend.rows(
-            student,
-            teacher,
-            labels,
-            kd_weight=kd_weight,
-            temperature=temperature,
-            ignore_index=ignore_index,
-            grad=grad if n > 0 else None,
-            grad_scale=scale,
-        )
-        loss = _reduce(out.loss, reduction, n_valid)
-        ce = _reduce(out.ce, reduction, n_valid)
-        kd = _reduce(out.kd, reduction, n_valid)
-        ctx.mark_non_differentiable(ce, kd)
-        ctx.backend = backend
-        ctx.args = dict(kd_weight=kd_weight, temperature=temperature, ignore_index=ignore_index)
-        ctx.reduction = reduction
-        # The gradient buffer is kept on ctx, not in save_for_backward: once handed to autograd
-        # it belongs to the caller (AccumulateGrad may adopt it as .grad and add into it).
-        ctx.grad = grad
-        ctx.scale = scale
-        ctx.save_for_backward(student, teacher, labels)
-        return loss, ce, kd
+    """The op with its registered autograd, as an autograd.Function with setup_context, so that
+    torch.func.grad / vjp work on it (they refuse the wrapper torch.library builds)."""
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_ce, _grad_kd):
-        student, teacher, labels = ctx.saved_tensors
-        grad, ctx.grad = ctx.grad, None
-        if student.shape[0] == 0:
-            return torch.zeros_like(student), None, None, None, None, None, None, None
-        if ctx.reduction == "none":
-            row_scale = grad_loss.reshape(-1).to(torch.float32).contiguous()
-        elif grad is not None:
-            # The buffer computed in forward is ours to hand out (or to scale in place) once.
-            factor = float(grad_loss)
-            if factor != 1.0:
-                grad.mul_(factor)
-            return grad, None, None, None, None, None, None, None
-        else:
-            # A second backward through a retained graph: the first one gave the buffer away.
-            row_scale = (ctx.scale * grad_loss.to(torch.float32)).reshape(1)
-        out_grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
-        ctx.backend.rows(student, teacher, labels, grad=out_grad, grad_scale=row_scale, **ctx.args)
-        return out_grad, None, None, None, None, None, None, None
+    def forward(student, teacher, labels, kd_weight, temperature, ignore_index, reduction, backend, compute_grad):
+        return torch.ops.salt_kernels.salt_loss(
+            student, teacher, labels, kd_weight, temperature, ignore_index, reduction, backend, compute_grad
+        )
+
+    setup_context = staticmethod(setup_context)
+    backward = staticmethod(backward)

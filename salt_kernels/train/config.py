@@ -5,7 +5,7 @@ A run's config has five sections; each field name is unique across sections, so 
 `--kd-weight` and a TOML key `[salt] kd_weight` (or a top-level `kd_weight`) mean the same
 field. Precedence: dataclass defaults < config file < flags given on the command line.
 
-This module is pure standard library so `salt-kernels train --help` stays fast.
+This module imports no transformers, so `salt-kernels train --help` stays fast.
 """
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from ..backends.registry import BACKEND_NAMES
+from .schedule import TRANSITIONS
+from .step import FUSED_PATHS as LOSS_PATHS
+from .step import SaltStep
+
 ROLES = ("teacher", "baseline", "salt")
-TRANSITIONS = ("step", "linear")
-LOSS_PATHS = ("linear", "logits")
 DEVICES = ("auto", "cpu", "cuda")
-BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
+BACKENDS = ("auto",) + BACKEND_NAMES
 DTYPES = ("auto", "float32", "bfloat16")
 
 
@@ -158,6 +161,13 @@ class TrainConfig:
         if self.run.role != "salt":
             return 0
         return self.salt.n_kd if self.salt.n_kd > 0 else self.run.steps // 2
+
+    def salt_step(self) -> SaltStep:
+        """The run's loss: SALT's settings (kd_weight 0 is CE alone), its loss path and backend.
+        Raises ValueError/TypeError for a kd_weight, temperature, ... the losses would refuse."""
+        s = self.salt
+        return SaltStep(kd_weight=s.kd_weight, temperature=s.temperature, n_kd=self.n_kd_steps(),
+                        transition=s.transition, path=self.run.loss, backend=self.run.backend)
 
 
 # --------------------------------------------------------------------------- field lookup
@@ -331,10 +341,10 @@ def check_config(cfg: TrainConfig) -> None:
                         "weight_decay": o.weight_decay, "grad_clip": o.grad_clip}.items():
         if value < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
-    if not 0.0 <= s.kd_weight <= 1.0:
-        raise ConfigError(f"--kd-weight must be in [0, 1], got {s.kd_weight}")
-    if not s.temperature > 0:
-        raise ConfigError(f"--temperature must be > 0, got {s.temperature}")
+    try:
+        cfg.salt_step()  # kd_weight, temperature: the checks of the losses themselves
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
     if not 0.0 < s.select_fraction <= 1.0:
         raise ConfigError(f"--select-fraction must be in (0, 1], got {s.select_fraction}")
     if not 0.0 < d.val_fraction < 0.5:

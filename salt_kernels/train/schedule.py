@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import math
 
+TRANSITIONS = ("step", "linear")  # how SALT's distillation weight ends at n_KD
+
+
+def check_transition(transition: str) -> None:
+    if transition not in TRANSITIONS:
+        raise ValueError(f"transition must be one of {', '.join(TRANSITIONS)}, got {transition!r}")
+
 
 def learning_rate(step: int, *, lr: float, warmup_steps: int, total_steps: int,
                   min_lr_ratio: float) -> float:
@@ -18,15 +25,15 @@ def learning_rate(step: int, *, lr: float, warmup_steps: int, total_steps: int,
 
 
 def kd_weight(step: int, *, kd_weight: float, n_kd: int, transition: str = "step") -> float:
-    """SALT's distillation weight w at a step: stage 1 (step < n_kd) then 0.
+    """SALT's distillation weight w at optimizer step `step` (0-based): stage 1 (step < n_kd),
+    then 0.
 
     step:   w for every step < n_kd.
     linear: w * (1 - step / n_kd), reaching 0 at n_kd.
     """
+    check_transition(transition)
     if step >= n_kd or n_kd <= 0:
         return 0.0
     if transition == "step":
         return kd_weight
-    if transition == "linear":
-        return kd_weight * (1.0 - step / n_kd)
-    raise ValueError(f"transition must be 'step' or 'linear', got {transition!r}")
+    return kd_weight * (1.0 - step / n_kd)

@@ -1,4 +1,5 @@
-"""Triton kernels of the SALT loss (DESIGN.md section 1). The launcher is launcher.py.
+"""Triton kernels of the SALT loss (docs/design.md, "One-pass algorithm"). The launcher is
+launcher.py.
 
 One kernel, specialised by constexpr MODE, computes per row the loss, its CE and KD parts, the
 three log-sum-exps and (HAS_GRAD) the gradient w.r.t. the student, already scaled:

@@ -1,5 +1,6 @@
-// Host emulation of the CUDA features rows_kernel.cuh uses, for tests on machines without a GPU
-// (csrc/cuda/emulate.cpp builds it with the host compiler; tests/test_cuda_backend.py runs it).
+// Host emulation of the CUDA features csrc/cuda/rows_kernel.cuh uses, for tests on machines
+// without a GPU (emulate.cpp beside this file builds it with the host compiler;
+// tests/cuda_emulator/__init__.py compiles and runs it).
 //
 // Every CUDA thread of a launch group (one block, or the blocks of one cluster) is a fiber
 // (ucontext) on the calling OS thread, scheduled round robin; a fiber runs until it waits on a

@@ -1,9 +1,13 @@
-// Test harness: runs the CUDA row kernel (rows_kernel.cuh, compiled by the host compiler with
-// SALT_CUDA_EMULATION) on the CPU, one fiber per CUDA thread, with the launch geometry of the real
-// launcher. Exposed as a C function for ctypes; tests/test_cuda_backend.py builds it with g++
-// (no CUDA toolkit needed) and compares the results with the float64 oracle.
+// Test harness: runs the CUDA row kernel (csrc/cuda/rows_kernel.cuh, compiled by the host
+// compiler with SALT_CUDA_EMULATION) on the CPU, one fiber per CUDA thread, with the launch
+// geometry of the real launcher. Exposed as a C function for ctypes; tests/cuda_emulator/
+// __init__.py builds it with g++ (no CUDA toolkit needed) and the tests compare its results with
+// the float64 oracle. Test infrastructure only: no part of the package or its build.
 //
-//   g++ -O1 -std=c++17 -shared -fPIC -DSALT_CUDA_EMULATION csrc/cuda/emulate.cpp -o emu.so
+// From the repository root (the kernel source comes from csrc/cuda, and rows_kernel.cuh finds
+// emulation.h through the second -I):
+//   g++ -O1 -std=c++17 -shared -fPIC -Icsrc/cuda -Itests/cuda_emulator
+//       tests/cuda_emulator/emulate.cpp -o emu.so
 #define SALT_CUDA_EMULATION 1
 #include "rows_kernel.cuh"
 

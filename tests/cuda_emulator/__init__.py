@@ -1,0 +1,156 @@
+"""The CUDA row kernel (csrc/cuda/rows_kernel.cuh) run on the CPU, for tests on machines without
+a GPU: emulate.cpp and emulation.h (beside this file) compile the kernel source with the host
+compiler, one fiber per CUDA thread, with real barriers and every global load and store checked
+for bounds and alignment against the regions declared here.
+
+    lib = build()                                   # g++, cached under build/cuda_emulator/
+    out = rows(lib, student, teacher, labels, kd_weight=..., temperature=..., ignore_index=...,
+               grad=None, grad_scale=None, mode=None, block=None, cluster=None)
+
+`rows` has the row contract of salt_kernels/backends/base.py on CPU tensors. The kernel
+arguments come from base.compiled_rows_args, as for the real launcher (so the teacher is passed
+as absent when kd_weight == 0), and the launch configuration is the real backend's choice
+(salt_kernels.backends.cuda.launch_config) unless mode/block/cluster say otherwise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+
+import torch
+
+from salt_kernels.backends import cuda as cuda_backend
+from salt_kernels.backends.base import RowOutputs, compiled_rows_args
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+SOURCE = os.path.join(HERE, "emulate.cpp")
+INCLUDE_DIRS = [os.path.join(ROOT, "csrc", "cuda"), HERE]
+CACHE_DIR = os.path.join(ROOT, "build", "cuda_emulator")
+FLAGS = ["-O1", "-std=c++17", "-shared", "-fPIC", "-w"]
+
+
+class EmulatorUnavailable(RuntimeError):
+    """No host C++ compiler: the emulator cannot be built here."""
+
+
+def _compiler() -> list[str]:
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or sysconfig.get_config_var("CXX")
+    if not cxx or not shutil.which(cxx.split()[0]):
+        raise EmulatorUnavailable("no C++ compiler (CXX, g++, c++) to build the CUDA-kernel emulator with")
+    return cxx.split()
+
+
+def _inputs() -> list[str]:
+    """Every file the build can read: the harness and the kernel's headers."""
+    files = glob.glob(os.path.join(HERE, "*.cpp")) + glob.glob(os.path.join(HERE, "*.h"))
+    files += glob.glob(os.path.join(ROOT, "csrc", "*.h"))
+    files += glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.h")) + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cuh"))
+    return sorted(files)
+
+
+def build() -> ctypes.CDLL:
+    """Compiles the emulator (about 10 s) unless a build of the same sources, flags and compiler
+    is cached, and loads it. Raises EmulatorUnavailable without a compiler, RuntimeError with the
+    compiler's output when the build fails."""
+    cxx = _compiler()
+    cmd = [*cxx, *FLAGS, *(f"-I{d}" for d in INCLUDE_DIRS), SOURCE]
+    version = subprocess.run([*cxx, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256("\0".join(cmd + [version]).encode())
+    for path in _inputs():
+        with open(path, "rb") as f:
+            key.update(path.encode() + b"\0" + f.read())
+    out = os.path.join(CACHE_DIR, f"salt_cuda_emulator-{key.hexdigest()[:16]}.so")
+    if not os.path.isfile(out):
+        os.makedirs(CACHE_DIR, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=CACHE_DIR)
+        os.close(fd)
+        try:
+            proc = subprocess.run([*cmd, "-o", tmp], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)}\n{proc.stderr[-4000:]}")
+            os.replace(tmp, out)  # atomic: a concurrent run sees the old state or a whole file
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    lib = ctypes.CDLL(out)
+    lib.salt_emulate_rows.restype = ctypes.c_int
+    lib.salt_emulate_rows.argtypes = [
+        ctypes.POINTER(ctypes.c_int64),
+        ctypes.POINTER(ctypes.c_double),
+        ctypes.POINTER(ctypes.c_int64),
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+    ]
+    return lib
+
+
+def launch(lib, ia, fa, regions) -> tuple[int, str]:
+    """One raw call of salt_emulate_rows (argument layout in emulate.cpp): (rc, error)."""
+    flat = [int(v) for r in regions for v in r]
+    err = ctypes.create_string_buffer(1024)
+    rc = lib.salt_emulate_rows(
+        (ctypes.c_int64 * len(ia))(*[int(v) for v in ia]),
+        (ctypes.c_double * 2)(*[float(v) for v in fa]),
+        (ctypes.c_int64 * max(1, len(flat)))(*flat),
+        len(regions),
+        err,
+        len(err),
+    )
+    return rc, err.value.decode(errors="replace")
+
+
+def region(t: torch.Tensor, rows: int, row_elems: int, writable: bool, row_stride: int | None = None) -> list[int]:
+    """A declared memory region: base, row stride in bytes, row bytes, rows, writable."""
+    es = t.element_size()
+    stride = t.stride(0) if row_stride is None else row_stride
+    return [t.data_ptr(), stride * es, row_elems * es, rows, int(writable)]
+
+
+def default_config(vocab: int, student_dtype, teacher_dtype) -> tuple[str, int, int]:
+    """The launch the real backend makes for these rows; ("block", 256, 1) when the compiled
+    module (which holds the choice) is not built."""
+    if cuda_backend._salt_cuda is None:
+        return "block", 256, 1
+    return cuda_backend.launch_config(vocab, student_dtype, teacher_dtype)
+
+
+def rows(lib, student, teacher, labels, *, kd_weight, temperature, ignore_index, grad=None, grad_scale=None,
+         mode=None, block=None, cluster=None) -> RowOutputs:
+    """backends/base.py's rows() with the CUDA kernel run by the emulator on CPU tensors. A
+    problem the emulator finds (an access outside the declared regions, a misaligned vector
+    access, a deadlock) raises AssertionError."""
+    n, vocab = student.shape
+    out = RowOutputs.empty(n, student.device)
+    if n == 0:
+        return out
+    if grad is not None:
+        grad_scale = grad_scale.to(torch.float32).contiguous()  # kept alive for the launch
+    a = compiled_rows_args(student, teacher, labels, out, kd_weight=kd_weight, temperature=temperature,
+                           ignore_index=ignore_index, grad=grad, grad_scale=grad_scale)
+    use_teacher = a["teacher"] != 0
+    if mode is None:
+        mode, block, cluster = default_config(vocab, student.dtype, teacher.dtype if use_teacher else None)
+    ia = [a[k] for k in ("student", "student_row_stride", "student_dtype", "teacher", "teacher_row_stride",
+                         "teacher_dtype", "labels", "labels_stride", "labels_int64", "n_rows", "vocab",
+                         "ignore_index", "loss", "ce", "kd", "lse", "grad", "grad_row_stride", "grad_scale",
+                         "grad_scale_stride")]
+    ia += [0 if mode == "warp" else 1, block, cluster]
+    regions = [region(student, n, vocab, False), region(labels, n, 1, False, row_stride=a["labels_stride"])]
+    if use_teacher:
+        regions.append(region(teacher, n, vocab, False))
+    if grad is not None:
+        regions.append(region(grad, n, vocab, True))
+        gs_stride = a["grad_scale_stride"]
+        regions.append(region(grad_scale, n if gs_stride else 1, 1, False, row_stride=gs_stride))
+    rc, error = launch(lib, ia, (a["kd_weight"], a["temperature"]), regions)
+    assert rc == 0, error
+    return out
