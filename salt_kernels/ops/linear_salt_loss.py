@@ -372,9 +372,10 @@ def backward(ctx, grad_loss, *_unused):
         out = [finish_backward(g, grad_loss) if n and _computed(g, t) else None for g, t, n in zip(grads, (h_s, w_s, b_s), need)]
     else:
         options[-3:] = [bool(n) for n in need]
-        out = torch.ops.salt_kernels.linear_salt_loss_backward(
-            h_s, w_s, b_s, h_t, w_t, b_t, labels, grad_loss, *options
-        )
+        with torch.no_grad():  # not differentiable; once_differentiable below says so
+            out = torch.ops.salt_kernels.linear_salt_loss_backward(
+                h_s, w_s, b_s, h_t, w_t, b_t, labels, grad_loss, *options
+            )
         out = [g if n and _computed(g, t) else None for g, t, n in zip(out, (h_s, w_s, b_s), need)]
     return once_differentiable("salt_kernels.linear_salt_loss", tuple(out)) + (None,) * 15
 

@@ -162,7 +162,8 @@ def backward(ctx, grad_loss, _grad_ce=None, _grad_kd=None, _grad_grad=None):
     if grad is not None:
         g = finish_backward(grad, grad_loss)
     else:
-        g = torch.ops.salt_kernels.salt_loss_backward(student, teacher, labels, grad_loss, *options)
+        with torch.no_grad():  # not differentiable; once_differentiable below says so
+            g = torch.ops.salt_kernels.salt_loss_backward(student, teacher, labels, grad_loss, *options)
     return once_differentiable("salt_kernels.salt_loss", (g,)) + (None,) * 8
 
 
