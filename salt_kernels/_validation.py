@@ -9,6 +9,8 @@ import numbers
 
 import torch
 
+from .backends.base import DEFAULT_OPTIONS, DIVERGENCES, LossOptions
+
 try:
     from torch.distributed.tensor import DTensor as _DTensor
 except ImportError:  # torch built without distributed support
@@ -92,6 +94,53 @@ def check_labels(labels, lead: tuple, device, what: str) -> None:
         raise ValueError(f"labels must be on the device of {what} ({device}), got {labels.device}")
 
 
+def _optional_positive(name: str, value) -> float | None:
+    if value is None:
+        return None
+    return check_scalar(name, value, low=0.0, high=math.inf, low_open=True)
+
+
+def check_loss_options(
+    *, softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing, z_loss
+) -> LossOptions:
+    """The distillation options (docs/design.md, "Distillation options"), each range-checked."""
+    softcap = _optional_positive("softcap", softcap)
+    teacher_softcap = _optional_positive("teacher_softcap", teacher_softcap)
+    if kd_vocab is not None:
+        if isinstance(kd_vocab, bool) or not isinstance(kd_vocab, numbers.Integral):
+            raise TypeError(f"kd_vocab must be a positive int or None, got {type(kd_vocab).__name__}")
+        kd_vocab = int(kd_vocab)
+        if kd_vocab < 1:
+            raise ValueError(f"kd_vocab must be a positive int or None, got {kd_vocab}")
+    if not isinstance(divergence, str) or divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {', '.join(DIVERGENCES)}, got {divergence!r}")
+    beta = check_scalar("beta", beta, low=0.0, high=1.0)
+    if not 0.0 < beta < 1.0:
+        raise ValueError(
+            f"beta must be in the open interval (0, 1), got {beta!r}; beta=0 and beta=1 of other "
+            "libraries' generalized JSD are divergence='forward_kl' and 'reverse_kl' here"
+        )
+    label_smoothing = check_scalar("label_smoothing", label_smoothing, low=0.0, high=1.0)
+    z_loss = check_scalar("z_loss", z_loss, low=0.0, high=math.inf)
+    return LossOptions(softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing, z_loss)
+
+
+def check_kd_vocab(options: LossOptions, v_s: int, v_t: int, student_name: str, teacher_name: str) -> None:
+    """V_t must equal V_s unless kd_vocab says how much of both the KD compares."""
+    k = options.kd_vocab
+    if k is None:
+        if v_t != v_s:
+            raise ValueError(
+                f"{teacher_name} has vocabulary size {v_t} but {student_name} has {v_s}; when the two "
+                f"models pad their vocabularies differently pass kd_vocab= with the tokenizer's size "
+                f"(e.g. kd_vocab=len(tokenizer), at most {min(v_s, v_t)}) so the KD compares only real tokens"
+            )
+    elif k > min(v_s, v_t):
+        raise ValueError(
+            f"kd_vocab must be at most min(student vocab {v_s}, teacher vocab {v_t}) = {min(v_s, v_t)}, got {k}"
+        )
+
+
 def validate_salt_inputs(
     student,
     teacher,
@@ -102,6 +151,7 @@ def validate_salt_inputs(
     ignore_index,
     reduction,
     check_label_range: bool,
+    options: LossOptions = DEFAULT_OPTIONS,
 ) -> tuple[float, float, int]:
     """Checks every argument of salt_loss; returns (kd_weight, temperature, ignore_index) as
     Python numbers. Labels are range-checked when check_label_range is set (a device sync on GPU)."""
@@ -109,6 +159,8 @@ def validate_salt_inputs(
     kd_weight, temperature, ignore_index = check_options(
         kd_weight=kd_weight, temperature=temperature, ignore_index=ignore_index, reduction=reduction
     )
+    if options.kd_vocab is not None and options.kd_vocab > student.shape[-1]:
+        check_kd_vocab(options, student.shape[-1], student.shape[-1], "student_logits", "student_logits")
     if teacher is None:
         if kd_weight > 0:
             raise ValueError(
@@ -117,11 +169,12 @@ def validate_salt_inputs(
             )
     else:
         check_logits("teacher_logits", teacher)
-        if teacher.shape != student.shape:
+        if teacher.shape[:-1] != student.shape[:-1]:
             raise ValueError(
-                f"teacher_logits must have the shape of student_logits {tuple(student.shape)}, "
-                f"got {tuple(teacher.shape)}"
+                f"teacher_logits must have the shape of student_logits {tuple(student.shape)} "
+                f"(the last dimension may differ with kd_vocab), got {tuple(teacher.shape)}"
             )
+        check_kd_vocab(options, student.shape[-1], teacher.shape[-1], "student_logits", "teacher_logits")
         if teacher.device != student.device:
             raise ValueError(
                 f"teacher_logits must be on the device of student_logits ({student.device}), got {teacher.device}"
@@ -198,6 +251,7 @@ def validate_linear_inputs(
     reduction,
     chunk_size,
     check_label_range: bool,
+    options: LossOptions = DEFAULT_OPTIONS,
 ) -> tuple[float, float, int]:
     """Checks every argument of linear_salt_loss; returns (kd_weight, temperature, ignore_index)."""
     _check_side("student", student_hidden, student_weight, student_bias, None)
@@ -219,7 +273,8 @@ def validate_linear_inputs(
                 f"{missing} is None but kd_weight is {kd_weight:g}; pass the teacher's hidden states "
                 "and output weight, or set kd_weight=0 for plain cross-entropy"
             )
-        _check_side("teacher", teacher_hidden, teacher_weight, teacher_bias, vocab)
+        _check_side("teacher", teacher_hidden, teacher_weight, teacher_bias, None)
+        check_kd_vocab(options, vocab, teacher_weight.shape[0], "student_weight", "teacher_weight")
         if tuple(teacher_hidden.shape[:-1]) != lead:
             raise ValueError(
                 f"teacher_hidden must have the leading shape of student_hidden {lead} (any last dimension), "
@@ -229,6 +284,8 @@ def validate_linear_inputs(
             raise ValueError(
                 f"teacher_hidden must be on the device of student_hidden ({device}), got {teacher_hidden.device}"
             )
+    elif options.kd_vocab is not None:
+        check_kd_vocab(options, vocab, vocab, "student_weight", "student_weight")
     check_labels(labels, lead, device, "student_hidden")
     if check_label_range and labels.numel() > 0:
         check_label_values(labels, vocab, ignore_index)

@@ -10,17 +10,21 @@ from typing import NamedTuple
 
 import torch
 
-from ._validation import matmul_dtype, validate_linear_inputs, validate_salt_inputs
+from ._validation import check_loss_options, matmul_dtype, validate_linear_inputs, validate_salt_inputs
 from .backends import registry
 from .ops.linear_salt_loss import LinearSaltLossFunction, plan_chunk_size
 from .ops.salt_loss import SaltLossFunction
 
 
 class SaltParts(NamedTuple):
-    """The loss's two parts, detached, with the loss's reduction: CE and KD (tau^2 * KL)."""
+    """The loss's parts, detached, with the loss's reduction (read them by name): ce (with label
+    smoothing), kd (tau^2 * D), z_loss (z_loss * lse^2) and accuracy (share of non-ignored rows
+    whose argmax is the label; 0/1 per row for "none")."""
 
     ce: torch.Tensor
     kd: torch.Tensor
+    z_loss: torch.Tensor
+    accuracy: torch.Tensor
 
 
 def as_rows(x: torch.Tensor) -> torch.Tensor:
@@ -46,11 +50,11 @@ def _wants_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _finish(loss, ce, kd, shape, reduction: str, return_parts: bool):
+def _finish(loss, parts, shape, reduction: str, return_parts: bool):
     if reduction == "none":
-        loss, ce, kd = loss.reshape(shape), ce.reshape(shape), kd.reshape(shape)
+        loss, parts = loss.reshape(shape), [p.reshape(shape) for p in parts]
     if return_parts:
-        return loss, SaltParts(ce=ce, kd=kd)
+        return loss, SaltParts(*parts)
     return loss
 
 
@@ -66,6 +70,13 @@ def salt_loss(
     backend: str = "auto",
     return_parts: bool = False,
     validate: bool = True,
+    softcap: float | None = None,
+    teacher_softcap: float | None = None,
+    kd_vocab: int | None = None,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
 ):
     """SALT loss: (1 - w) * CE(student, labels) + w * tau^2 * KL(softmax(teacher/tau) ||
     softmax(student/tau)) per token, fused in one pass per row.
@@ -76,14 +87,32 @@ def salt_loss(
     labels: student_logits.shape[:-1], int64 or int32; rows equal to ignore_index count for nothing.
     reduction: "mean" over non-ignored rows, "sum", or "none" (per row, labels' shape, ignored rows 0).
     backend: "auto" (SALT_BACKEND, else the fastest usable), "reference", "cpu", "triton", "cuda".
-    return_parts: also return SaltParts(ce, kd), detached, with the same reduction.
+    return_parts: also return SaltParts(ce, kd, z_loss, accuracy), detached, same reduction.
     validate: on a GPU in eager mode, also range-check labels on the host (a device sync) for a
         clear ValueError; the op always checks them itself (CPU: ValueError naming the position;
         GPU: a device-side assert).
+    Distillation options (docs/design.md, "Distillation options"; the defaults give the plain
+    SALT loss):
+    softcap / teacher_softcap: z <- c * tanh(z / c) (student, differentiated through) and
+        u <- c_t * tanh(u / c_t), applied before everything else (Gemma 2/3 final-logit capping).
+    kd_vocab: KD over the first k entries only (padded vocabularies: teacher_logits may then have
+        another last dimension V_t); CE always uses the student's full vocabulary.
+    divergence: "forward_kl" (SALT), "reverse_kl" or "jsd" (generalized JSD with weight beta in
+        (0, 1) on the teacher).
+    label_smoothing: torch's definition. z_loss: adds z_loss * logsumexp(z)^2 per row.
 
     Returns the loss in float32 (float64 for float64 inputs), and the parts when asked. The
     gradient is only computed when grad mode is on and student_logits requires grad.
     """
+    options = check_loss_options(
+        softcap=softcap,
+        teacher_softcap=teacher_softcap,
+        kd_vocab=kd_vocab,
+        divergence=divergence,
+        beta=beta,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+    )
     kd_weight, temperature, ignore_index = validate_salt_inputs(
         student_logits,
         teacher_logits,
@@ -93,16 +122,27 @@ def salt_loss(
         ignore_index=ignore_index,
         reduction=reduction,
         check_label_range=_eager_label_check(validate, student_logits),
+        options=options,
     )
     use_teacher = teacher_logits is not None and kd_weight > 0
     dtypes = (student_logits.dtype, teacher_logits.dtype if use_teacher else None)
-    name = registry.resolve_name(backend, student_logits.device, _math_dtype(*dtypes))
+    name = registry.resolve_name(backend, student_logits.device, _math_dtype(*dtypes), options)
     student = as_rows(student_logits)
     teacher = as_rows(teacher_logits.detach()) if use_teacher else None
-    loss, ce, kd, _ = SaltLossFunction.apply(
-        student, teacher, labels, kd_weight, temperature, ignore_index, reduction, name, _wants_grad(student_logits)
+    loss, *parts, _ = SaltLossFunction.apply(
+        student,
+        teacher,
+        labels,
+        kd_weight,
+        temperature,
+        ignore_index,
+        reduction,
+        name,
+        *options.as_args(),
+        _wants_grad(student_logits),
+        bool(return_parts),
     )
-    return _finish(loss, ce, kd, labels.shape, reduction, return_parts)
+    return _finish(loss, parts, labels.shape, reduction, return_parts)
 
 
 def linear_salt_loss(
@@ -122,6 +162,13 @@ def linear_salt_loss(
     return_parts: bool = False,
     chunk_size: int | None = None,
     validate: bool = True,
+    softcap: float | None = None,
+    teacher_softcap: float | None = None,
+    kd_vocab: int | None = None,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
 ):
     """SALT loss of the output projections, without materializing either logits tensor:
     equal in value and gradients to
@@ -147,6 +194,15 @@ def linear_salt_loss(
     fp32, returned in their dtype). Returns the loss in float32 (and SaltParts when asked).
     """
     device = getattr(student_hidden, "device", None)
+    options = check_loss_options(
+        softcap=softcap,
+        teacher_softcap=teacher_softcap,
+        kd_vocab=kd_vocab,
+        divergence=divergence,
+        beta=beta,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+    )
     kd_weight, temperature, ignore_index = validate_linear_inputs(
         student_hidden,
         student_weight,
@@ -161,6 +217,7 @@ def linear_salt_loss(
         reduction=reduction,
         chunk_size=chunk_size,
         check_label_range=_eager_label_check(validate, student_hidden),
+        options=options,
     )
     use_teacher = kd_weight > 0
     autocast_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
@@ -171,14 +228,14 @@ def linear_salt_loss(
 
     vocab, d_s = student_weight.shape
     n = labels.numel()
-    name = registry.resolve_name(backend, device, _math_dtype(compute_dtype, teacher_dtype))
+    name = registry.resolve_name(backend, device, _math_dtype(compute_dtype, teacher_dtype), options)
     h_s = student_hidden.reshape(n, d_s)
     h_t = w_t = b_t = None
     if use_teacher:
         h_t = teacher_hidden.detach().reshape(n, teacher_hidden.shape[-1])
         w_t = teacher_weight.detach()
         b_t = None if teacher_bias is None else teacher_bias.detach()
-    loss, ce, kd, *_ = LinearSaltLossFunction.apply(
+    loss, *parts = LinearSaltLossFunction.apply(
         h_s,
         student_weight,
         student_bias,
@@ -194,8 +251,10 @@ def linear_salt_loss(
         plan_chunk_size(chunk_size, n, vocab, compute_dtype, teacher_dtype, device),
         compute_dtype,
         teacher_dtype,
+        *options.as_args(),
         _wants_grad(student_hidden),
         _wants_grad(student_weight),
         _wants_grad(student_bias),
+        bool(return_parts),
     )
-    return _finish(loss, ce, kd, labels.shape, reduction, return_parts)
+    return _finish(loss, parts[:4], labels.shape, reduction, return_parts)

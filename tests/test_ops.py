@@ -13,6 +13,10 @@ import torch
 import salt_kernels as sk
 from oracle import make_logits
 from salt_kernels.backends import registry
+from salt_kernels.backends.base import LossOptions
+
+OPTS = LossOptions().as_args()  # the default options, as the ops take them
+SOME_OPTS = LossOptions(softcap=8.0, kd_vocab=40, divergence="jsd", beta=0.3, label_smoothing=0.1, z_loss=1e-3).as_args()
 
 OPS = torch.ops.salt_kernels
 USABLE = [name for name in registry.BACKEND_NAMES if registry.backend_status(name, torch.device("cpu"))[0]]
@@ -42,12 +46,15 @@ def test_ops_are_registered():
 )
 def test_opcheck_salt_loss(backend, reduction, gen):
     z, u, y = _salt_inputs(gen)
-    for teacher, w in ((u, 0.5), (None, 0.0)):
-        for compute_grad in (True, False):
-            assert _ok(torch.library.opcheck(OPS.salt_loss, (z, teacher, y, w, 2.0, -100, reduction, backend, compute_grad)))
-    grad_out = torch.rand(y.shape, generator=gen) if reduction == "none" else torch.tensor(0.7)
-    args = (z.detach(), u, y, grad_out, 0.5, 2.0, -100, reduction, backend)
-    assert _ok(torch.library.opcheck(OPS.salt_loss_backward, args))
+    options = [OPTS] + ([SOME_OPTS] if registry.get(backend).supports_options(LossOptions(*SOME_OPTS))[0] else [])
+    for opts in options:
+        for teacher, w in ((u, 0.5), (None, 0.0)):
+            for compute_grad in (True, False):
+                args = (z, teacher, y, w, 2.0, -100, reduction, backend, *opts, compute_grad, True)
+                assert _ok(torch.library.opcheck(OPS.salt_loss, args))
+        grad_out = torch.rand(y.shape, generator=gen) if reduction == "none" else torch.tensor(0.7)
+        args = (z.detach(), u, y, grad_out, 0.5, 2.0, -100, reduction, backend, *opts)
+        assert _ok(torch.library.opcheck(OPS.salt_loss_backward, args))
 
 
 @pytest.mark.parametrize("backend", [b for b in USABLE if b != "triton"])
@@ -60,14 +67,16 @@ def test_opcheck_linear_salt_loss(backend, reduction, gen):
     y = torch.randint(0, 40, (10,), generator=gen)
     y[::3] = -100
     f32 = torch.float32
-    for flags in ((True, True, True), (False, True, False)):
-        args = (h, w, b, ht, wt, None, y, 0.5, 2.0, -100, reduction, backend, 4, f32, f32, *flags)
+    opts = SOME_OPTS if registry.get(backend).supports_options(LossOptions(*SOME_OPTS))[0] else OPTS
+    for flags in ((True, True, True, True), (False, True, False, False)):
+        args = (h, w, b, ht, wt, None, y, 0.5, 2.0, -100, reduction, backend, 4, f32, f32, *opts, *flags)
         assert _ok(torch.library.opcheck(OPS.linear_salt_loss, args))
-    args = (h, w, None, None, None, None, y, 0.0, 1.0, -100, reduction, backend, 4, f32, None, True, True, False)
+    args = (h, w, None, None, None, None, y, 0.0, 1.0, -100, reduction, backend, 4, f32, None, *OPTS, True, True, False,
+            False)
     assert _ok(torch.library.opcheck(OPS.linear_salt_loss, args))
     grad_out = torch.rand(10, generator=gen) if reduction == "none" else torch.tensor(1.3)
     args = (h.detach(), w.detach(), b.detach(), ht, wt, None, y, grad_out, 0.5, 2.0, -100, reduction, backend, 4, f32, f32,
-            True, True, True)
+            *opts, True, True, True)
     assert _ok(torch.library.opcheck(OPS.linear_salt_loss_backward, args))
 
 
@@ -229,7 +238,7 @@ def test_label_out_of_range_inside_the_op(gen):
     with pytest.raises(ValueError, match=r"got 50 at position \(2, 1\)"):
         sk.salt_loss(z.reshape(3, 4, 50), u.reshape(3, 4, 50), y, validate=False)
     with pytest.raises(ValueError, match="got 50"):
-        OPS.salt_loss(z.detach(), u, y.reshape(-1), 0.5, 1.0, -100, "mean", "cpu", False)
+        OPS.salt_loss(z.detach(), u, y.reshape(-1), 0.5, 1.0, -100, "mean", "cpu", *OPTS, False, False)
 
 
 def test_meta_tensors_never_reach_a_kernel():
@@ -237,7 +246,7 @@ def test_meta_tensors_never_reach_a_kernel():
     tensors should one ever reach it."""
     z = torch.empty(4, 10, device="meta")
     y = torch.zeros(4, dtype=torch.long, device="meta")
-    loss, ce, kd, grad = OPS.salt_loss(z, None, y, 0.0, 1.0, -100, "none", "cpu", False)
+    loss, *_ = OPS.salt_loss(z, None, y, 0.0, 1.0, -100, "none", "cpu", *OPTS, False, False)
     assert loss.device.type == "meta" and loss.shape == (4,)
     from salt_kernels.ops.common import check_addressable
 
@@ -273,6 +282,6 @@ def test_dtensor_gets_a_clear_type_error(gen):
             sk.linear_salt_loss(torch.randn(12, 8), dw, None, None, y, kd_weight=0.0)
         # The op itself, handed a DTensor, is refused by DTensor's dispatch, never reaching a kernel.
         with pytest.raises(Exception):
-            OPS.salt_loss(dz, None, y, 0.0, 1.0, -100, "mean", "cpu", False)
+            OPS.salt_loss(dz, None, y, 0.0, 1.0, -100, "mean", "cpu", *OPTS, False, False)
     finally:
         dist.destroy_process_group()

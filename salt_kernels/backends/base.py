@@ -1,20 +1,57 @@
 """The row-level contract every backend implements (the launcher layer).
 
-    backend.rows(student [N, V], teacher [N, V] or None, labels [N], *, kd_weight, temperature,
-                 ignore_index, grad=None, grad_scale=None) -> RowOutputs
+    backend.rows(student [N, V_s], teacher [N, V_t] or None, labels [N], *, kd_weight, temperature,
+                 ignore_index, grad=None, grad_scale=None, options=DEFAULT_OPTIONS) -> RowOutputs
+    backend.supports_options(options) -> (bool, reason)
 
-computes per row the loss, its CE and KD parts and the three fp32 log-sum-exps (lse_z, lse_zt,
-lse_u; zeros for ignored rows); float64 for float64 inputs, which only the reference backend takes. When `grad` ([N, V], student dtype) is given it also writes
+computes per row the loss, its CE and KD parts, the accuracy (when the backend can) and the
+three log-sum-exps (lse_z over the student's vocabulary, lse_zt of z/tau and lse_u of u/tau over
+the KD vocabulary; zeros for ignored rows), in fp32, or float64 for float64 inputs (which only
+the reference backend takes). When `grad` ([N, V_s], student dtype) is given it also writes
 d loss_i / d student_i scaled by grad_scale ([N] or [1] fp32), zeros for ignored rows. The
 vocabulary dimension of every tensor is contiguous; rows may have any stride. A backend never
-reads the teacher when kd_weight == 0 and never writes it.
+reads the teacher when kd_weight == 0 and never writes it. `options` (LossOptions) carries the
+distillation options; a backend that cannot compute some of them says so in supports_options,
+and "auto" routes around it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
+
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """The distillation options of docs/design.md, "Distillation options"; the defaults give the
+    plain SALT loss (and its speed). Validated by salt_kernels._validation before any backend
+    sees them."""
+
+    softcap: float | None = None  # student: z <- c * tanh(z / c), before everything else
+    teacher_softcap: float | None = None  # teacher: u <- c_t * tanh(u / c_t)
+    kd_vocab: int | None = None  # KD over the first k entries; None: all (V_t == V_s)
+    divergence: str = "forward_kl"  # "forward_kl" | "reverse_kl" | "jsd"
+    beta: float = 0.5  # JSD mixture weight of the teacher, in (0, 1)
+    label_smoothing: float = 0.0  # torch's definition
+    z_loss: float = 0.0  # + z_loss * lse(z)^2
+
+    def non_default(self) -> list[str]:
+        """Names of the options that differ from the plain SALT loss."""
+        default = DEFAULT_OPTIONS
+        out = [f.name for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)]
+        if self.divergence != "jsd" and "beta" in out:
+            out.remove("beta")  # beta only matters for JSD
+        return out
+
+    def as_args(self) -> tuple:
+        """The options in field order, as the custom ops take them."""
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+
+DEFAULT_OPTIONS = LossOptions()
 
 
 @dataclass
@@ -23,6 +60,9 @@ class RowOutputs:
     ce: torch.Tensor  # [N] fp32
     kd: torch.Tensor  # [N] fp32
     lse: torch.Tensor  # [N, 3] fp32: lse_z, lse_zt, lse_u
+    # 1.0 where argmax_j z_j (the capped z, ties to the lowest index) equals the label, else 0;
+    # None from a backend that does not compute it (the op then derives it when asked).
+    accuracy: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, n: int, device, dtype: torch.dtype = torch.float32) -> "RowOutputs":

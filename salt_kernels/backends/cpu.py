@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import RowOutputs, compiled_rows_args
+from .base import DEFAULT_OPTIONS, LossOptions, RowOutputs, compiled_rows_args
 
 NAME = "cpu"
 
@@ -22,6 +22,13 @@ except ImportError as exc:  # not built: `pip install -e .` compiles it
 
 def is_available() -> tuple[bool, str]:
     return (_salt_cpu is not None), _IMPORT_ERROR
+
+
+def supports_options(options: LossOptions) -> tuple[bool, str]:
+    extra = options.non_default()
+    if extra:
+        return False, f"backend {NAME} does not compute {', '.join(extra)} yet"
+    return True, ""
 
 
 def supports_device(device: torch.device) -> tuple[bool, str]:
@@ -48,6 +55,7 @@ def rows(
     ignore_index: int,
     grad: torch.Tensor | None = None,
     grad_scale: torch.Tensor | None = None,
+    options: LossOptions = DEFAULT_OPTIONS,
 ) -> RowOutputs:
     out = RowOutputs.empty(student.shape[0], student.device)
     _salt_cpu.rows(

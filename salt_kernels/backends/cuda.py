@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from .base import DTYPE_CODES, RowOutputs, compiled_rows_args
+from .base import DEFAULT_OPTIONS, LossOptions, DTYPE_CODES, RowOutputs, compiled_rows_args
 
 NAME = "cuda"
 MIN_CAPABILITY = (9, 0)
@@ -57,6 +57,13 @@ def is_available() -> tuple[bool, str]:
         if torch.version.cuda is None:
             return False, "no CUDA device (this torch build has no CUDA support)"
         return False, "no CUDA device"
+    return True, ""
+
+
+def supports_options(options: LossOptions) -> tuple[bool, str]:
+    extra = options.non_default()
+    if extra:
+        return False, f"backend {NAME} does not compute {', '.join(extra)} yet"
     return True, ""
 
 
@@ -101,6 +108,7 @@ def rows(
     ignore_index: int,
     grad: torch.Tensor | None = None,
     grad_scale: torch.Tensor | None = None,
+    options: LossOptions = DEFAULT_OPTIONS,
     block: int | None = None,
     cluster: int | None = None,
 ) -> RowOutputs:

@@ -7,9 +7,11 @@ Rows are processed in chunks of about CHUNK_ELEMENTS logits, so the extra memory
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .base import RowOutputs, result_dtype
+from .base import DEFAULT_OPTIONS, LossOptions, RowOutputs, result_dtype
 
 NAME = "reference"
 CHUNK_ELEMENTS = 1 << 21
@@ -23,6 +25,10 @@ def supports_device(device: torch.device) -> tuple[bool, str]:
     return True, ""
 
 
+def supports_options(options: LossOptions) -> tuple[bool, str]:
+    return True, ""
+
+
 def combine_loss(ce: torch.Tensor, kd: torch.Tensor, kd_weight: float) -> torch.Tensor:
     """(1 - w) * CE + w * KD, dropping a term whose weight is 0 (so inf * 0 never makes NaN)."""
     loss = torch.zeros_like(ce)
@@ -31,6 +37,38 @@ def combine_loss(ce: torch.Tensor, kd: torch.Tensor, kd_weight: float) -> torch.
     if kd_weight > 0:
         loss = loss + kd_weight * kd
     return loss
+
+
+def _cap(x: torch.Tensor, c: float | None) -> torch.Tensor:
+    return x if c is None else c * torch.tanh(x / c)
+
+
+def _xlogy_terms(weight: torch.Tensor, log_ratio: torch.Tensor) -> torch.Tensor:
+    """weight * log_ratio with 0 where weight == 0 (a term of zero mass is 0, not 0 * inf);
+    NaN stays NaN."""
+    return torch.where(weight == 0, torch.zeros_like(weight), weight * log_ratio)
+
+
+def _divergence(log_p: torch.Tensor, log_q: torch.Tensor, options: LossOptions):
+    """D per row and dD/d(z/tau) ([rows, k]) for p = teacher, q = student (docs/design.md,
+    "Distillation options")."""
+    p, q = log_p.exp(), log_q.exp()
+    if options.divergence == "forward_kl":
+        d = _xlogy_terms(p, log_p - log_q).sum(-1)
+        return d, q - p
+    if options.divergence == "reverse_kl":
+        s = log_q - log_p
+        d = _xlogy_terms(q, s).sum(-1)
+        # q_j (s_j - D), with 0 where q_j == 0
+        return d, torch.where(q == 0, torch.zeros_like(q), q * (s - d[:, None]))
+    beta = options.beta
+    log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
+    kl_pm = _xlogy_terms(p, log_p - log_m).sum(-1)
+    kl_qm = _xlogy_terms(q, log_q - log_m).sum(-1)
+    d = beta * kl_pm + (1 - beta) * kl_qm
+    g = (1 - beta) * (log_q - log_m)
+    # q_j (g_j - sum_i q_i g_i) with sum_i q_i g_i = (1 - beta) KL(q || m)
+    return d, torch.where(q == 0, torch.zeros_like(q), q * (g - (1 - beta) * kl_qm[:, None]))
 
 
 def rows(
@@ -43,49 +81,62 @@ def rows(
     ignore_index: int,
     grad: torch.Tensor | None = None,
     grad_scale: torch.Tensor | None = None,
+    options: LossOptions = DEFAULT_OPTIONS,
 ) -> RowOutputs:
     n, vocab = student.shape
     device = student.device
     math_dtype = result_dtype(student.dtype)
     out = RowOutputs.empty(n, device, math_dtype)
+    out.accuracy = torch.empty(n, dtype=math_dtype, device=device)
     use_teacher = teacher is not None and kd_weight > 0
     tau = temperature
+    k = options.kd_vocab or vocab
+    eps, lam = options.label_smoothing, options.z_loss
     step = max(1, CHUNK_ELEMENTS // max(vocab, 1))
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
-        z = student[r0:r1].to(math_dtype)
+        z = _cap(student[r0:r1].to(math_dtype), options.softcap)
         y = labels[r0:r1].long()
         valid = y != ignore_index
         y_safe = torch.where(valid, y, torch.zeros_like(y))
         lse_z = torch.logsumexp(z, dim=-1)
         ce = lse_z - z.gather(1, y_safe[:, None])[:, 0]
+        if eps > 0:
+            ce = (1 - eps) * ce + eps * (lse_z - z.mean(dim=-1))
+        accuracy = (z.argmax(dim=-1) == y_safe).to(math_dtype)
         if use_teacher:
-            zt = z / tau if tau != 1 else z
-            ut = teacher[r0:r1].to(math_dtype) / tau
-            lse_zt = torch.logsumexp(zt, dim=-1) if tau != 1 else lse_z
+            zt = z[:, :k] / tau if tau != 1 else z[:, :k]
+            ut = _cap(teacher[r0:r1, :k].to(math_dtype), options.teacher_softcap) / tau
+            lse_zt = torch.logsumexp(zt, dim=-1) if (tau != 1 or k != vocab) else lse_z
             lse_u = torch.logsumexp(ut, dim=-1)
-            log_p = ut - lse_u[:, None]
-            log_q = zt - lse_zt[:, None]
-            p = log_p.exp()
-            # p_j == 0 where the teacher is -inf: the term is 0 (not 0 * inf).
-            term = torch.where(ut == float("-inf"), torch.zeros_like(p), p * (log_p - log_q))
-            kd = tau * tau * term.sum(dim=-1)
+            d, d_grad = _divergence(ut - lse_u[:, None], zt - lse_zt[:, None], options)
+            kd = tau * tau * d
         else:
             lse_zt = lse_z
             lse_u = torch.zeros_like(lse_z)
             kd = torch.zeros_like(ce)
         loss = combine_loss(ce, kd, kd_weight)
+        if lam > 0:
+            loss = loss + lam * lse_z * lse_z
         zero = torch.zeros_like(loss)
         out.loss[r0:r1] = torch.where(valid, loss, zero)
         out.ce[r0:r1] = torch.where(valid, ce, zero)
         out.kd[r0:r1] = torch.where(valid, kd, zero)
+        out.accuracy[r0:r1] = torch.where(valid, accuracy, zero)
         out.lse[r0:r1] = torch.where(valid[:, None], torch.stack([lse_z, lse_zt, lse_u], dim=1), zero[:, None])
 
         if grad is not None:
-            g = (1 - kd_weight) * (z - lse_z[:, None]).exp()
-            g.scatter_add_(1, y_safe[:, None], torch.full_like(ce[:, None], -(1 - kd_weight)))
+            softmax = (z - lse_z[:, None]).exp()
+            g = (1 - kd_weight) * softmax
+            g.scatter_add_(1, y_safe[:, None], torch.full_like(ce[:, None], -(1 - kd_weight) * (1 - eps)))
+            if eps > 0:
+                g -= (1 - kd_weight) * eps / vocab
+            if lam > 0:
+                g += (2 * lam) * lse_z[:, None] * softmax
             if use_teacher:
-                g += kd_weight * tau * ((zt - lse_zt[:, None]).exp() - p)
+                g[:, :k] += kd_weight * tau * d_grad
+            if options.softcap is not None:
+                g *= 1 - (z / options.softcap) ** 2  # d(c tanh(x / c)) / dx at the capped value
             scale = grad_scale.to(math_dtype).expand(n)[r0:r1]
             g = torch.where(valid[:, None], g * scale[:, None], torch.zeros_like(g))
             grad[r0:r1].copy_(g)

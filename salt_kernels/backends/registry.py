@@ -56,10 +56,16 @@ def get(name: str) -> ModuleType:
     return module
 
 
-def backend_status(name: str, device: torch.device | None = None, dtype: torch.dtype | None = None) -> tuple[bool, str]:
+def backend_status(
+    name: str, device: torch.device | None = None, dtype: torch.dtype | None = None, options=None
+) -> tuple[bool, str]:
     module = _load(name)
     if module is None:
         return False, _load_errors[name]
+    if options is not None:
+        ok, why = module.supports_options(options)
+        if not ok:
+            return ok, why
     if dtype == torch.float64 and name not in FLOAT64_BACKENDS:
         return False, f"backend {name} computes in float32; float64 inputs run on {', '.join(FLOAT64_BACKENDS)}"
     if device is None:
@@ -73,22 +79,23 @@ def available_backends() -> dict[str, tuple[bool, str]]:
     return {name: backend_status(name) for name in BACKEND_NAMES}
 
 
-def _reasons(device: torch.device, dtype: torch.dtype | None = None) -> str:
+def _reasons(device: torch.device, dtype: torch.dtype | None = None, options=None) -> str:
     lines = []
     for name in BACKEND_NAMES:
-        ok, why = backend_status(name, device, dtype)
+        ok, why = backend_status(name, device, dtype, options)
         lines.append(f"  {name}: {'usable' if ok else why}")
     return "\n".join(lines)
 
 
-def resolve(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> ModuleType:
-    """The backend module to run on `device` (and inputs of `dtype`)."""
-    return _loaded[resolve_name(backend, device, dtype)]
+def resolve(backend: str, device: torch.device, dtype: torch.dtype | None = None, options=None) -> ModuleType:
+    """The backend module to run on `device` (and inputs of `dtype`, with LossOptions `options`)."""
+    return _loaded[resolve_name(backend, device, dtype, options)]
 
 
-def resolve_name(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+def resolve_name(backend: str, device: torch.device, dtype: torch.dtype | None = None, options=None) -> str:
     """The name of the backend to run on `device`. "auto" takes SALT_BACKEND when set, else the
-    fastest usable backend for the device type (and dtype); an explicit name must be usable."""
+    fastest usable backend for the device type (and dtype and options); an explicit name must be
+    usable."""
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
     requested = backend
@@ -101,11 +108,13 @@ def resolve_name(backend: str, device: torch.device, dtype: torch.dtype | None =
         if dtype == torch.float64:
             order = FLOAT64_BACKENDS
         for name in order:
-            ok, why = backend_status(name, device, dtype)
+            ok, why = backend_status(name, device, dtype, options)
             if ok:
-                if name != order[0] and device.type not in _warned_fallback:
+                # Routing float64 or an option around a backend is by design; only a backend
+                # missing on this machine is worth a warning.
+                if name != order[0] and device.type not in _warned_fallback and backend_status(order[0], device)[0] is False:
                     _warned_fallback.add(device.type)
-                    first_ok, first_why = backend_status(order[0], device, dtype)
+                    first_ok, first_why = backend_status(order[0], device)
                     warnings.warn(
                         f"salt_kernels: backend {order[0]!r} is not usable on {device.type} "
                         f"({first_why}); falling back to {name!r}",
@@ -113,15 +122,15 @@ def resolve_name(backend: str, device: torch.device, dtype: torch.dtype | None =
                         stacklevel=3,
                     )
                 return name
-        raise RuntimeError(f"no salt_kernels backend is usable on {device}:\n{_reasons(device, dtype)}")
+        raise RuntimeError(f"no salt_kernels backend is usable on {device}:\n{_reasons(device, dtype, options)}")
     if requested not in _MODULES:
         raise ValueError(
             f"{source} must be 'auto' or one of {', '.join(BACKEND_NAMES)}, got {requested!r}"
         )
-    ok, why = backend_status(requested, device, dtype)
+    ok, why = backend_status(requested, device, dtype, options)
     if not ok:
         raise ValueError(
             f"{source} asks for {requested!r}, which is not usable on {device}: {why}\n"
-            f"Backends on this device:\n{_reasons(device, dtype)}"
+            f"Backends on this device:\n{_reasons(device, dtype, options)}"
         )
     return requested

@@ -27,6 +27,24 @@ def reduce_rows(rows: Tensor, reduction: str, n_valid: Tensor) -> Tensor:
     return total / n_valid.to(total.dtype) if reduction == "mean" else total
 
 
+def z_loss_rows(out, z_loss: float) -> Tensor:
+    """The z-loss part per row, z_loss * lse_z^2 (lse_z is 0 on ignored rows)."""
+    lse_z = out.lse[:, 0]
+    return z_loss * lse_z * lse_z if z_loss > 0 else torch.zeros_like(lse_z)
+
+
+def accuracy_rows(out, student: Tensor, labels: Tensor, ignore_index: int, wanted: bool) -> Tensor:
+    """1 where argmax_j z_j == label (ties to the lowest index; softcapping is monotone so the raw
+    logits give the same argmax), 0 elsewhere and on ignored rows; the backend's own when it
+    computed it, else derived here only when wanted (zeros otherwise)."""
+    if out.accuracy is not None:
+        return out.accuracy
+    if not wanted or student.shape[0] == 0:
+        return torch.zeros_like(out.loss)
+    hit = (student.argmax(dim=-1) == labels) & (labels != ignore_index)
+    return hit.to(out.loss.dtype)
+
+
 def grad_scale_for(reduction: str, n_valid: Tensor, grad_output: Tensor | None) -> Tensor:
     """The rows' gradient scale: grad_output per row for "none", grad_output / n_valid for
     "mean", grad_output for "sum" (grad_output None stands for 1). fp32, shape [N] or [1]."""

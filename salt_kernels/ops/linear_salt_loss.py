@@ -2,11 +2,14 @@
 form"): output projections of student and teacher composed with a backend's rows()
 (backends/base.py) chunk by chunk, so no [tokens x vocab] tensor is ever held.
 
-    torch.ops.salt_kernels.linear_salt_loss(h_s [N, d_s], w_s [V, d_s], b_s, h_t [N, d_t], w_t,
-        b_t, labels (any shape, N), kd_weight, temperature, ignore_index, reduction, backend,
-        chunk_size, compute_dtype, teacher_dtype, want_h, want_w, want_b)
-        -> (loss, ce, kd, grad_h, grad_w, grad_b)
-    torch.ops.salt_kernels.linear_salt_loss_backward(..., grad_output, ...) -> (grad_h, grad_w, grad_b)
+    torch.ops.salt_kernels.linear_salt_loss(h_s [N, d_s], w_s [V_s, d_s], b_s, h_t [N, d_t],
+        w_t [V_t, d_t], b_t, labels (any shape, N), kd_weight, temperature, ignore_index, reduction,
+        backend, chunk_size, compute_dtype, teacher_dtype, *options, want_h, want_w, want_b,
+        want_accuracy) -> (loss, ce, kd, z_loss, accuracy, grad_h, grad_w, grad_b)
+    torch.ops.salt_kernels.linear_salt_loss_backward(..., labels, grad_output, ..., *options,
+        want_h, want_w, want_b) -> (grad_h, grad_w, grad_b)
+
+(*options: the fields of backends.base.LossOptions in order.)
 
 
 Per chunk of (non-ignored) token rows:
@@ -32,8 +35,17 @@ import torch
 from torch import Tensor
 
 from ..backends import registry
-from ..backends.base import result_dtype
-from .common import check_addressable, finish_backward, grad_scale_for, n_valid_rows, once_differentiable, reduce_rows
+from ..backends.base import DEFAULT_OPTIONS, LossOptions, result_dtype
+from .common import (
+    accuracy_rows,
+    check_addressable,
+    finish_backward,
+    grad_scale_for,
+    n_valid_rows,
+    once_differentiable,
+    reduce_rows,
+    z_loss_rows,
+)
 
 F32 = torch.float32
 
@@ -81,6 +93,8 @@ class LinearPlan:
     compute_dtype: torch.dtype  # dtype of the student's matmuls and logits
     teacher_dtype: torch.dtype | None  # dtype of the teacher's matmuls and logits
     use_teacher: bool
+    options: LossOptions = DEFAULT_OPTIONS
+    want_accuracy: bool = False
 
 
 class _Chunks:
@@ -109,9 +123,10 @@ class _Chunks:
         self.labels = pick(labels)
         if plan.use_teacher:
             td = plan.teacher_dtype
+            k = plan.options.kd_vocab  # only the first k teacher logits are ever read
             self.h_t = pick(h_t).to(td)
-            self.w_t = w_t.to(td)
-            self.b_t = None if b_t is None else b_t.to(td)
+            self.w_t = (w_t if k is None else w_t[:k]).to(td)
+            self.b_t = None if b_t is None else (b_t if k is None else b_t[:k]).to(td)
         else:
             self.h_t = self.w_t = self.b_t = None
 
@@ -146,26 +161,24 @@ def _accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 
 def run_chunks(plan: LinearPlan, ch: _Chunks, *, row_scale, want_h: bool, want_w: bool, want_b: bool):
     """One pass over the valid rows. row_scale: None (no gradient), or an fp32 tensor of shape [1]
-    or [n_valid] scaling each row's gradient. Returns (loss, ce, kd) per projected row (fp32) and the
-    gradients asked for: grad_h [n_rows, d_s] in the compute dtype, grad_w [V, d_s] and grad_b [V]
+    or [n_valid] scaling each row's gradient. Returns the parts per projected row (fp32: loss, ce,
+    kd, z_loss, accuracy) and the gradients asked for: grad_h [n_rows, d_s] in the compute dtype, grad_w [V, d_s] and grad_b [V]
     in fp32 (None where not asked)."""
     nv = ch.n_rows
     vocab = ch.w_s.shape[0]
     device = ch.h_s.device
     want_grad = row_scale is not None and (want_h or want_w or want_b)
     acc = result_dtype(plan.compute_dtype)  # fp32 accumulation (float64 for float64 inputs)
-    loss = torch.empty(nv, dtype=acc, device=device)
-    ce = torch.empty(nv, dtype=acc, device=device)
-    kd = torch.empty(nv, dtype=acc, device=device)
+    parts = torch.empty(5, nv, dtype=acc, device=device)  # loss, ce, kd, z_loss, accuracy
     grad_h = torch.empty(nv, ch.h_s.shape[1], dtype=plan.compute_dtype, device=device) if want_grad and want_h else None
     grad_w = torch.zeros(ch.w_s.shape, dtype=acc, device=device) if want_grad and want_w else None
     grad_b = torch.zeros(vocab, dtype=acc, device=device) if want_grad and want_b else None
     if nv == 0:
-        return loss, ce, kd, grad_h, grad_w, grad_b
+        return parts, grad_h, grad_w, grad_b
 
     step = max(1, min(plan.chunk_size, nv))
     z_buf = torch.empty(step, vocab, dtype=plan.compute_dtype, device=device)
-    u_buf = torch.empty(step, vocab, dtype=plan.teacher_dtype, device=device) if plan.use_teacher else None
+    u_buf = torch.empty(step, ch.w_t.shape[0], dtype=plan.teacher_dtype, device=device) if plan.use_teacher else None
     g_buf = torch.empty(step, vocab, dtype=plan.compute_dtype, device=device) if want_grad else None
     per_row_scale = want_grad and row_scale.numel() > 1
     for r0 in range(0, nv, step):
@@ -188,10 +201,13 @@ def run_chunks(plan: LinearPlan, ch: _Chunks, *, row_scale, want_h: bool, want_w
             ignore_index=plan.ignore_index,
             grad=g,
             grad_scale=(row_scale[r0:r1] if per_row_scale else row_scale) if want_grad else None,
+            options=plan.options,
         )
-        loss[r0:r1] = out.loss
-        ce[r0:r1] = out.ce
-        kd[r0:r1] = out.kd
+        y = ch.labels[r0:r1]
+        z_loss = z_loss_rows(out, plan.options.z_loss)
+        accuracy = accuracy_rows(out, z, y, plan.ignore_index, plan.want_accuracy)
+        for i, x in enumerate((out.loss, out.ce, out.kd, z_loss, accuracy)):
+            parts[i, r0:r1] = x
         if want_grad:
             if grad_h is not None:
                 torch.mm(g, ch.w_s, out=grad_h[r0:r1])
@@ -199,7 +215,7 @@ def run_chunks(plan: LinearPlan, ch: _Chunks, *, row_scale, want_h: bool, want_w
                 _accumulate_mm(grad_w, g.t(), h)
             if grad_b is not None:
                 grad_b.add_(g.sum(0, dtype=acc))
-    return loss, ce, kd, grad_h, grad_w, grad_b
+    return parts, grad_h, grad_w, grad_b
 
 
 def _scatter_rows(rows: Tensor, ch: _Chunks) -> Tensor:
@@ -223,7 +239,8 @@ def _finish_grads(ch: _Chunks, h_s, w_s, b_s, grad_h, grad_w, grad_b):
     return tuple(h_s.new_empty(0) if g is None else g for g in (grad_h, grad_w, grad_b))
 
 
-def _plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype, teacher_dtype):
+def _plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype, teacher_dtype,
+          options: LossOptions, want_accuracy: bool = False) -> LinearPlan:
     return LinearPlan(
         backend=registry.get(backend),
         kd_weight=kd_weight,
@@ -234,6 +251,8 @@ def _plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chun
         compute_dtype=compute_dtype,
         teacher_dtype=teacher_dtype,
         use_teacher=teacher_dtype is not None,
+        options=options,
+        want_accuracy=want_accuracy,
     )
 
 
@@ -254,12 +273,22 @@ def linear_salt_loss_op(
     chunk_size: int,
     compute_dtype: torch.dtype,
     teacher_dtype: torch.dtype | None,
+    softcap: float | None,
+    teacher_softcap: float | None,
+    kd_vocab: int | None,
+    divergence: str,
+    beta: float,
+    label_smoothing: float,
+    z_loss: float,
     want_h: bool,
     want_w: bool,
     want_b: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    want_accuracy: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     check_addressable(h_s, w_s, b_s, h_t, w_t, b_t, labels)
-    plan = _plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype, teacher_dtype)
+    options = LossOptions(softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing, z_loss)
+    plan = _plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype,
+                 teacher_dtype, options, want_accuracy)
     shape, labels = labels.shape, labels.reshape(-1)
     want_b = want_b and b_s is not None
     with torch.autocast(h_s.device.type, enabled=False), torch.no_grad():
@@ -268,13 +297,13 @@ def linear_salt_loss_op(
         row_scale = None
         if reduction != "none" and (want_h or want_w or want_b):
             row_scale = grad_scale_for(reduction, ch.n_valid_t, None)
-        loss, ce, kd, gh, gw, gb = run_chunks(plan, ch, row_scale=row_scale, want_h=want_h, want_w=want_w, want_b=want_b)
+        parts, gh, gw, gb = run_chunks(plan, ch, row_scale=row_scale, want_h=want_h, want_w=want_w, want_b=want_b)
         if reduction == "none":
-            loss, ce, kd = (_scatter_rows(x, ch).reshape(shape) for x in (loss, ce, kd))
+            parts = [_scatter_rows(x, ch).reshape(shape) for x in parts]
         else:
-            loss, ce, kd = (reduce_rows(x, reduction, ch.n_valid_t) for x in (loss, ce, kd))
+            parts = [reduce_rows(x, reduction, ch.n_valid_t) for x in parts]
         grads = _finish_grads(ch, h_s, w_s, b_s, gh, gw, gb)
-    return (loss, ce, kd, *grads)
+    return (*parts, *grads)
 
 
 def _check_labels(labels: Tensor, vocab: int, ignore_index: int) -> None:
@@ -293,9 +322,10 @@ def _grad_shapes(h_s, w_s, b_s, want_h, want_w, want_b):
 
 @linear_salt_loss_op.register_fake
 def _(h_s, w_s, b_s, h_t, w_t, b_t, labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size,
-      compute_dtype, teacher_dtype, want_h, want_w, want_b):
+      compute_dtype, teacher_dtype, *options_and_flags):
+    want_h, want_w, want_b, _want_accuracy = options_and_flags[-4:]
     shape = labels.shape if reduction == "none" else ()
-    parts = [h_s.new_empty(shape, dtype=result_dtype(compute_dtype)) for _ in range(3)]
+    parts = [h_s.new_empty(shape, dtype=result_dtype(compute_dtype)) for _ in range(5)]
     in_forward = reduction != "none"  # "none" computes its gradients in backward
     return (*parts, *_grad_shapes(h_s, w_s, b_s, want_h and in_forward, want_w and in_forward, want_b and in_forward))
 
@@ -318,12 +348,21 @@ def linear_salt_loss_backward_op(
     chunk_size: int,
     compute_dtype: torch.dtype,
     teacher_dtype: torch.dtype | None,
+    softcap: float | None,
+    teacher_softcap: float | None,
+    kd_vocab: int | None,
+    divergence: str,
+    beta: float,
+    label_smoothing: float,
+    z_loss: float,
     want_h: bool,
     want_w: bool,
     want_b: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     check_addressable(h_s, w_s, b_s, h_t, w_t, b_t, labels)
-    plan = _plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype, teacher_dtype)
+    options = LossOptions(softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing, z_loss)
+    plan = _plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype,
+                 teacher_dtype, options)
     labels = labels.reshape(-1)
     want_b = want_b and b_s is not None
     with torch.autocast(h_s.device.type, enabled=False), torch.no_grad():
@@ -331,26 +370,28 @@ def linear_salt_loss_backward_op(
         row_scale = grad_scale_for(reduction, ch.n_valid_t, grad_output)
         if reduction == "none" and not ch.all_valid:
             row_scale = row_scale.index_select(0, ch.idx).contiguous()
-        _, _, _, gh, gw, gb = run_chunks(plan, ch, row_scale=row_scale, want_h=want_h, want_w=want_w, want_b=want_b)
+        _, gh, gw, gb = run_chunks(plan, ch, row_scale=row_scale, want_h=want_h, want_w=want_w, want_b=want_b)
         return _finish_grads(ch, h_s, w_s, b_s, gh, gw, gb)
 
 
 @linear_salt_loss_backward_op.register_fake
-def _(h_s, w_s, b_s, h_t, w_t, b_t, labels, grad_output, kd_weight, temperature, ignore_index, reduction, backend,
-      chunk_size, compute_dtype, teacher_dtype, want_h, want_w, want_b):
+def _(h_s, w_s, b_s, *args):
+    want_h, want_w, want_b = args[-3:]
     return _grad_shapes(h_s, w_s, b_s, want_h, want_w, want_b)
 
 
 _OPTIONS = ("kd_weight", "temperature", "ignore_index", "reduction", "backend", "chunk_size", "compute_dtype",
-            "teacher_dtype", "want_h", "want_w", "want_b")
+            "teacher_dtype", "softcap", "teacher_softcap", "kd_vocab", "divergence", "beta", "label_smoothing",
+            "z_loss", "want_h", "want_w", "want_b")
 
 
 def setup_context(ctx, inputs, output):
     *tensors, = inputs[:7]
     for name, value in zip(_OPTIONS, inputs[7:]):
         setattr(ctx, name, value)
-    loss, ce, kd, *grads = output
-    ctx.mark_non_differentiable(ce, kd, *grads)
+    loss, *parts = output[:5]
+    grads = output[5:]
+    ctx.mark_non_differentiable(*parts, *grads)
     ctx.save_for_backward(*tensors)
     # Kept on ctx, not saved, and handed out once (see salt_loss.setup_context).
     fresh = ctx.reduction != "none" and any(_computed(g, t) for g, t in zip(grads, tensors))
@@ -377,7 +418,7 @@ def backward(ctx, grad_loss, *_unused):
                 h_s, w_s, b_s, h_t, w_t, b_t, labels, grad_loss, *options
             )
         out = [g if n and _computed(g, t) else None for g, t, n in zip(out, (h_s, w_s, b_s), need)]
-    return once_differentiable("salt_kernels.linear_salt_loss", tuple(out)) + (None,) * 15
+    return once_differentiable("salt_kernels.linear_salt_loss", tuple(out)) + (None,) * 23
 
 
 def _no_second_order(ctx, *grads):

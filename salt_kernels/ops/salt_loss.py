@@ -1,10 +1,13 @@
 """The SALT loss as torch.library custom ops (docs/design.md, "Ops, torch.compile and autograd").
 
-    torch.ops.salt_kernels.salt_loss(student [N, V], teacher [N, V] | None, labels (any shape, N),
-        kd_weight, temperature, ignore_index, reduction, backend, compute_grad)
-        -> (loss, ce, kd, grad)
+    torch.ops.salt_kernels.salt_loss(student [N, V_s], teacher [N, V_t] | None, labels (any shape, N),
+        kd_weight, temperature, ignore_index, reduction, backend, *options, compute_grad,
+        want_accuracy) -> (loss, ce, kd, z_loss, accuracy, grad)
     torch.ops.salt_kernels.salt_loss_backward(student, teacher, labels, grad_output,
-        kd_weight, temperature, ignore_index, reduction, backend) -> grad
+        kd_weight, temperature, ignore_index, reduction, backend, *options) -> grad
+
+where *options are the fields of backends.base.LossOptions in order (softcap, teacher_softcap,
+kd_vocab, divergence, beta, label_smoothing, z_loss).
 
 No math here: both call a backend's rows() (backends/base.py). `backend` is a concrete backend
 name (the functional layer resolves "auto"). For "mean" and "sum" with compute_grad, the forward
@@ -23,15 +26,17 @@ import torch
 from torch import Tensor
 
 from ..backends import registry
-from ..backends.base import result_dtype
+from ..backends.base import LossOptions, result_dtype
 from .._validation import bad_label_error
 from .common import (
     check_addressable,
     finish_backward,
     grad_scale_for,
+    accuracy_rows,
     n_valid_rows,
     once_differentiable,
     reduce_rows,
+    z_loss_rows,
 )
 
 OP = "salt_kernels::salt_loss"
@@ -60,9 +65,18 @@ def salt_loss_op(
     ignore_index: int,
     reduction: str,
     backend: str,
+    softcap: float | None,
+    teacher_softcap: float | None,
+    kd_vocab: int | None,
+    divergence: str,
+    beta: float,
+    label_smoothing: float,
+    z_loss: float,
     compute_grad: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    want_accuracy: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     impl = registry.get(backend)
+    options = LossOptions(softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing, z_loss)
     check_addressable(student, teacher, labels)
     check_labels_in_op(labels, student.shape[1], ignore_index)
     shape, labels = labels.shape, labels.reshape(-1)
@@ -81,19 +95,22 @@ def salt_loss_op(
         ignore_index=ignore_index,
         grad=grad if n > 0 else None,
         grad_scale=scale,
+        options=options,
     )
+    rows_out = (out.loss, out.ce, out.kd, z_loss_rows(out, z_loss), accuracy_rows(out, student, labels, ignore_index, want_accuracy))
     out_shape = shape if reduction == "none" else ()
-    loss, ce, kd = (reduce_rows(x, reduction, n_valid).reshape(out_shape) for x in (out.loss, out.ce, out.kd))
+    parts = [reduce_rows(x, reduction, n_valid).reshape(out_shape) for x in rows_out]
     if grad is None:
         grad = student.new_empty(0)
-    return loss, ce, kd, grad
+    return (*parts, grad)
 
 
 @salt_loss_op.register_fake
-def _(student, teacher, labels, kd_weight, temperature, ignore_index, reduction, backend, compute_grad):
+def _(student, teacher, labels, kd_weight, temperature, ignore_index, reduction, backend, *options_and_flags):
+    compute_grad = options_and_flags[-2]
     dtype = result_dtype(student.dtype)
     shape = labels.shape if reduction == "none" else ()
-    parts = [student.new_empty(shape, dtype=dtype) for _ in range(3)]
+    parts = [student.new_empty(shape, dtype=dtype) for _ in range(5)]
     grad_shape = student.shape if compute_grad and reduction != "none" else (0,)
     return (*parts, student.new_empty(grad_shape))
 
@@ -109,8 +126,16 @@ def salt_loss_backward_op(
     ignore_index: int,
     reduction: str,
     backend: str,
+    softcap: float | None,
+    teacher_softcap: float | None,
+    kd_vocab: int | None,
+    divergence: str,
+    beta: float,
+    label_smoothing: float,
+    z_loss: float,
 ) -> Tensor:
     impl = registry.get(backend)
+    options = LossOptions(softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing, z_loss)
     check_addressable(student, teacher, labels)
     labels = labels.reshape(-1)
     grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
@@ -127,27 +152,29 @@ def salt_loss_backward_op(
         ignore_index=ignore_index,
         grad=grad,
         grad_scale=scale,
+        options=options,
     )
     return grad
 
 
 @salt_loss_backward_op.register_fake
-def _(student, teacher, labels, grad_output, kd_weight, temperature, ignore_index, reduction, backend):
+def _(student, *args):
     return torch.empty_like(student, memory_format=torch.contiguous_format)
 
 
 # ---- autograd: one setup_context and one backward, used by the op's registration and by the
 # autograd.Function below (which torch.func transforms need: they refuse the op's own wrapper).
 
-_ARGS = ("kd_weight", "temperature", "ignore_index", "reduction", "backend")
+_ARGS = ("kd_weight", "temperature", "ignore_index", "reduction", "backend", "softcap", "teacher_softcap",
+         "kd_vocab", "divergence", "beta", "label_smoothing", "z_loss")
 
 
 def setup_context(ctx, inputs, output):
-    student, teacher, labels, *options, _compute_grad = inputs
+    student, teacher, labels, *options = inputs
     for name, value in zip(_ARGS, options):
         setattr(ctx, name, value)
-    loss, ce, kd, grad = output
-    ctx.mark_non_differentiable(ce, kd, grad)
+    loss, *parts, grad = output
+    ctx.mark_non_differentiable(*parts, grad)
     ctx.save_for_backward(student, teacher, labels)
     # The buffer is kept on ctx, not saved: once handed out it belongs to autograd (which may
     # adopt it as .grad and add into it), so a saved copy would fail the version check of a
@@ -155,7 +182,7 @@ def setup_context(ctx, inputs, output):
     ctx.grad = grad if tuple(grad.shape) == tuple(student.shape) and ctx.reduction != "none" else None
 
 
-def backward(ctx, grad_loss, _grad_ce=None, _grad_kd=None, _grad_grad=None):
+def backward(ctx, grad_loss, *_unused):
     student, teacher, labels = ctx.saved_tensors
     options = [getattr(ctx, name) for name in _ARGS]
     grad, ctx.grad = ctx.grad, None  # handed out once; a second backward recomputes below
@@ -164,7 +191,7 @@ def backward(ctx, grad_loss, _grad_ce=None, _grad_kd=None, _grad_grad=None):
     else:
         with torch.no_grad():  # not differentiable; once_differentiable below says so
             g = torch.ops.salt_kernels.salt_loss_backward(student, teacher, labels, grad_loss, *options)
-    return once_differentiable("salt_kernels.salt_loss", (g,)) + (None,) * 8
+    return once_differentiable("salt_kernels.salt_loss", (g,)) + (None,) * 16
 
 
 def _no_second_order(ctx, *grads):
@@ -180,10 +207,8 @@ class SaltLossFunction(torch.autograd.Function):
     torch.func.grad / vjp work on it (they refuse the wrapper torch.library builds)."""
 
     @staticmethod
-    def forward(student, teacher, labels, kd_weight, temperature, ignore_index, reduction, backend, compute_grad):
-        return torch.ops.salt_kernels.salt_loss(
-            student, teacher, labels, kd_weight, temperature, ignore_index, reduction, backend, compute_grad
-        )
+    def forward(*args):
+        return torch.ops.salt_kernels.salt_loss(*args)
 
     setup_context = staticmethod(setup_context)
     backward = staticmethod(backward)

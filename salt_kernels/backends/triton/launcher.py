@@ -22,7 +22,7 @@ import os
 
 import torch
 
-from ..base import RowOutputs
+from ..base import DEFAULT_OPTIONS, LossOptions, RowOutputs
 
 NAME = "triton"
 
@@ -68,6 +68,13 @@ def is_available() -> tuple[bool, str]:
     if interpreting() and _kernel_is_interpreted():
         return True, ""
     return False, "no CUDA device (triton runs on CUDA tensors; on CPU tensors only under TRITON_INTERPRET=1)"
+
+
+def supports_options(options: LossOptions) -> tuple[bool, str]:
+    extra = options.non_default()
+    if extra:
+        return False, f"backend {NAME} does not compute {', '.join(extra)} yet"
+    return True, ""
 
 
 def supports_device(device: torch.device) -> tuple[bool, str]:
@@ -150,6 +157,7 @@ def rows(
     ignore_index: int,
     grad: torch.Tensor | None = None,
     grad_scale: torch.Tensor | None = None,
+    options: LossOptions = DEFAULT_OPTIONS,
 ) -> RowOutputs:
     k = _load()
     n, vocab = student.shape
