@@ -7,12 +7,49 @@ import torch
 from .functional import linear_salt_loss, salt_loss
 
 
-class SaltLoss(torch.nn.Module):
+class _LossModule(torch.nn.Module):
+    """Keeps every keyword argument of the loss as an attribute of the same name."""
+
+    _keywords: tuple[str, ...] = ()
+
+    def __init__(self, **keywords):
+        super().__init__()
+        for name in self._keywords:
+            setattr(self, name, keywords[name])
+
+    def _kwargs(self) -> dict:
+        return {name: getattr(self, name) for name in self._keywords}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={getattr(self, name)!r}" for name in self._keywords)
+
+
+_COMMON = dict(
+    kd_weight=0.5,
+    temperature=1.0,
+    ignore_index=-100,
+    reduction="mean",
+    backend="auto",
+    return_parts=False,
+    validate=True,
+    softcap=None,
+    teacher_softcap=None,
+    kd_vocab=None,
+    divergence="forward_kl",
+    beta=0.5,
+    label_smoothing=0.0,
+    z_loss=0.0,
+)
+
+
+class SaltLoss(_LossModule):
     """Module form of salt_kernels.salt_loss; holds the keyword arguments.
 
         crit = SaltLoss(kd_weight=0.5, temperature=2.0)
         loss = crit(student_logits, teacher_logits, labels)
     """
+
+    _keywords = tuple(_COMMON)
 
     def __init__(
         self,
@@ -23,43 +60,30 @@ class SaltLoss(torch.nn.Module):
         backend: str = "auto",
         return_parts: bool = False,
         validate: bool = True,
+        *,
+        softcap: float | None = None,
+        teacher_softcap: float | None = None,
+        kd_vocab: int | None = None,
+        divergence: str = "forward_kl",
+        beta: float = 0.5,
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
     ):
-        super().__init__()
-        self.kd_weight = kd_weight
-        self.temperature = temperature
-        self.ignore_index = ignore_index
-        self.reduction = reduction
-        self.backend = backend
-        self.return_parts = return_parts
-        self.validate = validate
+        kw = dict(locals())
+        super().__init__(**{name: kw[name] for name in self._keywords})
 
     def forward(self, student_logits, teacher_logits, labels):
-        return salt_loss(
-            student_logits,
-            teacher_logits,
-            labels,
-            kd_weight=self.kd_weight,
-            temperature=self.temperature,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-            backend=self.backend,
-            return_parts=self.return_parts,
-            validate=self.validate,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"kd_weight={self.kd_weight}, temperature={self.temperature}, "
-            f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, backend={self.backend!r}"
-        )
+        return salt_loss(student_logits, teacher_logits, labels, **self._kwargs())
 
 
-class LinearSaltLoss(torch.nn.Module):
+class LinearSaltLoss(_LossModule):
     """Module form of linear_salt_loss; holds the keyword arguments.
 
         crit = LinearSaltLoss(kd_weight=0.5, temperature=2.0)
         loss = crit(h_s, student.lm_head.weight, h_t, teacher.lm_head.weight, labels)
     """
+
+    _keywords = tuple(_COMMON) + ("chunk_size",)
 
     def __init__(
         self,
@@ -71,27 +95,20 @@ class LinearSaltLoss(torch.nn.Module):
         return_parts: bool = False,
         chunk_size: int | None = None,
         validate: bool = True,
+        *,
+        softcap: float | None = None,
+        teacher_softcap: float | None = None,
+        kd_vocab: int | None = None,
+        divergence: str = "forward_kl",
+        beta: float = 0.5,
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
     ):
-        super().__init__()
-        self.kd_weight = kd_weight
-        self.temperature = temperature
-        self.ignore_index = ignore_index
-        self.reduction = reduction
-        self.backend = backend
-        self.return_parts = return_parts
-        self.chunk_size = chunk_size
-        self.validate = validate
+        kw = dict(locals())
+        super().__init__(**{name: kw[name] for name in self._keywords})
 
-    def forward(
-        self,
-        student_hidden,
-        student_weight,
-        teacher_hidden,
-        teacher_weight,
-        labels,
-        student_bias=None,
-        teacher_bias=None,
-    ):
+    def forward(self, student_hidden, student_weight, teacher_hidden, teacher_weight, labels, student_bias=None,
+                teacher_bias=None):
         return linear_salt_loss(
             student_hidden,
             student_weight,
@@ -100,18 +117,5 @@ class LinearSaltLoss(torch.nn.Module):
             labels,
             student_bias=student_bias,
             teacher_bias=teacher_bias,
-            kd_weight=self.kd_weight,
-            temperature=self.temperature,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-            backend=self.backend,
-            return_parts=self.return_parts,
-            chunk_size=self.chunk_size,
-            validate=self.validate,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"kd_weight={self.kd_weight}, temperature={self.temperature}, ignore_index={self.ignore_index}, "
-            f"reduction={self.reduction!r}, backend={self.backend!r}, chunk_size={self.chunk_size}"
+            **self._kwargs(),
         )

@@ -369,7 +369,7 @@ BAD = [
     ("student_weight", lambda a: a.update(student_weight=a["student_weight"].bfloat16()), TypeError, "student_weight must have the dtype of student_hidden"),
     ("student_weight", lambda a: a.update(student_weight=a["student_weight"][None]), ValueError, "student_weight must be 2-d"),
     ("student_bias", lambda a: a.update(student_bias=a["student_bias"][:5]), ValueError, "student_bias must have shape (20,)"),
-    ("teacher_weight", lambda a: a.update(teacher_weight=a["teacher_weight"][:19]), ValueError, "teacher_weight must have the student's vocabulary size 20"),
+    ("teacher_weight", lambda a: a.update(teacher_weight=a["teacher_weight"][:19], teacher_bias=None), ValueError, "teacher_weight has vocabulary size 19 but student_weight has 20; when the two models pad their vocabularies differently pass kd_vocab="),
     ("teacher_weight", lambda a: a.update(teacher_weight=a["teacher_weight"][:, :5]), ValueError, "teacher_weight must have shape (vocab, 6)"),
     ("teacher_hidden", lambda a: a.update(teacher_hidden=a["teacher_hidden"][:3]), ValueError, "teacher_hidden must have the leading shape"),
     ("teacher_hidden", lambda a: a.update(teacher_hidden=None), ValueError, "teacher_hidden is None but kd_weight is 0.5"),

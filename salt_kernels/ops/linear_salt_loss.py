@@ -169,7 +169,8 @@ def run_chunks(plan: LinearPlan, ch: _Chunks, *, row_scale, want_h: bool, want_w
     device = ch.h_s.device
     want_grad = row_scale is not None and (want_h or want_w or want_b)
     acc = result_dtype(plan.compute_dtype)  # fp32 accumulation (float64 for float64 inputs)
-    parts = torch.empty(5, nv, dtype=acc, device=device)  # loss, ce, kd, z_loss, accuracy
+    # loss, ce, kd, z_loss, accuracy: separate tensors, as an op's outputs must not alias
+    parts = [torch.empty(nv, dtype=acc, device=device) for _ in range(5)]
     grad_h = torch.empty(nv, ch.h_s.shape[1], dtype=plan.compute_dtype, device=device) if want_grad and want_h else None
     grad_w = torch.zeros(ch.w_s.shape, dtype=acc, device=device) if want_grad and want_w else None
     grad_b = torch.zeros(vocab, dtype=acc, device=device) if want_grad and want_b else None
@@ -207,7 +208,7 @@ def run_chunks(plan: LinearPlan, ch: _Chunks, *, row_scale, want_h: bool, want_w
         z_loss = z_loss_rows(out, plan.options.z_loss)
         accuracy = accuracy_rows(out, z, y, plan.ignore_index, plan.want_accuracy)
         for i, x in enumerate((out.loss, out.ce, out.kd, z_loss, accuracy)):
-            parts[i, r0:r1] = x
+            parts[i][r0:r1] = x
         if want_grad:
             if grad_h is not None:
                 torch.mm(g, ch.w_s, out=grad_h[r0:r1])
