@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._validation import bad_label_error
+
 try:  # the tensor types torch.compile / make_fx trace with
     from torch._subclasses.fake_tensor import FakeTensor
     from torch._subclasses.functional_tensor import FunctionalTensor
@@ -122,3 +124,101 @@ def check_addressable(*tensors: Tensor | None) -> None:
             )
         if t.numel() > 0 and t.data_ptr() == 0:
             raise TypeError(f"salt_kernels: a {type(t).__name__} of shape {tuple(t.shape)} has no addressable storage")
+
+
+def check_labels_in_op(labels: Tensor, vocab: int, ignore_index: int) -> None:
+    """Labels in [0, vocab) or ignore_index: a ValueError naming the position on the CPU; on a
+    GPU a device-side assert (no host sync)."""
+    if labels.numel() == 0:
+        return
+    bad = ((labels < 0) | (labels >= vocab)) & (labels != ignore_index)
+    if labels.device.type == "cpu":
+        if bool(bad.any()):
+            raise bad_label_error(labels, bad, vocab, ignore_index)
+    else:
+        torch._assert_async(
+            ~bad.any(), f"salt_kernels: labels must be in [0, {vocab}) or equal ignore_index ({ignore_index})"
+        )
+
+
+def forward_rows(rows, student: Tensor, labels: Tensor, ignore_index: int, reduction: str, z_loss: float,
+                 compute_grad: bool, want_accuracy: bool) -> tuple:
+    """The forward of a row-wise loss op around `rows(flat_labels, grad, grad_scale) -> RowOutputs`:
+    label check, gradient buffer (mean/sum with compute_grad), reductions of the five parts.
+    Returns (loss, ce, kd, z_loss, accuracy, grad); grad is empty when not computed."""
+    check_labels_in_op(labels, student.shape[1], ignore_index)
+    shape, labels = labels.shape, labels.reshape(-1)
+    n_valid = n_valid_rows(labels, ignore_index)
+    grad = scale = None
+    if compute_grad and reduction != "none":
+        scale = grad_scale_for(reduction, n_valid, None)
+        grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
+    out = rows(labels, grad if student.shape[0] > 0 else None, scale)
+    per_row = (out.loss, out.ce, out.kd, z_loss_rows(out, z_loss),
+               accuracy_rows(out, student, labels, ignore_index, want_accuracy))
+    out_shape = shape if reduction == "none" else ()
+    parts = [reduce_rows(x, reduction, n_valid).reshape(out_shape) for x in per_row]
+    return (*parts, student.new_empty(0) if grad is None else grad)
+
+
+def backward_rows(rows, student: Tensor, labels: Tensor, ignore_index: int, reduction: str, grad_output: Tensor) -> Tensor:
+    """The gradient of a row-wise loss op scaled by grad_output (the "none" reduction, or a
+    second backward through a retained graph)."""
+    labels = labels.reshape(-1)
+    grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
+    if student.shape[0] > 0:
+        rows(labels, grad, grad_scale_for(reduction, n_valid_rows(labels, ignore_index), grad_output))
+    return grad
+
+
+def fake_outputs(student: Tensor, labels: Tensor, reduction: str, compute_grad: bool) -> tuple:
+    """What forward_rows returns, as shapes and dtypes only."""
+    from ..backends.base import result_dtype
+
+    dtype = result_dtype(student.dtype)
+    shape = labels.shape if reduction == "none" else ()
+    parts = [student.new_empty(shape, dtype=dtype) for _ in range(5)]
+    grad_shape = student.shape if compute_grad and reduction != "none" else (0,)
+    return (*parts, student.new_empty(grad_shape))
+
+
+def rows_autograd(name: str, *, n_tensors: int, arg_names: tuple, backward_op):
+    """setup_context and backward of a row-wise loss op whose inputs are (student, *tensors,
+    *args named arg_names, compute_grad, want_accuracy) and whose outputs end with the gradient
+    buffer. The buffer computed in the forward is handed out once (kept on ctx, not saved: once
+    handed out it belongs to autograd, which may adopt it as .grad and add into it); "none" and
+    a second backward through a retained graph call backward_op()(*tensors, grad_output, *args)."""
+
+    def setup_context(ctx, inputs, output):
+        tensors, args = inputs[:n_tensors], inputs[n_tensors:]
+        for arg, value in zip(arg_names, args):
+            setattr(ctx, arg, value)
+        loss, *parts, grad = output
+        ctx.mark_non_differentiable(*parts, grad)
+        ctx.save_for_backward(*tensors)
+        student = tensors[0]
+        ctx.grad = grad if tuple(grad.shape) == tuple(student.shape) and ctx.reduction != "none" else None
+
+    def backward(ctx, grad_loss, *_unused):
+        tensors = ctx.saved_tensors
+        args = [getattr(ctx, arg) for arg in arg_names]
+        grad, ctx.grad = ctx.grad, None  # handed out once; a second backward recomputes
+        if grad is not None:
+            g = finish_backward(grad, grad_loss)
+        else:
+            with torch.no_grad():  # not differentiable; once_differentiable below says so
+                g = backward_op()(*tensors, grad_loss, *args)
+        return once_differentiable(name, (g,)) + (None,) * (n_tensors - 1 + len(arg_names) + 2)
+
+    return setup_context, backward
+
+
+def no_second_order(name: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(f"{name}: second-order gradients are not implemented")
+
+    return backward
+
+
+def no_context(ctx, inputs, output) -> None:
+    return None

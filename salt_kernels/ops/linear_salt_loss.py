@@ -39,9 +39,12 @@ from ..backends.base import DEFAULT_OPTIONS, LossOptions, result_dtype
 from .common import (
     accuracy_rows,
     check_addressable,
+    check_labels_in_op,
     finish_backward,
     grad_scale_for,
     n_valid_rows,
+    no_context,
+    no_second_order,
     once_differentiable,
     reduce_rows,
     z_loss_rows,
@@ -293,7 +296,7 @@ def linear_salt_loss_op(
     shape, labels = labels.shape, labels.reshape(-1)
     want_b = want_b and b_s is not None
     with torch.autocast(h_s.device.type, enabled=False), torch.no_grad():
-        _check_labels(labels, w_s.shape[0], ignore_index)
+        check_labels_in_op(labels, w_s.shape[0], ignore_index)
         ch = _Chunks(plan, h_s, w_s, b_s, h_t, w_t, b_t, labels)
         row_scale = None
         if reduction != "none" and (want_h or want_w or want_b):
@@ -305,12 +308,6 @@ def linear_salt_loss_op(
             parts = [reduce_rows(x, reduction, ch.n_valid_t) for x in parts]
         grads = _finish_grads(ch, h_s, w_s, b_s, gh, gw, gb)
     return (*parts, *grads)
-
-
-def _check_labels(labels: Tensor, vocab: int, ignore_index: int) -> None:
-    from .salt_loss import check_labels_in_op
-
-    check_labels_in_op(labels, vocab, ignore_index)
 
 
 def _grad_shapes(h_s, w_s, b_s, want_h, want_w, want_b):
@@ -422,12 +419,8 @@ def backward(ctx, grad_loss, *_unused):
     return once_differentiable("salt_kernels.linear_salt_loss", tuple(out)) + (None,) * 23
 
 
-def _no_second_order(ctx, *grads):
-    raise RuntimeError("salt_kernels.linear_salt_loss: second-order gradients are not implemented")
-
-
 linear_salt_loss_op.register_autograd(backward, setup_context=setup_context)
-linear_salt_loss_backward_op.register_autograd(_no_second_order, setup_context=lambda ctx, inputs, output: None)
+linear_salt_loss_backward_op.register_autograd(no_second_order("salt_kernels.linear_salt_loss"), setup_context=no_context)
 
 
 class LinearSaltLossFunction(torch.autograd.Function):

@@ -26,33 +26,10 @@ import torch
 from torch import Tensor
 
 from ..backends import registry
-from ..backends.base import LossOptions, result_dtype
-from .._validation import bad_label_error
-from .common import (
-    check_addressable,
-    finish_backward,
-    grad_scale_for,
-    accuracy_rows,
-    n_valid_rows,
-    once_differentiable,
-    reduce_rows,
-    z_loss_rows,
-)
+from ..backends.base import LossOptions
+from .common import backward_rows, check_addressable, fake_outputs, forward_rows, no_context, no_second_order, rows_autograd
 
 OP = "salt_kernels::salt_loss"
-
-
-def check_labels_in_op(labels: Tensor, vocab: int, ignore_index: int) -> None:
-    if labels.numel() == 0:
-        return
-    bad = ((labels < 0) | (labels >= vocab)) & (labels != ignore_index)
-    if labels.device.type == "cpu":
-        if bool(bad.any()):
-            raise bad_label_error(labels, bad, vocab, ignore_index)
-    else:
-        torch._assert_async(
-            ~bad.any(), f"salt_kernels: labels must be in [0, {vocab}) or equal ignore_index ({ignore_index})"
-        )
 
 
 @torch.library.custom_op(OP, mutates_args=())
@@ -78,41 +55,18 @@ def salt_loss_op(
     impl = registry.get(backend)
     options = LossOptions(softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing, z_loss)
     check_addressable(student, teacher, labels)
-    check_labels_in_op(labels, student.shape[1], ignore_index)
-    shape, labels = labels.shape, labels.reshape(-1)
-    n = student.shape[0]
-    n_valid = n_valid_rows(labels, ignore_index)
-    grad = scale = None
-    if compute_grad and reduction != "none":
-        scale = grad_scale_for(reduction, n_valid, None)
-        grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
-    out = impl.rows(
-        student,
-        teacher,
-        labels,
-        kd_weight=kd_weight,
-        temperature=temperature,
-        ignore_index=ignore_index,
-        grad=grad if n > 0 else None,
-        grad_scale=scale,
-        options=options,
-    )
-    rows_out = (out.loss, out.ce, out.kd, z_loss_rows(out, z_loss), accuracy_rows(out, student, labels, ignore_index, want_accuracy))
-    out_shape = shape if reduction == "none" else ()
-    parts = [reduce_rows(x, reduction, n_valid).reshape(out_shape) for x in rows_out]
-    if grad is None:
-        grad = student.new_empty(0)
-    return (*parts, grad)
+
+    def rows(flat_labels, grad, scale):
+        return impl.rows(student, teacher, flat_labels, kd_weight=kd_weight, temperature=temperature,
+                         ignore_index=ignore_index, grad=grad, grad_scale=scale, options=options)
+
+    return forward_rows(rows, student, labels, ignore_index, reduction, z_loss, compute_grad, want_accuracy)
 
 
 @salt_loss_op.register_fake
 def _(student, teacher, labels, kd_weight, temperature, ignore_index, reduction, backend, *options_and_flags):
     compute_grad = options_and_flags[-2]
-    dtype = result_dtype(student.dtype)
-    shape = labels.shape if reduction == "none" else ()
-    parts = [student.new_empty(shape, dtype=dtype) for _ in range(5)]
-    grad_shape = student.shape if compute_grad and reduction != "none" else (0,)
-    return (*parts, student.new_empty(grad_shape))
+    return fake_outputs(student, labels, reduction, compute_grad)
 
 
 @torch.library.custom_op("salt_kernels::salt_loss_backward", mutates_args=())
@@ -137,24 +91,12 @@ def salt_loss_backward_op(
     impl = registry.get(backend)
     options = LossOptions(softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing, z_loss)
     check_addressable(student, teacher, labels)
-    labels = labels.reshape(-1)
-    grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
-    if student.shape[0] == 0:
-        return grad
-    n_valid = n_valid_rows(labels, ignore_index)
-    scale = grad_scale_for(reduction, n_valid, grad_output)
-    impl.rows(
-        student,
-        teacher,
-        labels,
-        kd_weight=kd_weight,
-        temperature=temperature,
-        ignore_index=ignore_index,
-        grad=grad,
-        grad_scale=scale,
-        options=options,
-    )
-    return grad
+
+    def rows(flat_labels, grad, scale):
+        return impl.rows(student, teacher, flat_labels, kd_weight=kd_weight, temperature=temperature,
+                         ignore_index=ignore_index, grad=grad, grad_scale=scale, options=options)
+
+    return backward_rows(rows, student, labels, ignore_index, reduction, grad_output)
 
 
 @salt_loss_backward_op.register_fake
@@ -162,44 +104,13 @@ def _(student, *args):
     return torch.empty_like(student, memory_format=torch.contiguous_format)
 
 
-# ---- autograd: one setup_context and one backward, used by the op's registration and by the
-# autograd.Function below (which torch.func transforms need: they refuse the op's own wrapper).
-
 _ARGS = ("kd_weight", "temperature", "ignore_index", "reduction", "backend", "softcap", "teacher_softcap",
          "kd_vocab", "divergence", "beta", "label_smoothing", "z_loss")
-
-
-def setup_context(ctx, inputs, output):
-    student, teacher, labels, *options = inputs
-    for name, value in zip(_ARGS, options):
-        setattr(ctx, name, value)
-    loss, *parts, grad = output
-    ctx.mark_non_differentiable(*parts, grad)
-    ctx.save_for_backward(student, teacher, labels)
-    # The buffer is kept on ctx, not saved: once handed out it belongs to autograd (which may
-    # adopt it as .grad and add into it), so a saved copy would fail the version check of a
-    # second backward through a retained graph (which recomputes instead).
-    ctx.grad = grad if tuple(grad.shape) == tuple(student.shape) and ctx.reduction != "none" else None
-
-
-def backward(ctx, grad_loss, *_unused):
-    student, teacher, labels = ctx.saved_tensors
-    options = [getattr(ctx, name) for name in _ARGS]
-    grad, ctx.grad = ctx.grad, None  # handed out once; a second backward recomputes below
-    if grad is not None:
-        g = finish_backward(grad, grad_loss)
-    else:
-        with torch.no_grad():  # not differentiable; once_differentiable below says so
-            g = torch.ops.salt_kernels.salt_loss_backward(student, teacher, labels, grad_loss, *options)
-    return once_differentiable("salt_kernels.salt_loss", (g,)) + (None,) * 16
-
-
-def _no_second_order(ctx, *grads):
-    raise RuntimeError("salt_kernels.salt_loss: second-order gradients are not implemented")
-
-
+setup_context, backward = rows_autograd(
+    "salt_kernels.salt_loss", n_tensors=3, arg_names=_ARGS, backward_op=lambda: torch.ops.salt_kernels.salt_loss_backward
+)
 salt_loss_op.register_autograd(backward, setup_context=setup_context)
-salt_loss_backward_op.register_autograd(_no_second_order, setup_context=lambda ctx, inputs, output: None)
+salt_loss_backward_op.register_autograd(no_second_order("salt_kernels.salt_loss"), setup_context=no_context)
 
 
 class SaltLossFunction(torch.autograd.Function):
