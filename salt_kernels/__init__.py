@@ -5,13 +5,14 @@
 """
 
 from .backends.registry import available_backends
-from .functional import SaltParts, linear_salt_loss, salt_loss
+from .functional import SaltParts, linear_salt_loss, salt_loss, topk_salt_loss
 from .modules import LinearSaltLoss, SaltLoss
 
 __version__ = "0.1.0"
 
 __all__ = [
     "salt_loss",
+    "topk_salt_loss",
     "SaltLoss",
     "SaltParts",
     "linear_salt_loss",

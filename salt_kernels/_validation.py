@@ -306,3 +306,39 @@ def bad_label_error(labels: torch.Tensor, bad: torch.Tensor, vocab: int, ignore_
     return ValueError(
         f"labels must be in [0, {vocab}) or equal ignore_index ({ignore_index}); got {value} at position {position}"
     )
+
+
+INDEX_DTYPES = (torch.int64, torch.int32)
+TAILS = ("bucket", "renormalize")
+
+
+def validate_topk_inputs(student, indices, logprobs, labels, *, kd_weight, tail, lead_name: str) -> None:
+    """teacher_indices / teacher_logprobs of an offline top-k teacher: (..., k) with the leading
+    shape of the student side, int32/int64 indices and floating log-probs on the same device.
+    Index ranges, duplicates and log-probs > 0 are checked inside the op."""
+    if not isinstance(tail, str) or tail not in TAILS:
+        raise ValueError(f"tail must be one of {', '.join(TAILS)}, got {tail!r}")
+    lead = tuple(student.shape[:-1])
+    device = student.device
+    if kd_weight > 0 and (indices is None or logprobs is None):
+        missing = "teacher_indices" if indices is None else "teacher_logprobs"
+        raise ValueError(f"{missing} is None but kd_weight is {kd_weight:g}; pass the cached top-k or set kd_weight=0")
+    if indices is None:
+        return
+    if not isinstance(indices, torch.Tensor):
+        raise TypeError(f"teacher_indices must be a torch.Tensor, got {type(indices).__name__}")
+    reject_subclass("teacher_indices", indices)
+    if indices.dtype not in INDEX_DTYPES:
+        raise TypeError(f"teacher_indices must have dtype {_dtype_names(INDEX_DTYPES)}, got {_name(indices.dtype)}")
+    if indices.dim() < 1 or tuple(indices.shape[:-1]) != lead or indices.shape[-1] < 1:
+        raise ValueError(
+            f"teacher_indices must have shape {lead_name}.shape[:-1] + (k,) = {lead + ('k',)}, got {tuple(indices.shape)}"
+        )
+    check_logits("teacher_logprobs", logprobs)
+    if tuple(logprobs.shape) != tuple(indices.shape):
+        raise ValueError(
+            f"teacher_logprobs must have the shape of teacher_indices {tuple(indices.shape)}, got {tuple(logprobs.shape)}"
+        )
+    for name, t in (("teacher_indices", indices), ("teacher_logprobs", logprobs)):
+        if t.device != device:
+            raise ValueError(f"{name} must be on the device of {lead_name} ({device}), got {t.device}")

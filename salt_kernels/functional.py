@@ -10,10 +10,17 @@ from typing import NamedTuple
 
 import torch
 
-from ._validation import check_loss_options, matmul_dtype, validate_linear_inputs, validate_salt_inputs
+from ._validation import (
+    check_loss_options,
+    matmul_dtype,
+    validate_linear_inputs,
+    validate_salt_inputs,
+    validate_topk_inputs,
+)
 from .backends import registry
 from .ops.linear_salt_loss import LinearSaltLossFunction, plan_chunk_size
 from .ops.salt_loss import SaltLossFunction
+from .ops.topk_salt_loss import TopkSaltLossFunction
 
 
 class SaltParts(NamedTuple):
@@ -258,3 +265,84 @@ def linear_salt_loss(
         bool(return_parts),
     )
     return _finish(loss, parts[:4], labels.shape, reduction, return_parts)
+
+
+def topk_salt_loss(
+    student_logits: torch.Tensor,
+    teacher_indices: torch.Tensor | None,
+    teacher_logprobs: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    kd_weight: float = 0.5,
+    temperature: float = 1.0,
+    tail: str = "bucket",
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    backend: str = "auto",
+    return_parts: bool = False,
+    validate: bool = True,
+    softcap: float | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+):
+    """SALT loss with an offline top-k teacher (docs/design.md, "Top-k teacher"): the teacher is
+    its k most likely tokens per position, as cached by `salt-kernels teacher-cache` or returned
+    by an inference server.
+
+    teacher_indices: (..., k) int32/int64 token ids in [0, V); a negative id marks an empty slot.
+        No id may repeat within a row.
+    teacher_logprobs: (..., k) the teacher's log-probabilities at temperature 1 (<= 0).
+    tail: "bucket" (default) treats the rest of the vocabulary as one more outcome with the
+        teacher's remaining mass r = 1 - sum(exp(logprobs)) (computed in float64), compared with
+        the student's mass outside the top k: at temperature 1 the exact KL of both distributions
+        coarsened to the top k + "the rest". "renormalize" renormalizes the teacher over its top k.
+    The other arguments are those of salt_loss (softcap, label_smoothing and z_loss apply to the
+    student; the divergence is the forward KL).
+    """
+    options = check_loss_options(softcap=softcap, teacher_softcap=None, kd_vocab=None, divergence="forward_kl",
+                                 beta=0.5, label_smoothing=label_smoothing, z_loss=z_loss)
+    _, temperature, ignore_index = validate_salt_inputs(
+        student_logits,
+        None,
+        labels,
+        kd_weight=0.0,  # the teacher side is checked by validate_topk_inputs
+        temperature=temperature,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        check_label_range=_eager_label_check(validate, student_logits),
+        options=options,
+    )
+    from ._validation import check_scalar
+
+    kd_weight = check_scalar("kd_weight", kd_weight, low=0.0, high=1.0)
+    validate_topk_inputs(student_logits, teacher_indices, teacher_logprobs, labels, kd_weight=kd_weight, tail=tail,
+                         lead_name="student_logits")
+    use_teacher = kd_weight > 0
+    dtypes = (student_logits.dtype, teacher_logprobs.dtype if use_teacher else None)
+    name = registry.resolve_name(backend, student_logits.device, _math_dtype(*dtypes), options, kind="topk_rows")
+    student = as_rows(student_logits)
+    if use_teacher:
+        k = teacher_indices.shape[-1]
+        indices = teacher_indices.reshape(-1, k)
+        logprobs = teacher_logprobs.detach().reshape(-1, k)
+    else:
+        indices = torch.full((student.shape[0], 1), -1, dtype=torch.int32, device=student.device)
+        logprobs = torch.zeros((student.shape[0], 1), dtype=torch.float32, device=student.device)
+    loss, *parts, _ = TopkSaltLossFunction.apply(
+        student,
+        indices,
+        logprobs,
+        labels,
+        kd_weight,
+        temperature,
+        ignore_index,
+        reduction,
+        name,
+        tail,
+        options.softcap,
+        options.label_smoothing,
+        options.z_loss,
+        _wants_grad(student_logits),
+        bool(return_parts),
+    )
+    return _finish(loss, parts, labels.shape, reduction, return_parts)

@@ -93,3 +93,47 @@ def near(got: torch.Tensor, want: torch.Tensor, rel: float) -> bool:
 
 
 __all__ = ["option_rows", "option_reference", "near", "math"]
+
+
+def topk_rows_oracle(student, indices, logprobs, labels, *, kd_weight, temperature, tail="bucket", ignore_index=-100,
+                     softcap=None, label_smoothing=0.0, z_loss=0.0):
+    """Per-row loss of docs/design.md, "Top-k teacher", in float64, row by row (slow, plain)."""
+    z = student.to(F64).reshape(-1, student.shape[-1])
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    n, v = z.shape
+    idx = indices.reshape(n, -1).long()
+    lp = logprobs.reshape(n, -1).to(F64)
+    y = labels.reshape(-1).long()
+    tau = temperature
+    out = []
+    for i in range(n):
+        if int(y[i]) == ignore_index:
+            out.append(z[i].sum() * 0)
+            continue
+        lse = torch.logsumexp(z[i], 0)
+        ce = lse - z[i, y[i]]
+        if label_smoothing:
+            ce = (1 - label_smoothing) * ce + label_smoothing * (lse - z[i].mean())
+        loss = z_loss * lse * lse
+        if kd_weight < 1:
+            loss = loss + (1 - kd_weight) * ce
+        if kd_weight > 0:
+            keep = idx[i] >= 0
+            ks, ls = idx[i][keep], lp[i][keep].clamp(max=0)
+            r = max(0.0, 1.0 - float(ls.exp().sum()))
+            use_rest = len(ks) == 0 or (tail == "bucket" and r > 0 and len(ks) < v)
+            logq = torch.log_softmax(z[i] / tau, 0)
+            a = ls / tau
+            log_q = logq[ks]
+            if use_rest:
+                a = torch.cat([a, torch.tensor([math.log(r) / tau if r > 0 else -math.inf], dtype=F64)])
+                mask = torch.ones(v, dtype=torch.bool)
+                mask[ks] = False
+                log_q = torch.cat([log_q, torch.logsumexp(logq[mask], 0)[None]])
+            log_p = torch.log_softmax(a, 0)
+            p = log_p.exp()
+            terms = torch.where(p == 0, torch.zeros_like(p), p * (log_p - log_q))
+            loss = loss + kd_weight * tau * tau * terms.sum()
+        out.append(loss)
+    return torch.stack(out)

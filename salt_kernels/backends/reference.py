@@ -141,3 +141,103 @@ def rows(
             g = torch.where(valid[:, None], g * scale[:, None], torch.zeros_like(g))
             grad[r0:r1].copy_(g)
     return out
+
+
+def topk_rows(
+    student: torch.Tensor,
+    indices: torch.Tensor,
+    logprobs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    kd_weight: float,
+    temperature: float,
+    ignore_index: int,
+    tail: str = "bucket",
+    grad: torch.Tensor | None = None,
+    grad_scale: torch.Tensor | None = None,
+    options: LossOptions = DEFAULT_OPTIONS,
+) -> RowOutputs:
+    """The row contract with an offline top-k teacher (docs/design.md, "Top-k teacher"): per row,
+    indices [N, k] (negative: empty slot) and the teacher's log-probabilities at temperature 1
+    [N, k]. KD is the forward KL of the teacher over its filled slots K plus, with tail
+    "bucket", one outcome for the rest of the vocabulary (log-prob log r, r = 1 - sum_K p in
+    float64); "renormalize" drops the rest. lse holds (lse_z, lse_zt, lse_rest): lse_rest is the
+    log-sum-exp of z/tau outside K, computed over those entries (no cancellation)."""
+    n, vocab = student.shape
+    device = student.device
+    math_dtype = result_dtype(student.dtype)
+    out = RowOutputs.empty(n, device, math_dtype)
+    out.accuracy = torch.empty(n, dtype=math_dtype, device=device)
+    use_teacher = kd_weight > 0
+    tau = temperature
+    eps, lam = options.label_smoothing, options.z_loss
+    step = max(1, CHUNK_ELEMENTS // max(vocab, 1))
+    neg_inf = float("-inf")
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        z = _cap(student[r0:r1].to(math_dtype), options.softcap)
+        y = labels[r0:r1].long()
+        valid = y != ignore_index
+        y_safe = torch.where(valid, y, torch.zeros_like(y))
+        lse_z = torch.logsumexp(z, dim=-1)
+        ce = lse_z - z.gather(1, y_safe[:, None])[:, 0]
+        if eps > 0:
+            ce = (1 - eps) * ce + eps * (lse_z - z.mean(dim=-1))
+        accuracy = (z.argmax(dim=-1) == y_safe).to(math_dtype)
+        lse_zt = lse_z
+        lse_rest = torch.zeros_like(lse_z)
+        kd = torch.zeros_like(ce)
+        if use_teacher:
+            idx = indices[r0:r1].long()
+            filled = idx >= 0
+            idx_safe = torch.where(filled, idx, torch.zeros_like(idx))
+            in_k = torch.zeros(z.shape, dtype=torch.int32, device=device)
+            in_k = in_k.scatter_add_(1, idx_safe, filled.to(torch.int32)) > 0
+            n_filled = filled.sum(dim=-1)
+            l64 = torch.where(filled, logprobs[r0:r1].to(torch.float64).clamp(max=0.0), neg_inf)
+            rest = torch.clamp(1.0 - l64.exp().sum(dim=-1), min=0.0)  # float64: no loss of the tail
+            bucket = (rest > 0) & (n_filled < vocab)
+            if tail == "renormalize":
+                bucket = bucket & (n_filled == 0)  # an empty row keeps one outcome: D = 0
+            bucket = bucket | (n_filled == 0)
+            zt = z / tau if tau != 1 else z
+            lse_zt = torch.logsumexp(zt, dim=-1)
+            lse_rest = torch.logsumexp(torch.where(in_k, neg_inf, zt), dim=-1)  # no cancellation
+            log_rest = torch.where(bucket, rest.log(), torch.full_like(rest, neg_inf)).to(math_dtype)
+            a = torch.cat([l64.to(math_dtype), log_rest[:, None]], dim=1) / tau
+            log_p = a - torch.logsumexp(a, dim=-1, keepdim=True)
+            log_q = torch.cat([zt.gather(1, idx_safe), lse_rest[:, None]], dim=1) - lse_zt[:, None]
+            p = log_p.exp()
+            terms = torch.where(p == 0, torch.zeros_like(p), p * (log_p - log_q))
+            kd = tau * tau * terms.sum(dim=-1)
+        loss = combine_loss(ce, kd, kd_weight)
+        if lam > 0:
+            loss = loss + lam * lse_z * lse_z
+        zero = torch.zeros_like(loss)
+        out.loss[r0:r1] = torch.where(valid, loss, zero)
+        out.ce[r0:r1] = torch.where(valid, ce, zero)
+        out.kd[r0:r1] = torch.where(valid, kd, zero)
+        out.accuracy[r0:r1] = torch.where(valid, accuracy, zero)
+        out.lse[r0:r1] = torch.where(valid[:, None], torch.stack([lse_z, lse_zt, lse_rest], dim=1), zero[:, None])
+
+        if grad is not None:
+            softmax = (z - lse_z[:, None]).exp()
+            g = (1 - kd_weight) * softmax
+            g.scatter_add_(1, y_safe[:, None], torch.full_like(ce[:, None], -(1 - kd_weight) * (1 - eps)))
+            if eps > 0:
+                g -= (1 - kd_weight) * eps / vocab
+            if lam > 0:
+                g += (2 * lam) * lse_z[:, None] * softmax
+            if use_teacher:
+                # d D / d(z/tau): q_i - p_i on K, q_i - p_rest * q_i / Q_rest elsewhere
+                q = (zt - lse_zt[:, None]).exp()
+                d = q - p[:, -1:] * torch.where(in_k, torch.zeros_like(q), (zt - lse_rest[:, None]).exp())
+                p_k = torch.where(filled, p[:, :-1], torch.zeros_like(p[:, :-1]))
+                d = d.scatter_add(1, idx_safe, -p_k)
+                g += kd_weight * tau * d
+            if options.softcap is not None:
+                g *= 1 - (z / options.softcap) ** 2
+            scale = grad_scale.to(math_dtype).expand(n)[r0:r1]
+            g = torch.where(valid[:, None], g * scale[:, None], torch.zeros_like(g))
+            grad[r0:r1].copy_(g)
+    return out

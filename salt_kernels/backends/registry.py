@@ -57,11 +57,15 @@ def get(name: str) -> ModuleType:
 
 
 def backend_status(
-    name: str, device: torch.device | None = None, dtype: torch.dtype | None = None, options=None
+    name: str, device: torch.device | None = None, dtype: torch.dtype | None = None, options=None, kind: str = "rows"
 ) -> tuple[bool, str]:
+    """(usable, reason) of a backend for `device`, `dtype`, LossOptions `options` and entry point
+    `kind` ("rows": full teacher logits, "topk_rows": an offline top-k teacher)."""
     module = _load(name)
     if module is None:
         return False, _load_errors[name]
+    if not hasattr(module, kind):
+        return False, f"backend {name} has no {kind} kernel yet"
     if options is not None:
         ok, why = module.supports_options(options)
         if not ok:
@@ -79,10 +83,10 @@ def available_backends() -> dict[str, tuple[bool, str]]:
     return {name: backend_status(name) for name in BACKEND_NAMES}
 
 
-def _reasons(device: torch.device, dtype: torch.dtype | None = None, options=None) -> str:
+def _reasons(device: torch.device, dtype: torch.dtype | None = None, options=None, kind: str = "rows") -> str:
     lines = []
     for name in BACKEND_NAMES:
-        ok, why = backend_status(name, device, dtype, options)
+        ok, why = backend_status(name, device, dtype, options, kind)
         lines.append(f"  {name}: {'usable' if ok else why}")
     return "\n".join(lines)
 
@@ -92,7 +96,9 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype | None = None
     return _loaded[resolve_name(backend, device, dtype, options)]
 
 
-def resolve_name(backend: str, device: torch.device, dtype: torch.dtype | None = None, options=None) -> str:
+def resolve_name(
+    backend: str, device: torch.device, dtype: torch.dtype | None = None, options=None, kind: str = "rows"
+) -> str:
     """The name of the backend to run on `device`. "auto" takes SALT_BACKEND when set, else the
     fastest usable backend for the device type (and dtype and options); an explicit name must be
     usable."""
@@ -108,7 +114,7 @@ def resolve_name(backend: str, device: torch.device, dtype: torch.dtype | None =
         if dtype == torch.float64:
             order = FLOAT64_BACKENDS
         for name in order:
-            ok, why = backend_status(name, device, dtype, options)
+            ok, why = backend_status(name, device, dtype, options, kind)
             if ok:
                 # Routing float64 or an option around a backend is by design; only a backend
                 # missing on this machine is worth a warning.
@@ -122,15 +128,15 @@ def resolve_name(backend: str, device: torch.device, dtype: torch.dtype | None =
                         stacklevel=3,
                     )
                 return name
-        raise RuntimeError(f"no salt_kernels backend is usable on {device}:\n{_reasons(device, dtype, options)}")
+        raise RuntimeError(f"no salt_kernels backend is usable on {device}:\n{_reasons(device, dtype, options, kind)}")
     if requested not in _MODULES:
         raise ValueError(
             f"{source} must be 'auto' or one of {', '.join(BACKEND_NAMES)}, got {requested!r}"
         )
-    ok, why = backend_status(requested, device, dtype, options)
+    ok, why = backend_status(requested, device, dtype, options, kind)
     if not ok:
         raise ValueError(
             f"{source} asks for {requested!r}, which is not usable on {device}: {why}\n"
-            f"Backends on this device:\n{_reasons(device, dtype, options)}"
+            f"Backends on this device:\n{_reasons(device, dtype, options, kind)}"
         )
     return requested

@@ -1,0 +1,145 @@
+"""topk_salt_loss (docs/design.md, "Top-k teacher") against float64 of the formulas, row by row;
+its relation to salt_loss; and its input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import salt_kernels as sk
+from oracle import make_logits
+from options_oracle import topk_rows_oracle
+from salt_kernels.backends import registry
+
+CPU = torch.device("cpu")
+BACKENDS = [
+    pytest.param(name, marks=() if ok else pytest.mark.skip(reason=f"{name}: {why}"))
+    for name in registry.BACKEND_NAMES
+    for ok, why in [registry.backend_status(name, CPU, kind="topk_rows")]
+]
+
+
+def _teacher(gen, n, v, k, dtype=torch.bfloat16, index_dtype=torch.int64, empty=0, near_student=None):
+    u = make_logits((n, v), generator=gen) if near_student is None else near_student + 0.01 * torch.randn(n, v, generator=gen)
+    lp = torch.log_softmax(u.double(), -1)
+    top = torch.topk(lp, k, dim=-1)
+    idx, vals = top.indices.clone(), top.values.clone()
+    if empty:
+        idx[:, -empty:] = -1
+        vals[:, -empty:] = 0.0
+    return idx.to(index_dtype), vals.to(dtype)
+
+
+def _check(backend, gen, *, n=10, v=300, k=16, tau=2.0, tail="bucket", reduction="mean", dtype=torch.float32, **kw):
+    student_dtype = kw.pop("student_dtype", torch.float32)
+    z = make_logits((n, v), student_dtype, generator=gen)
+    idx, lp = _teacher(gen, n, v, k, dtype=dtype, empty=kw.pop("empty", 0), index_dtype=kw.pop("index_dtype", torch.int64),
+                       near_student=z.float() if kw.pop("near", False) else None)
+    y = torch.randint(0, v, (n,), generator=gen)
+    y[::4] = -100
+    zg = z.clone().requires_grad_()
+    loss = sk.topk_salt_loss(zg, idx, lp, y, temperature=tau, tail=tail, reduction=reduction, backend=backend, **kw)
+    g_out = torch.rand(n, generator=gen) + 0.5 if reduction == "none" else None
+    loss.backward(g_out)
+    z64 = z.double().requires_grad_()
+    rows = topk_rows_oracle(z64, idx, lp, y, kd_weight=0.5, temperature=tau, tail=tail, **kw)
+    n_valid = max(1, int((y != -100).sum()))
+    want = {"none": rows, "sum": rows.sum(), "mean": rows.sum() / n_valid}[reduction]
+    (g64,) = torch.autograd.grad((want * (g_out.double() if g_out is not None else 1)).sum(), z64)
+    torch.testing.assert_close(loss.double(), want.detach(), rtol=1e-5, atol=1e-6)
+    tol = 1e-5 if student_dtype == torch.float32 else 1e-2
+    assert float((zg.grad.double() - g64).norm() / g64.norm()) <= tol
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("tail", ["bucket", "renormalize"])
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+@pytest.mark.parametrize("k", [1, 8, 64, 256])
+def test_matches_float64(backend, tail, tau, k, gen):
+    _check(backend, gen, k=k, tau=tau, tail=tail)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(empty=5),
+        dict(near=True),
+        dict(dtype=torch.float16),
+        dict(dtype=torch.float32, index_dtype=torch.int32),
+        dict(reduction="none"),
+        dict(reduction="sum", softcap=5.0, label_smoothing=0.1, z_loss=1e-3),
+        dict(student_dtype=torch.bfloat16),
+        dict(k=300, tail="bucket"),  # K covers the vocabulary: no tail outcome
+    ],
+    ids=lambda c: "-".join(f"{a}={b}" for a, b in c.items()),
+)
+def test_cases(backend, case, gen):
+    _check(backend, gen, **dict(case))
+
+
+def test_full_topk_of_an_exact_teacher_equals_salt_loss(gen):
+    """k = V with the teacher's exact log-probabilities: topk_salt_loss == salt_loss."""
+    z = make_logits((6, 40), generator=gen).double()
+    u = make_logits((6, 40), generator=gen).double()
+    y = torch.randint(0, 40, (6,), generator=gen)
+    lp = torch.log_softmax(u, -1)
+    idx = torch.randperm(40, generator=gen).repeat(6, 1)
+    for tail in ("bucket", "renormalize"):
+        for tau in (1.0, 2.0):
+            a = sk.topk_salt_loss(z, idx, lp.gather(1, idx), y, temperature=tau, tail=tail)
+            b = sk.salt_loss(z, u, y, temperature=tau)
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_bucket_at_tau_1_is_the_coarsened_kl(gen):
+    z = make_logits((5, 60), generator=gen).double()
+    idx, lp = _teacher(gen, 5, 60, 7, dtype=torch.float64)
+    y = torch.randint(0, 60, (5,), generator=gen)
+    kd = sk.topk_salt_loss(z, idx, lp, y, kd_weight=1.0, reduction="none")
+    q = torch.softmax(z, -1)
+    pk, qk = lp.exp(), q.gather(1, idx)
+    pr, qr = 1 - pk.sum(-1), 1 - qk.sum(-1)
+    want = (pk * (pk / qk).log()).sum(-1) + pr * (pr / qr).log()
+    torch.testing.assert_close(kd, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "mutate, exc, words",
+    [
+        (lambda i, l: (torch.cat([i[:, :1], i[:, :-1]], 1), l), ValueError, "repeat"),
+        (lambda i, l: (i.masked_fill(i == i[0, 0], 500), l), ValueError, "teacher_indices must be in"),
+        (lambda i, l: (i, l[:, :-1]), ValueError, "teacher_logprobs must have the shape"),
+        (lambda i, l: (i, l + 1.0), ValueError, "log-probabilities"),
+        (lambda i, l: (i.float(), l), TypeError, "teacher_indices must have dtype"),
+        (lambda i, l: (i[:3], l[:3]), ValueError, "teacher_indices must have shape"),
+    ],
+)
+def test_bad_teacher_inputs(mutate, exc, words, gen):
+    z = make_logits((6, 50), generator=gen)
+    idx, lp = _teacher(gen, 6, 50, 4)
+    idx, lp = mutate(idx, lp)
+    with pytest.raises(exc, match=words):
+        sk.topk_salt_loss(z, idx, lp, torch.zeros(6, dtype=torch.long))
+
+
+def test_tail_and_missing_teacher_errors(gen):
+    z = make_logits((6, 50), generator=gen)
+    idx, lp = _teacher(gen, 6, 50, 4)
+    y = torch.zeros(6, dtype=torch.long)
+    with pytest.raises(ValueError, match="tail"):
+        sk.topk_salt_loss(z, idx, lp, y, tail="drop")
+    with pytest.raises(ValueError, match="teacher_indices is None"):
+        sk.topk_salt_loss(z, None, None, y)
+    ce = sk.topk_salt_loss(z, None, None, y, kd_weight=0.0)
+    torch.testing.assert_close(ce, torch.nn.functional.cross_entropy(z, y))
+
+
+def test_opcheck_topk(gen):
+    z = make_logits((6, 30), generator=gen).requires_grad_()
+    idx, lp = _teacher(gen, 6, 30, 5)
+    y = torch.randint(0, 30, (6,), generator=gen)
+    for reduction in ("mean", "none"):
+        args = (z, idx, lp, y, 0.5, 2.0, -100, reduction, "reference", "bucket", None, 0.0, 0.0, True, True)
+        result = torch.library.opcheck(torch.ops.salt_kernels.topk_salt_loss, args)
+        assert all(v == "SUCCESS" for v in result.values()), result
