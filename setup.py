@@ -10,9 +10,18 @@ Set SALT_SKIP_CPU_BUILD=1 to skip it (the package then falls back to the referen
   needs no CUDA-enabled torch. Built only where nvcc is found (CUDA_HOME/bin, CUDA_PATH/bin, PATH,
   /usr/local/cuda/bin); a missing nvcc or a failing CUDA build is reported in one line and the
   rest of the package still builds. Set SALT_SKIP_CUDA_BUILD=1 to skip it.
+
+Compilation goes through ninja where it is found (pyproject.toml lists it among the build
+requirements; PATH or the `ninja` Python package): setup.py writes a build.ninja per extension
+under build/ninja.<platform>-<python>/, holding the nvcc objects and the C++ objects with the
+compiler's own dependency files, so rebuilds compile only what changed (headers included) and
+compile in parallel (MAX_JOBS caps the jobs); the link stays setuptools' own. Without ninja (or
+with SALT_USE_NINJA=0) every object is compiled on each build, as setuptools does, and the build
+says so in one line. setup.py imports no torch.
 """
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,6 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import setup
+from setuptools.errors import CompileError
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
 
 ext_modules = []
 if os.environ.get("SALT_SKIP_CPU_BUILD") != "1":
@@ -27,6 +39,7 @@ if os.environ.get("SALT_SKIP_CPU_BUILD") != "1":
         Pybind11Extension(
             "salt_kernels._salt_cpu",
             ["csrc/cpu/salt_cpu.cpp", "python/bind_cpu.cpp"],
+            depends=["csrc/cpu/salt_cpu.h", "csrc/cpu/rows_impl.inc", "csrc/salt_math.h"],
             cxx_std=17,
             # No -ffast-math: the kernel relies on IEEE -inf and NaN. Per-ISA code paths are
             # selected at run time inside the library, so no -march flag is needed.
@@ -155,13 +168,150 @@ def _nvcc_objects(ext, build_temp):
     return [os.path.join(out_dir, os.path.basename(src) + ".o") for src in CUDA_SOURCES]
 
 
+# ---- ninja: incremental, parallel compilation ------------------------------------------------------
+# The model is torch.utils.cpp_extension's BuildExtension (_write_ninja_file_and_compile_objects):
+# the compiler's compile() is replaced, for one extension, by one that writes the commands
+# setuptools would run into a build.ninja (plus the nvcc commands of the CUDA extension) and runs
+# ninja on it. The objects live in a fixed directory under build/, because `pip install -e .`
+# gives setuptools a fresh temporary build_temp on every build.
+
+
+def _find_ninja():
+    if os.environ.get("SALT_USE_NINJA", "1") == "0":
+        return None
+    found = shutil.which("ninja")
+    if found:
+        return found
+    try:  # the PyPI package, when its script is not on PATH
+        import ninja
+
+        path = os.path.join(ninja.BIN_DIR, "ninja")
+        return path if os.path.isfile(path) else None
+    except (ImportError, AttributeError):
+        return None
+
+
+def _ninja_path(path):
+    """A path in a build statement: $, space and colon escaped."""
+    return path.replace("$", "$$").replace(" ", "$ ").replace(":", "$:")
+
+
+def _ninja_command(args):
+    """Arguments as one shell command line inside a ninja variable."""
+    return " ".join(shlex.quote(str(a)) for a in args).replace("$", "$$")
+
+
+def _write_ninja_file(path, cxx_jobs, nvcc_jobs):
+    """cxx_jobs: (command before the source, source, object, arguments after it) as setuptools
+    would run them; nvcc_jobs: (nvcc command, source, object). Writes the file only when its text
+    changes, so an unchanged build stays a no-op."""
+    lines = [
+        "ninja_required_version = 1.3",
+        "",
+        "rule cxx",
+        "  command = $pre -MMD -MF $out.d $in -o $out $post",
+        "  depfile = $out.d",
+        "  deps = gcc",
+        "  description = C++ $out",
+        "",
+        "rule nvcc",
+        "  command = $pre --generate-dependencies-with-compile --dependency-output $out.d -c $in -o $out",
+        "  depfile = $out.d",
+        "  deps = gcc",
+        "  description = NVCC $out",
+        "",
+    ]
+    for pre, src, obj, post in cxx_jobs:
+        lines += [f"build {_ninja_path(obj)}: cxx {_ninja_path(src)}", f"  pre = {_ninja_command(pre)}",
+                  f"  post = {_ninja_command(post)}"]
+    for pre, src, obj in nvcc_jobs:
+        lines += [f"build {_ninja_path(obj)}: nvcc {_ninja_path(src)}", f"  pre = {_ninja_command(pre)}"]
+    text = "\n".join(lines) + "\n"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.exists(path):
+        with open(path) as f:
+            if f.read() == text:
+                return
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _run_ninja(ninja, build_dir):
+    cmd = [ninja, "-C", build_dir]
+    if os.environ.get("MAX_JOBS"):
+        cmd += ["-j", os.environ["MAX_JOBS"]]
+    print(f"salt_kernels: {' '.join(cmd)}", flush=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    print(proc.stdout, end="", flush=True)
+    if proc.returncode != 0:
+        raise CompileError(f"ninja failed in {build_dir}:\n{proc.stdout}")
+
+
 class BuildExt(build_ext):
+    def build_extensions(self):
+        self._ninja = _find_ninja()
+        why = None
+        if os.environ.get("SALT_USE_NINJA") == "0":
+            why = "SALT_USE_NINJA=0"
+        elif self._ninja is None:
+            why = "ninja not found (PATH, the ninja package)"
+        elif self.compiler.compiler_type != "unix":
+            why = f"ninja builds support the unix compiler only, not {self.compiler.compiler_type}"
+            self._ninja = None
+        if why:
+            print(f"salt_kernels: {why}: compiling without ninja (every object, on every build)", flush=True)
+        super().build_extensions()
+
+    def _ninja_dir(self, ext):
+        tag = f"{self.plat_name}-{sys.implementation.cache_tag}"
+        return os.path.join(ROOT, "build", f"ninja.{tag}", ext.name)
+
+    def _build_with_ninja(self, ext):
+        """super().build_extension with compile() running ninja (C++ sources, and the nvcc objects
+        of the CUDA extension) and the up-to-date checks left to ninja and to the link."""
+        build_dir = self._ninja_dir(ext)
+        nvcc_jobs = []
+        if ext.name == CUDA_EXT:
+            for src in CUDA_SOURCES:
+                obj = os.path.join(build_dir, "cuda", os.path.basename(src) + ".o")
+                nvcc_jobs.append(([ext.nvcc, *NVCC_FLAGS], os.path.join(ROOT, src), obj))
+            ext.extra_objects = [obj for _, _, obj in nvcc_jobs]
+        compiler = self.compiler
+
+        def compile(sources, output_dir=None, macros=None, include_dirs=None, debug=0, extra_preargs=None,
+                    extra_postargs=None, depends=None):
+            # Sources relative to the project, so that objects land at build_dir/<source path>.o
+            sources = [os.path.relpath(os.path.join(ROOT, src), ROOT) for src in sources]
+            macros, objects, extra_postargs, pp_opts, _ = compiler._setup_compile(
+                build_dir, macros, include_dirs, sources, depends, extra_postargs
+            )
+            cc_args = compiler._get_cc_args(pp_opts, debug, extra_preargs)
+            cxx = getattr(compiler, "compiler_so_cxx", None) or compiler.compiler_so
+            jobs = [([*cxx, *cc_args], os.path.join(ROOT, src), obj, extra_postargs) for src, obj in zip(sources, objects)]
+            _write_ninja_file(os.path.join(build_dir, "build.ninja"), jobs, nvcc_jobs)
+            _run_ninja(self._ninja, build_dir)
+            return objects
+
+        force = self.force
+        compiler.compile = compile  # an instance attribute: this extension only
+        self.force = True  # ninja decides what to compile; the link checks its objects' times
+        try:
+            super().build_extension(ext)
+        finally:
+            self.force = force
+            del compiler.compile
+
     def build_extension(self, ext):
         if ext.name != CUDA_EXT:
+            if self._ninja:
+                return self._build_with_ninja(ext)
             return super().build_extension(ext)
         try:
-            ext.extra_objects = _nvcc_objects(ext, self.build_temp)
-            super().build_extension(ext)
+            if self._ninja:
+                self._build_with_ninja(ext)
+            else:
+                ext.extra_objects = _nvcc_objects(ext, self.build_temp)
+                super().build_extension(ext)
         except Exception as exc:  # the CPU extension and the package must still install
             detail = str(exc).strip().splitlines()
             errors = [line.strip() for line in detail if "error" in line.lower()]

@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Render the JSON results of `salt-kernels bench` and `salt-kernels profile` into
-benchmarks/RESULTS.md (between the markers <!-- bench:start --> and <!-- bench:end -->; the rest
-of the file is left as it is) and the bench results into PNG plots (time and peak memory against
-V, one line per backend).
+"""Render result files (the one format of `salt-kernels bench`, `salt-kernels profile` and the
+fixed-size scripts benchmarks/bench_*.py, see salt_kernels/benchmarking/results.py) into
+benchmarks/RESULTS.md and the bench grids into PNG plots (time and peak memory against V, one
+line per backend). Grids and profiles go between <!-- bench:start --> and <!-- bench:end -->, a
+fixed-size run between its own markers (loss_cpu.json: <!-- cpu-loss:start -->, linear_cpu.json:
+<!-- cpu-linear:start -->); the rest of the file is left as it is.
 
-    python benchmarks/report.py          # every benchmarks/results/bench_*.json and profile_*.json
+    python benchmarks/report.py          # every benchmarks/results/*.json: all tables of RESULTS.md
     python benchmarks/report.py results/bench_cuda.json --markdown RESULTS.md --plots plots/
 """
 
@@ -21,10 +23,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="*",
-                        help="JSON files written by `salt-kernels bench` or `salt-kernels profile` "
-                             "(default: benchmarks/results/bench_*.json and profile_*.json)")
+                        help="JSON result files of `salt-kernels bench`, `salt-kernels profile` or "
+                             "benchmarks/bench_*.py (default: benchmarks/results/*.json)")
     parser.add_argument("--markdown", default=os.path.join(HERE, "RESULTS.md"),
-                        help="Markdown file whose bench section is replaced (default: benchmarks/RESULTS.md)")
+                        help="Markdown file whose sections are replaced (default: benchmarks/RESULTS.md)")
     parser.add_argument("--plots", default=os.path.join(HERE, "plots"),
                         help="folder for the PNG plots (default: benchmarks/plots)")
     parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
@@ -33,9 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from salt_kernels.benchmarking import render
 
-    paths = args.results or sorted(
-        glob.glob(os.path.join(HERE, "results", "bench_*.json")) + glob.glob(os.path.join(HERE, "results", "profile_*.json"))
-    )
+    paths = args.results or sorted(glob.glob(os.path.join(HERE, "results", "*.json")))
     if not paths:
         print("report.py: no results to render; run `salt-kernels bench` first "
               "(it writes benchmarks/results/bench_<device>.json; `salt-kernels profile` writes "
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.print:
         print("\n\n".join(done["sections"]))
-    print(f"wrote the bench section of {args.markdown} from {len(paths)} result file(s)")
+    print(f"wrote the tables of {args.markdown} from {len(paths)} result file(s)")
     for p in done["pngs"]:
         print(f"wrote {p}")
     return 0

@@ -81,3 +81,72 @@ def oracle_grad(student, teacher, labels, kd_weight, temperature, ignore_index=-
         scale = scale * float(row_weights)
     g = torch.where(valid[:, None], g * scale[:, None], torch.zeros_like(g))
     return g.reshape(student.shape)
+
+
+# ---- comparing a backend's rows() (backends/base.py) with the oracle -------------------------------
+
+
+def grad_tolerance(dtype):
+    """Relative (norm) gradient tolerance of docs/design.md, "Numerical acceptance"."""
+    return 1e-5 if dtype == torch.float32 else 1e-2
+
+
+def assert_grad_close(got, want, dtype):
+    """Relative error of the whole gradient in norm; an identically ~zero gradient (V == 1) has no
+    relative measure and may differ by a few ulp of a probability."""
+    got, want = got.detach().cpu().double(), want.double()
+    assert got.shape == want.shape, (tuple(got.shape), tuple(want.shape))
+    if want.numel() == 0:
+        return
+    if float(want.abs().max()) < 1e-6:
+        err = float((got - want).abs().max())
+        assert err <= 1e-6, f"gradient error {err:.3e} on a zero gradient"
+        return
+    rel = float((got - want).norm()) / float(want.norm())
+    assert rel <= grad_tolerance(dtype), f"relative gradient error {rel:.3e} > {grad_tolerance(dtype):g}"
+
+
+def _assert_close(name, got, want, bound):
+    """|got - want| <= bound elementwise; equal infinities match, a NaN wants a NaN."""
+    same = (got == want) | (torch.isnan(got) & torch.isnan(want))
+    err = torch.where(same, torch.zeros_like(got), (got - want).abs())
+    bad = ~(err <= bound)  # NaN errors count as bad
+    assert not bool(bad.any()), (
+        f"{name}: rows {bad.nonzero().flatten().tolist()[:8]} off, got {got[bad][:4].tolist()}, "
+        f"want {want[bad][:4].tolist()}"
+    )
+
+
+def assert_rows_match(out, grad, student, teacher, labels, *, kd_weight, temperature, grad_scale=None,
+                      ignore_index=-100):
+    """A RowOutputs (and the gradient buffer it wrote, when given) against float64: per-row loss,
+    CE and KD at 1e-5 of the row's scale, the three log-sum-exps (the teacher's two only when the
+    teacher is used), zeros on ignored rows, and d loss_i / d student_i * grad_scale_i."""
+    w, tau = kd_weight, temperature
+    z, u, y = student.cpu(), None if teacher is None else teacher.cpu(), labels.cpu()
+    rl, rc, rk = oracle_rows(z, u, y, w, tau, ignore_index)
+    finite = [r.abs().nan_to_num(nan=0.0, posinf=0.0) for r in (rl, rc, rk)]
+    bound = 1e-5 * sum(finite) + 1e-5  # the scale of the row's finite terms
+    for name, got, want in (("loss", out.loss, rl), ("ce", out.ce, rc), ("kd", out.kd, rk)):
+        assert got.dtype == torch.float32 and got.shape == want.shape, (name, got.dtype, tuple(got.shape))
+        _assert_close(name, got.detach().cpu().double(), want, bound)
+    valid = y.long() != ignore_index
+    z64 = z.to(F64)
+    zero = torch.zeros((), dtype=F64)
+    lse = out.lse.detach().cpu().double()
+    assert lse.shape == (z.shape[0], 3)
+    _assert_close("lse_z", lse[:, 0], torch.where(valid, torch.logsumexp(z64, -1), zero), 1e-5)
+    if u is not None and w > 0:
+        _assert_close("lse_zt", lse[:, 1], torch.where(valid, torch.logsumexp(z64 / tau, -1), zero), 1e-5)
+        _assert_close("lse_u", lse[:, 2], torch.where(valid, torch.logsumexp(u.to(F64) / tau, -1), zero), 1e-5)
+    else:
+        assert bool((lse[~valid] == 0).all())
+    if grad is None:
+        return
+    got = grad.detach().cpu()
+    assert got.dtype == student.dtype
+    assert bool(torch.isfinite(got).all()), "gradient not fully written (or not finite)"
+    assert bool((got[~valid] == 0).all()), "ignored rows must get a zero gradient"
+    weights = grad_scale.detach().cpu().double().reshape(-1).expand(z.shape[0])
+    want = oracle_grad(z, u, y, w, tau, ignore_index, row_weights=weights, reduction="none")
+    assert_grad_close(got, want, student.dtype)

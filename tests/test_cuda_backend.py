@@ -3,34 +3,33 @@
 Without a GPU (CI):
   * the module was built by nvcc and its machine code holds sm_90 SASS and compute_90 PTX;
   * available_backends()["cuda"] says why it is unusable;
-  * the kernel source itself runs in a CPU emulator (csrc/cuda/emulation.h: one fiber per CUDA
+  * the kernel source itself runs in a CPU emulator (tests/cuda_emulator: one fiber per CUDA
     thread, real barriers for __syncthreads / shuffles / the cluster, every global access checked
-    for bounds and alignment), built here with g++, on every launch mode (warp per row, block per
-    row, clusters of 2 to 8 blocks), dtype, strided and misaligned layouts and the special values,
-    against the float64 oracle.
-With a GPU: backend "cuda" against the float64 oracle on the CPU test cases, through salt_loss and
-through every launch configuration.
+    for bounds and alignment), built with g++, on every launch mode (warp per row, block per row,
+    clusters of 2 to 8 blocks) with every dtype pair, strided and misaligned layouts and the
+    special values, against the float64 oracle.
+With a GPU: the same launch configurations on the real kernel, streams and devices.
+
+The backend contract itself (through the launch the backend chooses) is tested for the emulated
+kernel and, on a GPU, for backend "cuda" in tests/test_contract.py.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 
 import pytest
 import torch
 
 import salt_kernels as sk
-from oracle import make_logits, oracle_grad, oracle_reduce, oracle_rows
+import cuda_emulator
+from oracle import assert_rows_match, make_logits, oracle_reduce, oracle_rows
 from salt_kernels.backends import cuda as cuda_backend
 from salt_kernels.backends.base import RowOutputs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-F64 = torch.float64
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 HAS_GPU = torch.cuda.is_available()
 
@@ -148,86 +147,6 @@ def test_launch_config_follows_the_vocabulary():
     assert cuda_backend.launch_config(7, bf16, bf16, block=256, cluster=3)[2] in (2, 4)
 
 
-# ---- the shared math header through the kernel source, on the CPU --------------------------------
-
-EMU_SOURCE = os.path.join(ROOT, "csrc", "cuda", "emulate.cpp")
-EMU_DEPENDS = [
-    EMU_SOURCE,
-    os.path.join(ROOT, "csrc", "cuda", "emulation.h"),
-    os.path.join(ROOT, "csrc", "cuda", "rows_kernel.cuh"),
-    os.path.join(ROOT, "csrc", "cuda", "salt_cuda.h"),
-    os.path.join(ROOT, "csrc", "salt_math.h"),
-]
-
-
-@pytest.fixture(scope="session")
-def emulator(tmp_path_factory):
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or sysconfig.get_config_var("CXX")
-    if not cxx or not shutil.which(cxx.split()[0]):
-        pytest.skip("no C++ compiler to build the CUDA-kernel emulator with")
-    out = str(tmp_path_factory.mktemp("cuda_emulator") / "salt_cuda_emulator.so")
-    cmd = [*cxx.split(), "-O1", "-std=c++17", "-shared", "-fPIC", "-w", EMU_SOURCE, "-o", out]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr[-4000:]}"
-    lib = ctypes.CDLL(out)
-    lib.salt_emulate_rows.restype = ctypes.c_int
-    lib.salt_emulate_rows.argtypes = [
-        ctypes.POINTER(ctypes.c_int64),
-        ctypes.POINTER(ctypes.c_double),
-        ctypes.POINTER(ctypes.c_int64),
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_int,
-    ]
-    return lib
-
-
-def _region(t: torch.Tensor, rows: int, row_elems: int, writable: bool, row_stride=None):
-    es = t.element_size()
-    stride = t.stride(0) if row_stride is None else row_stride
-    return [t.data_ptr(), stride * es, row_elems * es, rows, int(writable)]
-
-
-def emulated_rows(lib, student, teacher, labels, *, kd_weight, temperature, ignore_index, grad=None,
-                  grad_scale=None, mode="block", block=256, cluster=1):
-    """cuda_backend.rows, with the kernel run by the emulator on CPU tensors."""
-    n, vocab = student.shape
-    out = RowOutputs.empty(n, student.device)
-    use_teacher = teacher is not None and kd_weight > 0
-    codes = cuda_backend.DTYPE_CODES
-    if grad is not None:
-        grad_scale = grad_scale.to(torch.float32).contiguous()
-    gs_stride = (1 if grad_scale.numel() > 1 else 0) if grad is not None else 0
-    ia = [
-        student.data_ptr(), student.stride(0), codes[student.dtype],
-        teacher.data_ptr() if use_teacher else 0, teacher.stride(0) if use_teacher else 0,
-        codes[teacher.dtype] if use_teacher else 0,
-        labels.data_ptr(), labels.stride(0), int(labels.dtype == torch.int64), n, vocab, ignore_index,
-        out.loss.data_ptr(), out.ce.data_ptr(), out.kd.data_ptr(), out.lse.data_ptr(),
-        grad.data_ptr() if grad is not None else 0, grad.stride(0) if grad is not None else 0,
-        grad_scale.data_ptr() if grad is not None else 0, gs_stride,
-        0 if mode == "warp" else 1, block, cluster,
-    ]
-    regions = [_region(student, n, vocab, False), _region(labels, n, 1, False)]
-    if use_teacher:
-        regions.append(_region(teacher, n, vocab, False))
-    if grad is not None:
-        regions.append(_region(grad, n, vocab, True))
-        regions.append(_region(grad_scale, n if gs_stride else 1, 1, False, row_stride=gs_stride))
-    flat = [int(v) for r in regions for v in r]
-    err = ctypes.create_string_buffer(1024)
-    rc = lib.salt_emulate_rows(
-        (ctypes.c_int64 * len(ia))(*[int(v) for v in ia]),
-        (ctypes.c_double * 2)(float(kd_weight if use_teacher else 0.0), float(temperature)),
-        (ctypes.c_int64 * len(flat))(*flat),
-        len(regions),
-        err,
-        len(err),
-    )
-    assert rc == 0, err.value.decode()
-    return out
-
-
 # ---- one case: inputs, a launch, and the comparison with float64 ----------------------------------
 
 
@@ -263,43 +182,6 @@ def make_case(n, vocab, dz, du, *, gen, device="cpu", layout="contiguous", label
     return z, u, y, grad, gbuf
 
 
-def check_rows_vs_oracle(out, grad, z, u, y, *, w, tau, scale, ignore_index=-100, finite=True):
-    zc, uc, yc = z.cpu(), (None if u is None else u.cpu()), y.cpu()
-    rl, rc, rk = oracle_rows(zc, uc, yc, w, tau, ignore_index)
-    loss, ce, kd = out.loss.cpu().double(), out.ce.cpu().double(), out.kd.cpu().double()
-    bound = 1e-5 * (rl.abs() + rc.abs() + rk.abs()) + 1e-5
-    for name, got, want in (("loss", loss, rl), ("ce", ce, rc), ("kd", kd, rk)):
-        err = (got - want).abs()
-        assert bool((err <= bound).all()), f"{name}: max error {err.max():.3e} at row {int(err.argmax())}"
-    # The three log-sum-exps (the teacher ones only when the teacher is used).
-    valid = yc.long() != ignore_index
-    z64 = zc.to(F64)
-    lse = out.lse.cpu().double()
-    want_z = torch.where(valid, torch.logsumexp(z64, -1), torch.zeros(()).double())
-    assert torch.allclose(lse[:, 0], want_z, rtol=1e-5, atol=1e-5)
-    if uc is not None and w > 0:
-        want_zt = torch.where(valid, torch.logsumexp(z64 / tau, -1), torch.zeros(()).double())
-        want_u = torch.where(valid, torch.logsumexp(uc.to(F64) / tau, -1), torch.zeros(()).double())
-        assert torch.allclose(lse[:, 1], want_zt, rtol=1e-5, atol=1e-5)
-        assert torch.allclose(lse[:, 2], want_u, rtol=1e-5, atol=1e-5)
-    if grad is None:
-        return
-    row_w = scale.cpu().double().expand(zc.shape[0])
-    want = oracle_grad(zc, uc, yc, w, tau, ignore_index, row_weights=row_w, reduction="none")
-    got = grad.cpu().double()
-    if finite:
-        assert bool(torch.isfinite(got).all()), "gradient not fully written (or not finite)"
-    if float(want.abs().max()) < 1e-6:
-        # An identically ~zero gradient (V == 1): no relative measure exists; allow a few ulp of a
-        # probability (the GPU's exp is ex2.approx).
-        assert float((got - want).abs().max()) <= 1e-6
-    else:
-        tol = 1e-5 if z.dtype == torch.float32 else 1e-2
-        rel = float((got - want).norm()) / float(want.norm())
-        assert rel <= tol, f"relative gradient error {rel:.3e} > {tol:g}"
-    assert bool((got[~valid] == 0).all()), "ignored rows must get a zero gradient"
-
-
 def run_and_check(runner, n, vocab, dz, du, *, tau, w, gen, device="cpu", layout="contiguous",
                   scale_kind="row", label_dtype=torch.int64, **launch):
     z, u, y, grad, gbuf = make_case(n, vocab, dz, du, gen=gen, device=device, layout=layout,
@@ -309,7 +191,7 @@ def run_and_check(runner, n, vocab, dz, du, *, tau, w, gen, device="cpu", layout
     else:
         scale = torch.tensor([0.37]).to(device)
     out = runner(z, u, y, kd_weight=w, temperature=tau, ignore_index=-100, grad=grad, grad_scale=scale, **launch)
-    check_rows_vs_oracle(out, grad, z, u, y, w=w, tau=tau, scale=scale)
+    assert_rows_match(out, grad, z, u, y, kd_weight=w, temperature=tau, grad_scale=scale)
     if layout == "strided":  # nothing outside the gradient's rows was written
         pad = torch.ones(gbuf.shape, dtype=torch.bool, device=gbuf.device)
         pad[:, 2:2 + vocab] = False
@@ -319,12 +201,15 @@ def run_and_check(runner, n, vocab, dz, du, *, tau, w, gen, device="cpu", layout
     assert torch.equal(out2.loss, out.loss) and torch.equal(out2.lse, out.lse)
 
 
-# Launch modes of the kernel: (mode, threads per block, cluster).
-EMU_CONFIGS = [("warp", 256, 1), ("block", 256, 1), ("block", 512, 1), ("block", 256, 2), ("block", 256, 8)]
+# ---- the kernel source on the CPU (tests/cuda_emulator), launch by launch --------------------------
 
 
 def _emu(lib):
-    return lambda *a, **k: emulated_rows(lib, *a, **k)
+    return lambda *a, **k: cuda_emulator.rows(lib, *a, **k)
+
+
+# Launch modes of the kernel: (mode, threads per block, cluster).
+EMU_CONFIGS = [("warp", 256, 1), ("block", 256, 1), ("block", 512, 1), ("block", 256, 2), ("block", 256, 8)]
 
 
 @pytest.mark.parametrize("mode,block,cluster", EMU_CONFIGS)
@@ -350,23 +235,16 @@ def test_emulated_kernel_largest_cluster(emulator, layout, dtype, gen):
                   mode="block", block=512, cluster=8)
 
 
-@pytest.mark.parametrize("vocab", [1, 7, 8, 9, 33, 4099])
-@pytest.mark.parametrize("tau,w", [(1.0, 0.3), (0.5, 1.0), (4.0, 0.0)])
-def test_emulated_kernel_vocab_sizes_and_weights(emulator, vocab, tau, w, gen):
-    cfg = ("warp", 256, 1) if vocab < 100 else ("block", 256, 2)
-    run_and_check(_emu(emulator), 5, vocab, torch.bfloat16, torch.bfloat16, tau=tau, w=w, gen=gen,
-                  scale_kind="scalar", mode=cfg[0], block=cfg[1], cluster=cfg[2])
-
-
 def test_emulated_kernel_many_groups_per_thread(emulator, gen):
     # 70001 fp32 logits over 256 threads: ~68 groups per thread, odd tail, both pass orders.
     run_and_check(_emu(emulator), 2, 70001, torch.float32, torch.float32, tau=2.0, w=0.5, gen=gen,
                   mode="block", block=256, cluster=1)
 
 
-@pytest.mark.parametrize("mode,block,cluster", [("warp", 256, 1), ("block", 512, 4)])
+@pytest.mark.parametrize("mode,block,cluster", [("block", 256, 1), ("block", 512, 4)])
 def test_emulated_kernel_special_values(emulator, mode, block, cluster, gen):
-    lib = emulator
+    """-inf and NaN through the block and cluster combines (tests/test_contract.py covers them
+    through the warp-per-row launch these rows get by default)."""
     n, v = 8, 1500
     z = make_logits((n, v), generator=gen)
     u = make_logits((n, v), generator=gen)
@@ -382,42 +260,17 @@ def test_emulated_kernel_special_values(emulator, mode, block, cluster, gen):
     y[6] = -100
     grad = torch.empty(n, v)
     scale = torch.ones(n)
-    out = emulated_rows(lib, z, u, y, kd_weight=0.5, temperature=2.0, ignore_index=-100, grad=grad,
-                        grad_scale=scale, mode=mode, block=block, cluster=cluster)
+    out = cuda_emulator.rows(emulator, z, u, y, kd_weight=0.5, temperature=2.0, ignore_index=-100, grad=grad,
+                             grad_scale=scale, mode=mode, block=block, cluster=cluster)
     fine = [0, 1, 2, 7]
-    check_rows_vs_oracle(
+    assert_rows_match(
         RowOutputs(out.loss[fine], out.ce[fine], out.kd[fine], out.lse[fine]), grad[fine], z[fine], u[fine],
-        y[fine], w=0.5, tau=2.0, scale=scale[fine],
+        y[fine], kd_weight=0.5, temperature=2.0, grad_scale=scale[fine],
     )
     assert torch.isinf(out.kd[3]) and out.kd[3] > 0 and torch.isinf(out.loss[3])
     assert torch.isnan(out.loss[4]) and torch.isnan(out.loss[5]) and torch.isnan(grad[4]).all()
     assert torch.isnan(grad[5]).all()
     assert out.loss[6] == 0 and (grad[6] == 0).all() and (out.lse[6] == 0).all()
-
-
-def test_emulated_kernel_never_reads_the_teacher_at_zero_weight(emulator, gen):
-    # The emulator checks every load against the declared regions; with kd_weight 0 the teacher is
-    # not declared (and its pointer is not even passed), so any read of it would be reported.
-    n, v = 6, 900
-    z = make_logits((n, v), generator=gen)
-    y = torch.randint(0, v, (n,), generator=gen)
-    u = torch.full((n, v), float("nan"))
-    for mode, block, cluster in EMU_CONFIGS[:3]:
-        grad = torch.empty(n, v)
-        out = emulated_rows(emulator, z, u, y, kd_weight=0.0, temperature=3.0, ignore_index=-100,
-                            grad=grad, grad_scale=torch.ones(1), mode=mode, block=block, cluster=cluster)
-        check_rows_vs_oracle(out, grad, z, None, y, w=0.0, tau=3.0, scale=torch.ones(1))
-
-
-def test_emulated_kernel_all_rows_ignored(emulator):
-    z = torch.randn(4, 300)
-    u = torch.randn(4, 300)
-    y = torch.full((4,), -7)
-    for mode, block, cluster in (("warp", 256, 1), ("block", 256, 2)):
-        grad = torch.full((4, 300), float("nan"))
-        out = emulated_rows(emulator, z, u, y, kd_weight=0.5, temperature=1.0, ignore_index=-7,
-                            grad=grad, grad_scale=torch.ones(1), mode=mode, block=block, cluster=cluster)
-        assert (out.loss == 0).all() and (out.lse == 0).all() and (grad == 0).all()
 
 
 def test_emulator_reports_out_of_bounds_loads(emulator, gen):
@@ -431,11 +284,8 @@ def test_emulator_reports_out_of_bounds_loads(emulator, gen):
     ia = [z.data_ptr(), v, codes[z.dtype], 0, 0, 0, y.data_ptr(), 1, 1, n, v, -100,
           out.loss.data_ptr(), out.ce.data_ptr(), out.kd.data_ptr(), out.lse.data_ptr(), 0, 0, 0, 0, 0, 256, 1]
     regions = [[z.data_ptr(), v * 4, (v - 1) * 4, n, 0], [y.data_ptr(), 8, 8, n, 0]]
-    flat = [int(x) for r in regions for x in r]
-    err = ctypes.create_string_buffer(512)
-    rc = emulator.salt_emulate_rows((ctypes.c_int64 * len(ia))(*ia), (ctypes.c_double * 2)(0.0, 1.0),
-                                    (ctypes.c_int64 * len(flat))(*flat), len(regions), err, 512)
-    assert rc == 1 and b"out-of-bounds" in err.value
+    rc, err = cuda_emulator.launch(emulator, ia, (0.0, 1.0), regions)
+    assert rc == 1 and "out-of-bounds" in err
 
 
 # ---- on a GPU ------------------------------------------------------------------------------------
@@ -453,43 +303,6 @@ def _cuda_rows(*a, **k):
     out = cuda_backend.rows(*a, **k)
     torch.cuda.synchronize()
     return out
-
-
-GPU_SHAPES = [(1, 16), (7, 128), (1000, 48), (32000, 6), (70001, 3), (128256, 4)]
-TAU_W = [(1.0, 0.3), (2.0, 0.5), (0.5, 1.0), (4.0, 0.0)]
-
-
-@gpu
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("vocab,n", GPU_SHAPES)
-@pytest.mark.parametrize("tau,w", TAU_W)
-@pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_gpu_salt_loss_matches_float64(dtype, vocab, n, tau, w, reduction, gen):
-    _gpu_ready()
-    z = make_logits((n, vocab), dtype, generator=gen)
-    u = make_logits((n, vocab), dtype, generator=gen)
-    y = torch.randint(0, vocab, (n,), generator=gen)
-    y[n // 2] = -100
-    zz = z.cuda().requires_grad_()
-    loss, parts = sk.salt_loss(zz, u.cuda(), y.cuda(), kd_weight=w, temperature=tau, reduction=reduction,
-                               backend="cuda", return_parts=True)
-    grad_out = (torch.rand(n, generator=gen) * 3 - 1) if reduction == "none" else None
-    loss.backward(None if grad_out is None else grad_out.cuda())
-    rl, rc, rk = oracle_rows(z, u, y, w, tau)
-    want = oracle_reduce(rl, y, reduction)
-    err = (loss.detach().cpu().double() - want).abs()
-    assert bool((err <= 1e-5 * want.abs() + 1e-6).all()), f"loss error {err.max():.3e}"
-    scale = float(oracle_reduce(rl.abs() + rc.abs() + rk.abs(), y, reduction).abs().max()) + 0.1
-    assert float((parts.ce.cpu().double() - oracle_reduce(rc, y, reduction)).abs().max()) <= 1e-5 * scale
-    assert float((parts.kd.cpu().double() - oracle_reduce(rk, y, reduction)).abs().max()) <= 1e-5 * scale
-    g = zz.grad.cpu().double()
-    want_g = oracle_grad(z, u, y, w, tau, row_weights=grad_out, reduction=reduction)
-    assert zz.grad.dtype == dtype
-    if float(want_g.abs().max()) < 1e-6:  # V == 1: the gradient is identically 0
-        assert float(g.abs().max()) <= 1e-6
-    else:
-        rel = float((g - want_g).norm() / want_g.norm())
-        assert rel <= (1e-5 if dtype == torch.float32 else 1e-2), f"gradient error {rel:.3e}"
 
 
 GPU_CONFIGS = [(32, 0), (256, 1), (512, 1), (512, 2), (512, 4), (512, 8)]
@@ -531,23 +344,13 @@ def test_gpu_special_values(block, cluster, gen):
                      grad_scale=scale, block=block, cluster=cluster)
     fine = [0, 1, 2, 7]
     out_f = RowOutputs(out.loss[fine], out.ce[fine], out.kd[fine], out.lse[fine])
-    check_rows_vs_oracle(out_f, grad[fine], z[fine], u[fine], y[fine], w=0.5, tau=2.0, scale=scale[fine].cpu())
+    assert_rows_match(out_f, grad[fine], z[fine], u[fine], y[fine], kd_weight=0.5, temperature=2.0,
+                      grad_scale=scale[fine].cpu())
     loss, kd = out.loss.cpu(), out.kd.cpu()
     assert torch.isinf(kd[3]) and kd[3] > 0 and torch.isinf(loss[3])
     assert torch.isnan(loss[4]) and torch.isnan(loss[5])
     assert torch.isnan(grad[4].cpu()).all() and torch.isnan(grad[5].cpu()).all()
     assert loss[6] == 0 and (grad[6] == 0).all()
-
-
-@gpu
-def test_gpu_zero_kd_weight_ignores_a_nan_teacher(gen):
-    _gpu_ready()
-    z = make_logits((10, 3000), generator=gen).cuda()
-    y = torch.randint(0, 3000, (10,), generator=gen).cuda()
-    poisoned = torch.full((10, 3000), float("nan"), device="cuda")
-    a = sk.salt_loss(z, poisoned, y, kd_weight=0.0, backend="cuda")
-    b = sk.salt_loss(z, None, y, kd_weight=0.0, backend="cuda")
-    assert torch.isfinite(a) and float(a) == float(b)
 
 
 @gpu

@@ -17,6 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments  # noq
 
 import salt_kernels as sk  # noqa: E402
 from salt_kernels.integrations.hf import SaltTrainer, causal_lm_hidden, salt_kd_weight, shift_labels  # noqa: E402
+from salt_kernels.train.step import OUTPUT_SCALINGS  # noqa: E402
 
 VOCAB = 96
 
@@ -88,6 +89,25 @@ def test_hidden_helper_rejects_nonlinear_logits_and_labels(gen):
     model.config.final_logit_softcapping = None
     with pytest.raises(ValueError, match="get_output_embeddings"):
         causal_lm_hidden(model.model, input_ids=ids)
+
+
+@pytest.mark.parametrize("attr", sorted(OUTPUT_SCALINGS))
+def test_hidden_helper_refuses_every_output_scaling(gen, attr):
+    """Each config attribute that scales or caps the logits (on the config or its text_config)
+    is refused with one message; its neutral values are not."""
+    model = tiny_llama(32, 1, 0)
+    ids, _, _ = batch(gen)
+    for neutral in OUTPUT_SCALINGS[attr]:
+        setattr(model.config, attr, neutral)
+        assert causal_lm_hidden(model, input_ids=ids).hidden.shape == (3, 12, 32)
+    for owner in (model.config, LlamaConfig()):
+        setattr(owner, attr, 2.0)
+        model.config.text_config = owner if owner is not model.config else None
+        where = "config" if owner is model.config else "config.text_config"
+        with pytest.raises(ValueError, match=rf"LlamaForCausalLM's {where}.{attr} is 2.0: its logits are not "
+                                             r"hidden @ lm_head.weight.T \+ bias"):
+            causal_lm_hidden(model, input_ids=ids)
+        setattr(model.config, attr, None)
 
 
 def test_schedule():
@@ -180,7 +200,7 @@ def test_salt_trainer_loss_matches_logits_loss(tmp_path, gen):
 def test_salt_trainer_bad_arguments(tmp_path, gen):
     with pytest.raises(ValueError, match="transition must be one of step, linear"):
         make_trainer(tmp_path, gen, n_kd=2, transition="cos")
-    with pytest.raises(ValueError, match="kd_weight must be in"):
+    with pytest.raises(ValueError, match=r"kd_weight must be finite and in \[0, 1\], got 2.0"):
         make_trainer(tmp_path, gen, kd_weight=2.0)
     with pytest.raises(ValueError, match="n_kd must be an int"):
         make_trainer(tmp_path, gen, n_kd=-1)

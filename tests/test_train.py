@@ -140,6 +140,69 @@ def test_linear_and_logits_loss_paths_match(tmp_path, corpus, teacher_dir):
     assert runs["linear"][0]["kd"] > 0
 
 
+def test_step_loss_paths_agree_and_settings_are_checked(teacher_dir):
+    """The one training step (train/step.py): the three loss paths compute one loss; the linear
+    and logits paths the same parts; w = 0 never runs the teacher."""
+    from salt_kernels.train.models import build_model, load_model_dir
+    from salt_kernels.train.step import SaltStep, StudentLoss
+
+    torch.manual_seed(0)
+    student, teacher = build_model("tiny", 300), load_model_dir(teacher_dir).eval()
+    x, y = torch.randint(0, 300, (2, 2, 9)).unbind(0)
+    y[0, :2] = -100  # ignored targets
+    losses, parts = {}, {}
+    for path in ("linear", "logits", "torch"):
+        step = SaltStep(kd_weight=0.4, temperature=2.0, n_kd=5, path=path)
+        assert [step.weight(s) for s in (0, 4, 5)] == [0.4, 0.4, 0.0]
+        losses[path], parts[path] = step(student, teacher, y, 0.4, input_ids=x)
+    assert parts["torch"] is None
+    for path in ("logits", "torch"):
+        assert losses[path].item() == pytest.approx(losses["linear"].item(), rel=1e-5)
+    for a, b in zip(parts["linear"], parts["logits"]):
+        assert a.item() == pytest.approx(b.item(), rel=1e-5)
+    step = SaltStep(path="linear")
+    ce, ce_parts = StudentLoss(student, step)(x, y, None, 0.0)  # the trainer's DDP unit, stage 2
+    assert ce.item() == pytest.approx(ce_parts.ce.item()) and ce_parts.kd.item() == 0
+    assert step(student, None, y, 0.0, input_ids=x)[0].item() == ce.item()  # no teacher needed
+
+    for kw, match in ((dict(kd_weight=1.5), r"kd_weight must be finite and in \[0, 1\], got 1.5"),
+                      (dict(temperature=0), r"temperature must be finite and in \(0, inf\)"),
+                      (dict(n_kd=-1), "n_kd must be an int >= 0"),
+                      (dict(transition="cosine"), "transition must be one of step, linear, got 'cosine'"),
+                      (dict(path="fused"), "path must be one of linear, logits, torch"),
+                      (dict(backend="gpu"), "backend must be one of auto, reference, cpu, triton, cuda")):
+        with pytest.raises(ValueError, match=match):
+            SaltStep(**kw)
+    with pytest.raises(ConfigError, match=r"kd_weight must be finite and in \[0, 1\], got 1.5"):
+        train(TrainConfig().replace(kd_weight=1.5))
+
+
+def test_losses_are_read_back_and_the_device_synced_at_log_steps_only(tmp_path, corpus, teacher_dir,
+                                                                      monkeypatch):
+    """A log interval of 5 gives the rows of a log interval of 1 at steps 5, 10, 12 and the same
+    weights; the device is synchronized at the log, eval and stage-end steps, not at every step."""
+    from salt_kernels.train import metrics
+
+    common = dict(role="salt", teacher=teacher_dir, n_kd=3, steps=12, eval_interval=12)
+    train(tiny(tmp_path, corpus, out_dir=str(tmp_path / "every"), **common))
+    syncs, seen = [], []
+    monkeypatch.setattr(metrics, "synchronize", lambda device: syncs.append(device))
+    train(tiny(tmp_path, corpus, out_dir=str(tmp_path / "five"), log_interval=5, **common),
+          on_step=lambda step, row: seen.append(row))
+    every, five = rows(tmp_path / "every", "train"), rows(tmp_path / "five", "train")
+    assert [r["step"] for r in five] == [5, 10, 12]
+    assert strip_times(five, LOSS_KEYS) == strip_times([every[4], every[9], every[11]], LOSS_KEYS)
+    assert all(r["step_time_s"] > 0 and r["tokens_per_s"] > 0 for r in five)
+    assert [sorted(r) for r in seen if r["step"] not in (5, 10, 12)] == [["step", "w"]] * 9
+    a = ckpt.load(tmp_path / "every" / "checkpoint.pt")
+    b = ckpt.load(tmp_path / "five" / "checkpoint.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # the stage-1 time covers exactly the n_kd steps, though n_kd is not a log step
+    assert (b["counters"]["stage1_steps"], b["counters"]["stage2_steps"]) == (3, 9)
+    # laps at steps 3 (end of stage 1), 5, 10, 12: a sync before and after each, one at the start
+    assert len(syncs) == 1 + 2 * 4
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -180,6 +243,16 @@ def test_sigterm_saves_and_resume_reproduces_uninterrupted_run(tmp_path, corpus,
     a = ckpt.load(tmp_path / "full" / "checkpoint.pt")
     b = ckpt.load(tmp_path / "part" / "checkpoint.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_stop_request_waits_for_the_next_log_step(tmp_path, corpus):
+    """Processes agree on a stop at the log steps only: SIGTERM after step 5 stops after step 8."""
+    cfg = tiny(tmp_path, corpus, steps=12, log_interval=4)
+    result = train(cfg, on_step=_sigterm_at(5))
+    assert result.status == "interrupted" and result.step == 8
+    state = ckpt.load(tmp_path / "baseline" / "checkpoint.pt")
+    assert state["step"] == 8 and state["counters"]["stage2_steps"] == 8
+    assert [r["step"] for r in rows(tmp_path / "baseline", "train")] == [4, 8]
 
 
 def test_resume_refuses_changed_settings_and_existing_run(tmp_path, corpus):
@@ -265,7 +338,7 @@ def test_data_selection_orders_sequences_by_teacher_score(tmp_path, corpus, teac
 
 @pytest.mark.parametrize("case", ["missing-data", "empty-data", "unknown-preset", "n-kd-too-large",
                                   "not-writable", "teacher-missing", "vocab-mismatch",
-                                  "tokenizer-mismatch"])
+                                  "tokenizer-mismatch", "output-scaling"])
 def test_bad_input_fails_before_training(tmp_path, corpus, teacher_dir, case):
     out = tmp_path / "out"
     kw = dict(out_dir=str(out))
@@ -305,6 +378,15 @@ def test_bad_input_fails_before_training(tmp_path, corpus, teacher_dir, case):
         train_tokenizer(["completely different words " * 50], 300).save_pretrained(other)
         kw.update(role="salt", teacher=teacher_dir, tokenizer=str(other))
         match = "differs from the teacher"
+    elif case == "output-scaling":  # the fused linear loss would ignore the scale: refused
+        from salt_kernels.train.data import load_tokenizer
+        from salt_kernels.train.models import build_model, save_model_dir
+
+        scaled = build_model("tiny", 300)
+        scaled.config.logit_scale = 0.5
+        save_model_dir(scaled, load_tokenizer(teacher_dir), tmp_path / "scaled")
+        kw.update(model=str(tmp_path / "scaled"), loss="linear")
+        match = r"LlamaForCausalLM's config.logit_scale is 0.5: its logits are not hidden @ lm_head"
     cfg = tiny(tmp_path, corpus, **kw)
     with pytest.raises(ConfigError, match=match):
         train(cfg)

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # GPU check of salt_kernels, for a CUDA machine that already has torch and triton (no network
-# needed): install the package, run the GPU tests, run every benchmarks/bench_*_gpu.py, and
-# print a short table last. Fits in 8 minutes: every step runs under a timeout cut to what is
+# needed): install the package, run the GPU tests, run every benchmarks/bench_*_gpu.py (fixed
+# sizes over the harness of `salt-kernels bench`: its inputs, triton's do_bench, its memory probe
+# and its JSON format), and print a short table last. Fits in 8 minutes: every step runs under a timeout cut to what is
 # left of CHECK_BUDGET_S (default 450 s); the most important steps run first.
 #
 #   bash benchmarks/gpu/check.sh                 # outputs under benchmarks/gpu/out
 #   OUT=/some/dir bash benchmarks/gpu/check.sh   # outputs under /some/dir
 #
 # Outputs: env.txt, <step>.log for each step, steps.tsv (step, status, seconds), tests.xml,
-# bench_*.json, summary.txt (the table printed last). Exit status 2 without a CUDA device,
+# bench_*.json (`salt-kernels bench` results; `python benchmarks/report.py FILE` renders one into
+# RESULTS.md), summary.txt (the table printed last). Exit status 2 without a CUDA device,
 # 1 when a step failed, 0 otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/../.."

@@ -1,23 +1,19 @@
 """The short table that benchmarks/gpu/check.sh prints last, from the files it left in OUT:
-steps.tsv, tests.xml, bench_loss_gpu.json, bench_loss_gpu_plans.json and any other
-bench_*.json.
+steps.tsv, tests.xml and the bench_*.json result files (the `salt-kernels bench` format, see
+salt_kernels/benchmarking/results.py).
 
     python benchmarks/gpu/summarize.py OUT_DIR
 """
 
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 import xml.etree.ElementTree as ET
 
-
-def _load(path: pathlib.Path):
-    try:
-        return json.loads(path.read_text())
-    except Exception as exc:  # a benchmark killed by its timeout leaves no or half a file
-        return {"error": f"{path.name}: {exc}"}
+TITLES = {"bench_loss_gpu": "salt loss (bench_loss_gpu.py)",
+          "bench_loss_gpu_plans": "triton launch plans (bench_loss_gpu.py --sweep)",
+          "bench_linear_gpu": "fused linear loss (bench_linear_gpu.py)"}
 
 
 def steps(out: pathlib.Path) -> list[str]:
@@ -43,31 +39,49 @@ def tests(out: pathlib.Path) -> str:
     return "\n".join([line] + [f"  FAILED {b}" for b in bad[:10]])
 
 
-def loss_table(doc, passes=("fwd+bwd",), only_plans=False) -> list[str]:
-    if "error" in doc:
-        return [doc["error"]]
-    lines = [f"{doc.get('device')}  copy {doc.get('copy_gbps', 0):.0f} GB/s  torch {doc.get('torch')}  "
-             f"triton {doc.get('triton')}  {doc.get('date')}"]
-    lines.append(f"  {'V':>7} {'dtype':>5} {'pass':>7} {'variant':<24} {'ms':>8} {'GB/s':>6} {'%copy':>6} {'peak+MiB':>9}")
-    for r in doc.get("results", []):
-        if r["pass_"] not in passes or (r.get("note") == "sweep") != only_plans:
+def records(doc: dict) -> list[str]:
+    """One line per measured (case, pass), then triton's speed-ups and the fastest launch plan."""
+    m, bw = doc["machine"], (doc.get("copy_bandwidth") or {}).get("bytes_per_s")
+    lines = [f"  {m['name']}  copy {bw / 1e9 if bw else 0:.0f} GB/s  torch {m['torch']}  triton {m.get('triton')}  "
+             f"{m['date']}",
+             f"  {'V':>7} {'dtype':>5} {'pass':>7} {'variant':<24} {'ms':>9} {'GB/s':>6} {'%copy':>6} {'peak MiB':>9}"]
+    ok = {}
+    for r in doc["results"]:
+        head = f"  {r['v']:>7} {r['dtype']:>5} {r['pass']:>7} {r['variant']:<24}"
+        if r["status"] != "ok":
+            lines.append(f"{head} {r['status']}: {r.get('reason', '')[:60]}")
             continue
-        head = f"  {r['vocab']:>7} {r['dtype']:>5} {r['pass_']:>7} {r['variant']:<24}"
-        if r["status"] == "ok":
-            peak = "-" if r.get("peak_extra_mib") is None else f"{r['peak_extra_mib']:.0f}"
-            lines.append(f"{head} {r['ms']:>8.3f} {r['gbps']:>6.0f} {100 * r['frac_copy']:>5.0f}% {peak:>9}")
-        else:
-            lines.append(f"{head} {r['status']} {r.get('reason', '')[:60]}")
-    lines += ["  " + s for s in doc.get("summary", []) if "speed-up" in s or s.startswith("best plan")]
+        ok[(r["v"], r["dtype"], r["pass"], r["variant"])] = r
+        gbs = f"{r['gb_per_s']:.0f}" if r.get("gb_per_s") else "-"
+        frac = f"{100 * r['copy_fraction']:.0f}%" if r.get("copy_fraction") else "-"
+        peak = f"{r['peak_bytes'] / 2**20:.0f}" if r.get("peak_bytes") is not None else "-"
+        lines.append(f"{head} {1000 * r['median_s']:>9.3f} {gbs:>6} {frac:>6} {peak:>9}")
+    for (v, d, p, var), r in sorted(ok.items()):
+        for base in ("liger", "eager", "compile") if var == "triton" else ():
+            if (v, d, p, base) in ok:
+                lines.append(f"  V={v} {d} {p}: triton is {ok[(v, d, p, base)]['median_s'] / r['median_s']:.2f}x "
+                             f"as fast as {base}")
+    plans = {}
+    for (v, d, p, var), r in ok.items():
+        if var.startswith("triton") and p == "fwdbwd":
+            plans.setdefault((v, d), []).append(r)
+    for (v, d), rs in sorted(plans.items()):
+        if len(rs) > 1:
+            r = min(rs, key=lambda r: r["median_s"])
+            lines.append(f"  fastest triton plan at V={v} {d}: {r['variant']} {1000 * r['median_s']:.3f} ms")
     return lines
 
 
-def other(doc) -> list[str]:
-    if "error" in doc:
-        return [doc["error"]]
-    if isinstance(doc.get("summary"), list):
-        return ["  " + str(s) for s in doc["summary"]]
-    return ["  " + json.dumps(doc, default=str)[:2000]]
+def report(path: pathlib.Path) -> list[str]:
+    from salt_kernels.benchmarking import render, results
+
+    try:
+        doc = results.load(str(path))
+    except Exception as exc:  # a benchmark killed by its timeout leaves no or half a file
+        return [f"  {path.name}: {exc}"]
+    if doc.get("section"):
+        return ["  " + line for line in render.fixed_report(doc).splitlines()]
+    return records(doc)
 
 
 def main(argv=None) -> int:
@@ -78,16 +92,9 @@ def main(argv=None) -> int:
     if env.exists():
         lines += ["  " + s for s in env.read_text().splitlines()[:6]]
     lines += ["steps:"] + steps(out) + [tests(out)]
-    main_json = out / "bench_loss_gpu.json"
-    if main_json.exists():
-        lines += ["", "salt loss, forward+backward (bench_loss_gpu.py):"] + loss_table(_load(main_json))
-    plans = out / "bench_loss_gpu_plans.json"
-    if plans.exists():
-        doc = _load(plans)
-        lines += ["", "triton launch plans (fwd+bwd):"] + loss_table(doc)
-    for f in sorted(out.glob("bench_*.json")):
-        if f.name not in ("bench_loss_gpu.json", "bench_loss_gpu_plans.json"):
-            lines += ["", f"{f.stem}:"] + other(_load(f))
+    order = list(TITLES)
+    for f in sorted(out.glob("bench_*.json"), key=lambda f: (order.index(f.stem) if f.stem in order else 9, f.name)):
+        lines += ["", f"{TITLES.get(f.stem, f.stem)}:"] + report(f)
     print("\n".join(lines))
     return 0
 

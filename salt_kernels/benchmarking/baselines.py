@@ -4,7 +4,8 @@ log_target=True), the same function under torch.compile, and Liger-Kernel's CE +
 installed.
 
 Each factory returns fn(student, teacher, labels) -> scalar loss (mean over non-ignored rows),
-so the benchmarks and the tests can run every variant through one call site.
+so the benchmarks and the tests can run every variant through one call site; liger_linear,
+Liger's fused linear JSD loss for the linear op, takes hidden states and weights instead.
 """
 
 from __future__ import annotations
@@ -42,9 +43,12 @@ def compiled(kd_weight: float, temperature: float, ignore_index: int = -100):
     return torch.compile(eager(kd_weight, temperature, ignore_index), dynamic=False)
 
 
-def liger_available() -> tuple[bool, str]:
+def liger_available(linear: bool = False) -> tuple[bool, str]:
     try:
-        import liger_kernel.transformers  # noqa: F401
+        if linear:
+            import liger_kernel.chunked_loss  # noqa: F401
+        else:
+            import liger_kernel.transformers  # noqa: F401
     except Exception as exc:  # ImportError, or a triton mismatch inside liger
         return False, f"liger-kernel not usable: {exc}"
     return True, ""
@@ -71,3 +75,32 @@ def liger(kd_weight: float, temperature: float, ignore_index: int = -100):
         return (1 - kd_weight) * ce + kd_weight * tau * tau * kl
 
     return fn
+
+
+def liger_linear(kd_weight: float, temperature: float, device: torch.device):
+    """Liger-Kernel's LigerFusedLinearJSDLoss set up to compute the SALT loss of the linear op:
+    fn(h_s, w_s, h_t, w_t, labels). Its soft loss has no tau^2 factor, so it matches
+    linear_salt_loss at temperature 1 only; which beta makes its divergence KL(teacher ||
+    student) differs between Liger releases, so it is found by comparing with salt_kernels on a
+    small problem."""
+    from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
+
+    from ..functional import linear_salt_loss
+
+    if temperature != 1.0:
+        raise ValueError("LigerFusedLinearJSDLoss has no tau^2 factor: compare it at temperature 1")
+    g = torch.Generator(device=device).manual_seed(1)
+    h_s, h_t = (torch.randn(64, d, generator=g, device=device) for d in (64, 32))
+    w_s, w_t = (torch.randn(1000, d, generator=g, device=device) / d**0.5 for d in (64, 32))
+    y = torch.randint(0, 1000, (64,), generator=g, device=device)
+    want = float(linear_salt_loss(h_s, w_s, h_t, w_t, y, kd_weight=1.0))
+    found = {}
+    for beta in (0.0, 1.0):
+        crit = LigerFusedLinearJSDLoss(weight_hard_loss=0.0, weight_soft_loss=1.0, beta=beta, temperature=1.0)
+        found[beta] = float(crit(h_s, w_s, h_t, w_t, y, None, None))
+    beta = min(found, key=lambda b: abs(found[b] - want))
+    if abs(found[beta] - want) > 1e-3 * abs(want):
+        raise RuntimeError(f"no beta of LigerFusedLinearJSDLoss gives KL(teacher || student): {found} vs {want}")
+    crit = LigerFusedLinearJSDLoss(weight_hard_loss=1 - kd_weight, weight_soft_loss=kd_weight, beta=beta,
+                                   temperature=1.0)
+    return lambda h_s, w_s, h_t, w_t, y: crit(h_s, w_s, h_t, w_t, y, None, None)

@@ -58,6 +58,13 @@ def describe(device: torch.device) -> dict:
         props = torch.cuda.get_device_properties(device)
         info["gpu_memory_bytes"] = props.total_memory
         info["cuda"] = torch.version.cuda
+    else:
+        try:
+            from ..backends import cpu as cpu_backend
+
+            info["cpu_isa"] = cpu_backend.isa()  # the instruction set of the fused CPU kernel
+        except Exception:  # the description must not stop a run
+            info["cpu_isa"] = None
     try:
         import triton
 
@@ -175,10 +182,12 @@ class PeakMemory:
         return self._status_kb("VmRSS") or 0
 
     def set_baseline(self) -> int:
-        """Record the memory held now (the inputs) as the baseline."""
+        """Record the memory held now (the inputs) as the baseline, after collecting the young
+        garbage (cycles left by the calls just made; a full collection of a large process takes
+        a good part of a second)."""
         import gc
 
-        gc.collect()
+        gc.collect(1)
         self.baseline = self.current()
         return self.baseline
 

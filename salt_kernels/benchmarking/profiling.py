@@ -11,7 +11,7 @@ One step, timed phase by phase (the device synchronized at each boundary):
     backward          loss.backward()
     optimizer         gradient clipping (norm 1), AdamW step, zero_grad
 
-as the trainer does it (salt_kernels/train/trainer.py): AdamW, bf16 autocast on CUDA, fp32 on CPU.
+with the trainer's step (salt_kernels/train/step.py): AdamW, bf16 autocast on CUDA, fp32 on CPU.
 
 Model FLOPs per token (for MFU): the student's 6 P + 12 L d T (P: parameters of its matmuls
 including the output projection, L layers, d hidden size, T sequence length; PaLM's convention)
@@ -27,9 +27,8 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from .machine import PeakMemory, describe, load_average, peak_flops, synchronize
+from .machine import PeakMemory, load_average, peak_flops, synchronize
 
 PHASES = ("teacher_forward", "student_forward", "loss", "backward", "optimizer")
 PHASE_TITLES = {
@@ -45,6 +44,8 @@ LOSS_TITLES = {
     "fused": "fused salt_loss",
     "linear": "fused linear_salt_loss",
 }
+# each loss variant as a loss path of the training step (salt_kernels.train.step.LOSS_PATHS)
+STEP_PATHS = {"torch": "torch", "fused": "logits", "linear": "linear"}
 KINDS = ("ce", "salt")
 KIND_TITLES = {"ce": "CE-only", "salt": "SALT stage 1"}
 
@@ -132,10 +133,12 @@ class StepRunner:
 
     def variant_usable(self, loss: str) -> tuple[bool, str]:
         if loss == "linear":
+            from ..train.step import plain_projection
+
             try:
-                self.models.output_projection(self.student_init)
-                self.models.output_projection(self.teacher)
-            except Exception as exc:  # a model without a plain lm_head
+                plain_projection(self.student_init)
+                plain_projection(self.teacher)
+            except ValueError as exc:  # a model without a plain lm_head
                 return False, str(exc)
         if loss in ("fused", "linear"):
             from ..backends import registry as dispatch
@@ -147,11 +150,11 @@ class StepRunner:
         return True, ""
 
     def make_step(self, kind: str, loss: str):
-        """(student, optimizer, step) where step() -> {phase: seconds}."""
+        """(student, optimizer, step) where step() -> {phase: seconds}: the training step of
+        salt_kernels.train.step (the trainer's), its phases timed apart."""
         from torch.profiler import record_function
 
-        from . import baselines
-        from ..functional import salt_loss
+        from ..train.step import SaltStep
 
         cfg = self.cfg
         device = self.device
@@ -160,47 +163,25 @@ class StepRunner:
         teacher = self.teacher
         x, y = self.x, self.y
         w = cfg.kd_weight if kind == "salt" else 0.0
-        if loss == "linear":
-            from ..functional import linear_salt_loss
-
-            s_decoder, s_head = self.models.output_projection(student)
-            t_decoder, t_head = self.models.output_projection(teacher)
+        salt = SaltStep(kd_weight=cfg.kd_weight, temperature=cfg.temperature, backend=cfg.backend,
+                        path=STEP_PATHS[loss])
 
         def step() -> dict:
             times = {}
             synchronize(device)
             t0 = time.perf_counter()
             t_out = None
-            with record_function("teacher_forward"):
-                if kind == "salt":
-                    with torch.no_grad(), self.amp():
-                        if loss == "linear":
-                            t_out = t_decoder(input_ids=x).last_hidden_state
-                        else:
-                            t_out = teacher(input_ids=x).logits
-                synchronize(device)
+            if kind == "salt":
+                with record_function("teacher_forward"), self.amp():
+                    t_out = salt.teacher_forward(teacher, input_ids=x)
+                    synchronize(device)
             t1 = time.perf_counter()
             with record_function("student_forward"), self.amp():
-                if loss == "linear":
-                    hidden = s_decoder(input_ids=x).last_hidden_state
-                else:
-                    logits = student(input_ids=x).logits
+                out = salt.forward(student, input_ids=x)
                 synchronize(device)
             t2 = time.perf_counter()
             with record_function("loss"), self.amp():
-                if loss == "torch":
-                    if kind == "salt":
-                        value = baselines.torch_salt_loss(logits, t_out, y, kd_weight=w, temperature=cfg.temperature)
-                    else:
-                        value = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
-                elif loss == "fused":
-                    value = salt_loss(logits, t_out, y, kd_weight=w, temperature=cfg.temperature, backend=cfg.backend)
-                else:
-                    value = linear_salt_loss(
-                        hidden, s_head.weight, t_out, t_head.weight if kind == "salt" else None, y,
-                        student_bias=s_head.bias, teacher_bias=t_head.bias if kind == "salt" else None,
-                        kd_weight=w, temperature=cfg.temperature, backend=cfg.backend,
-                    )
+                value, _ = salt.loss(out, t_out, y, w)
                 synchronize(device)
             t3 = time.perf_counter()
             with record_function("backward"):
@@ -290,23 +271,15 @@ def run_profile(cfg: ProfileConfig, *, trace_dir=None, trace_steps=2, progress=T
     student and optimizer fit in memory at once): round r runs one step of each variant, the
     order rotating between rounds, so that a change in the machine's load hits all variants
     alike; otherwise one variant after the other."""
+    from . import results
     from .machine import available_bytes
-    from .progress import bar
+    from .runner import progress_bar
 
     device = torch.device(cfg.device)
     runner = StepRunner(cfg)
-    doc = {
-        "kind": "salt-kernels-profile",
-        "schema": 1,
-        "machine": describe(device),
-        "command": command,
-        "config": asdict(cfg),
-        "student_parameters": runner.student_params,
-        "teacher_parameters": runner.teacher_params,
-        "tokens_per_step": cfg.tokens_per_step,
-        "left_out": [],
-        "results": [],
-    }
+    doc = results.new_document("salt-kernels-profile", device, command, asdict(cfg),
+                               student_parameters=runner.student_params, teacher_parameters=runner.teacher_params,
+                               tokens_per_step=cfg.tokens_per_step)
     variants = []
     for loss in cfg.losses:
         ok, why = runner.variant_usable(loss)
@@ -323,7 +296,7 @@ def run_profile(cfg: ProfileConfig, *, trace_dir=None, trace_steps=2, progress=T
     rows = {v: [] for v in variants}
     peaks = {v: [] for v in variants}
     states = {}
-    with bar(total, "profile", enabled=progress) as pbar:
+    with progress_bar(total, "profile", enabled=progress) as pbar:
         if interleave:
             built = {v: runner.make_step(*v) for v in variants}
             for r in range(cfg.warmup + cfg.steps):

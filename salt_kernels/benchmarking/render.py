@@ -1,26 +1,20 @@
-"""Rendering of bench results: aligned Markdown tables (readable in a terminal as well), the
-section of benchmarks/RESULTS.md between the bench markers, and PNG plots (time and memory
-against V, one line per variant)."""
+"""Rendering of results documents (results.py): aligned Markdown tables (readable in a terminal
+as well), the sections of benchmarks/RESULTS.md between their markers (<!-- bench:start --> for
+the grids and profiles, <!-- <section>:start --> for each fixed-size run), and PNG plots (time
+and memory against V, one line per variant)."""
 
 from __future__ import annotations
 
-import json
 import os
 
-from .cases import PASS_TITLES, SALT_BACKENDS, VARIANT_TITLES
+from .cases import PASS_TITLES, fused_backward, title
 from .machine import busy_warning
+from .results import load
 
 PASS_SHORT = {"fwd": "forward", "bwd": "backward alone", "fwdbwd": "forward + backward"}
+PASS_COLUMNS = {"fwd": "fwd", "bwd": "bwd", "fwdbwd": "fwd+bwd"}
 START_MARKER = "<!-- bench:start -->"
 END_MARKER = "<!-- bench:end -->"
-
-
-def load(path: str) -> dict:
-    with open(path) as f:
-        doc = json.load(f)
-    if doc.get("kind") not in ("salt-kernels-bench", "salt-kernels-profile"):
-        raise ValueError(f"{path} is not a result file of `salt-kernels bench` or `salt-kernels profile`")
-    return doc
 
 
 def fmt_time(s: float | None) -> str:
@@ -106,7 +100,7 @@ def _cell_time(r: dict | None, notes: dict) -> str:
         extra = f" · {gbs:.1f} GB/s"
         if frac is not None:
             extra += f" ({100 * frac:.0f}%)"
-    dagger = " †" if r["pass"] == "bwd" and r["variant"] in SALT_BACKENDS else ""
+    dagger = " †" if r["pass"] == "bwd" and fused_backward(r["variant"]) else ""
     return fmt_time(r["median_s"]) + extra + dagger
 
 
@@ -135,19 +129,21 @@ def _speedup_rows(doc, variants, shapes, dtype, by):
     return rows
 
 
+REFERENCE_ORDER = ("reference", "cpu", "triton", "eager", "torch")
+
+
 def value_disagreements(doc: dict, rtol: float = 1e-3) -> list[str]:
-    """Cases where the variants' loss values on the same inputs differ by more than rtol: one of
-    them computes something else, and its time is not comparable."""
+    """Cases where the variants' loss values on the same inputs differ by more than rtol (10 rtol
+    in bf16): one of them computes something else, and its time is not comparable."""
     values: dict = {}
     for r in doc["results"]:
         if r.get("status") == "ok" and r.get("loss_value") is not None:
             values.setdefault((r["n"], r["v"], r["dtype"]), {})[r["variant"]] = r["loss_value"]
     out = []
     for (n, v, dtype), vals in sorted(values.items()):
-        ref = vals.get("reference", vals.get("cpu", vals.get("triton", vals.get("eager"))))
-        if ref is None:
-            continue
-        bad = {k: x for k, x in vals.items() if not abs(x - ref) <= rtol * abs(ref) + 1e-6}
+        ref = next((vals[k] for k in REFERENCE_ORDER if k in vals), next(iter(vals.values())))
+        tol = rtol * (10 if dtype == "bf16" else 1)
+        bad = {k: x for k, x in vals.items() if not abs(x - ref) <= tol * abs(ref) + 1e-6}
         if bad:
             listed = ", ".join(f"{k} {x:.6g}" for k, x in vals.items())
             out.append(f"N={n} V={v} {dtype}: the loss values disagree ({listed}); "
@@ -158,7 +154,7 @@ def value_disagreements(doc: dict, rtol: float = 1e-3) -> list[str]:
 def tables(doc: dict) -> str:
     """All result tables of one run, as Markdown."""
     variants, shapes, dtypes, passes, by = _index(doc)
-    names = [VARIANT_TITLES.get(v, v) for v in variants]
+    names = [title(v, doc["config"].get("op", "loss")) for v in variants]
     align = ["r", "r"] + ["r"] * len(variants)
     parts = []
     for line in value_disagreements(doc):
@@ -267,7 +263,7 @@ def plot(doc: dict, out_dir: str, prefix: str) -> list[str]:
                             xs.append(v)
                             ys.append(y if metric == "time" else y / 2**30)
                         if xs:
-                            ax.plot(xs, ys, marker="o", label=VARIANT_TITLES.get(var, var))
+                            ax.plot(xs, ys, marker="o", label=title(var, doc["config"].get("op", "loss")))
                     ax.set_title(f"{PASS_SHORT[p]}, N={n}", fontsize=9)
                     ax.set_xlabel("V (vocabulary)")
                     ax.set_ylabel("median time (ms)" if metric == "time" else "peak above inputs (GiB)")
@@ -298,9 +294,9 @@ def plot(doc: dict, out_dir: str, prefix: str) -> list[str]:
 # ---------------------------------------------------------------- RESULTS.md
 
 
-def section(doc: dict, pngs: list[str], md_path: str, title: str) -> str:
+def section(doc: dict, pngs: list[str], md_path: str, heading: str) -> str:
     md_dir = os.path.dirname(os.path.abspath(md_path))
-    lines = [f"### {title}", "", header(doc), ""]
+    lines = [f"### {heading}", "", header(doc), ""]
     if pngs:
         lines.append(" ".join(f"![{os.path.basename(p)}]({os.path.relpath(os.path.abspath(p), md_dir)})" for p in pngs))
         lines.append("")
@@ -308,18 +304,18 @@ def section(doc: dict, pngs: list[str], md_path: str, title: str) -> str:
     return "\n".join(lines)
 
 
-def write_results_md(md_path: str, body: str) -> None:
-    """Put `body` between the bench markers of md_path, leaving the rest of the file as it is
-    (the markers are appended when absent; the file is created when missing)."""
+def write_results_md(md_path: str, body: str, marker: str = "bench") -> None:
+    """Put `body` between the <!-- marker:start --> and <!-- marker:end --> lines of md_path,
+    leaving the rest of the file as it is (the markers are appended when absent; the file is
+    created when missing)."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     text = ""
     if os.path.exists(md_path):
         with open(md_path) as f:
             text = f.read()
-    block = f"{START_MARKER}\n{body.rstrip()}\n{END_MARKER}"
-    if START_MARKER in text and END_MARKER in text and text.index(START_MARKER) < text.index(END_MARKER):
-        before = text[: text.index(START_MARKER)]
-        after = text[text.index(END_MARKER) + len(END_MARKER) :]
-        text = before + block + after
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text and text.index(start) < text.index(end):
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
     else:
         if text and not text.endswith("\n"):
             text += "\n"
@@ -330,31 +326,117 @@ def write_results_md(md_path: str, body: str) -> None:
 
 
 def render(json_paths: list[str], md_path: str | None, plots_dir: str | None) -> dict:
-    """Render result files into md_path (between the markers) and PNGs in plots_dir.
-    Returns {"sections": [...], "pngs": [...]}."""
-    sections, all_pngs = [], []
+    """Render result files into md_path and PNGs in plots_dir: a fixed-size run (a document with
+    a "section") between its own markers, the grids and profiles together between the bench
+    markers. Returns {"sections": [...], "pngs": [...]}."""
+    sections, grid_sections, all_pngs = [], [], []
     docs = [(path, load(path)) for path in json_paths]
     # Loss microbenchmarks first, then the end-to-end profiles.
     docs.sort(key=lambda pd: pd[1]["kind"] != "salt-kernels-bench")
     for path, doc in docs:
         m = doc["machine"]
+        if doc.get("section"):
+            text = fixed_report(doc)
+            sections.append(text)
+            if md_path:
+                write_results_md(md_path, text, doc["section"])
+            continue
         if doc["kind"] == "salt-kernels-profile":
-            title = f"End-to-end training step: {m['name']} ({m['device']}), {m['date']}"
-            sections.append(f"### {title}\n\n" + profile_tables(doc))
+            heading = f"End-to-end training step: {m['name']} ({m['device']}), {m['date']}"
+            grid_sections.append(f"### {heading}\n\n" + profile_tables(doc))
             continue
         prefix = os.path.splitext(os.path.basename(path))[0]
         pngs = plot(doc, plots_dir, prefix) if plots_dir else []
         all_pngs += pngs
-        title = f"Loss microbenchmarks: {m['name']} ({m['device']}), {m['date']}"
-        sections.append(section(doc, pngs, md_path or "RESULTS.md", title))
-    if md_path:
+        heading = f"Loss microbenchmarks: {m['name']} ({m['device']}), {m['date']}"
+        grid_sections.append(section(doc, pngs, md_path or "RESULTS.md", heading))
+    if md_path and grid_sections:
         intro = (
             "## Benchmarks: the loss and the training step\n\n"
             "Rendered by `python benchmarks/report.py` from the JSON files of `salt-kernels bench` and "
             "`salt-kernels profile` (do not edit between the bench markers by hand).\n"
         )
-        write_results_md(md_path, intro + "\n" + "\n\n".join(sections))
-    return {"sections": sections, "pngs": all_pngs}
+        write_results_md(md_path, intro + "\n" + "\n\n".join(grid_sections))
+    return {"sections": sections + grid_sections, "pngs": all_pngs}
+
+
+# ---------------------------------------------------------------- fixed-size runs
+
+
+def _caveats(doc: dict, name) -> list[str]:
+    """The busy-machine warning and what was left out (name(entry) says what), as lines."""
+    warning = busy_warning(doc["machine"])
+    lines = ["", f"**{warning}**"] if warning else []
+    return lines + [f"Not run: {name(x)} ({x['reason']})." for x in doc.get("left_out", [])]
+
+
+def _machine_line(doc: dict) -> str:
+    m = doc["machine"]
+    if m["device"] == "cuda":
+        where = f"{m['name']}, torch {m['torch']}, triton {m.get('triton') or 'n/a'}"
+    else:
+        isa = f", kernel ISA {m['cpu_isa']}" if m.get("cpu_isa") else ""
+        where = f"{m['name']}, {m['cpu_cores']} cores, torch {m['torch']}, {m['torch_threads']} threads{isa}"
+    return f"Machine: {where}. Date: {m['date']}. Command: `{doc['command']}`."
+
+
+def fixed_report(doc: dict, base: str | None = None) -> str:
+    """The table of a fixed-size run (one shape, several variants): median time per pass, the
+    last pass's time and peak memory against `base` (default: the first variant)."""
+    cfg, m = doc["config"], doc["machine"]
+    op = cfg.get("op", "loss")
+    by = {(r["variant"], r["pass"]): r for r in doc["results"]}
+    passes = [p for p in ("fwd", "bwd", "fwdbwd") if p in cfg["passes"]]
+    last = passes[-1]
+    base = base if base in cfg["variants"] else cfg["variants"][0]
+    any_rec = doc["results"][0] if doc["results"] else {}
+    shape = f"N={cfg['n'][0]}, V={cfg['v'][0]}" if cfg["n"] and cfg["v"] else ""
+    if op == "linear":
+        shape = f"N={cfg['n'][0]}, d_s={cfg['d_s']}, d_t={cfg['d_t']}, V={cfg['v'][0]}"
+    probe = ("torch.cuda.max_memory_allocated in one call" if m["device"] == "cuda"
+             else "resident set during the timed calls")
+    process = "each variant in its own process" if cfg.get("isolated", True) else "all variants in one process"
+    if op == "linear":
+        memory = f"memory: the peak above the inputs and the gradients returned ({probe}), {process}."
+    else:
+        logits = any_rec.get("logits_bytes")
+        memory = (f"memory: the peak above the inputs ({probe}), {process}"
+                  + (f"\n(one logits tensor is {logits / 2**20:.0f} MiB)." if logits else "."))
+    lines = [
+        _machine_line(doc),
+        f"Shape {shape}, {', '.join(cfg['dtypes'])}, tau={cfg['temperature']}, kd_weight={cfg['kd_weight']}; "
+        f"median of >= {cfg['repeats']} calls after {cfg['warmup']} warm-up call(s);",
+        memory,
+    ]
+    lines += _caveats(doc, lambda x: title(x["variant"], op)) + [""]
+    mem_head = "peak above inputs + gradients (MiB)" if op == "linear" else f"peak mem {PASS_COLUMNS[last]} (MiB)"
+    head = (["variant"] + [f"{PASS_COLUMNS[p]} (s)" for p in passes]
+            + [f"{PASS_COLUMNS[last]} vs {base}", mem_head, f"vs {base}" if op == "linear" else "× one logits tensor"])
+    ref = by.get((base, last))
+    rows = []
+    for var in cfg["variants"]:
+        cells = [title(var, op)]
+        for p in passes:
+            r = by.get((var, p))
+            cells.append(f"{r['median_s']:.3f}" if r and r["status"] == "ok" else (r["status"] if r else "—"))
+        r = by.get((var, last))
+        if not (r and r["status"] == "ok"):
+            rows.append(cells + ["—"] * 3)
+            continue
+        ok_ref = ref and ref["status"] == "ok"
+        cells.append(f"{r['median_s'] / ref['median_s']:.2f}x" if ok_ref else "—")
+        peak = r.get("peak_bytes")
+        if peak is None:
+            cells += ["n/a", "n/a"]
+        elif op == "linear":
+            above = peak - r["output_bytes"]
+            ref_above = ref["peak_bytes"] - ref["output_bytes"] if ok_ref and ref.get("peak_bytes") is not None else None
+            cells += [f"{above / 2**20:.0f}", f"{100 * above / max(1, ref_above):.1f}%" if ref_above is not None else "—"]
+        else:
+            cells += [f"{peak / 2**20:.0f}", f"{peak / r['logits_bytes']:.2f}"]
+        rows.append(cells)
+    lines.append(table(head, rows, ["l"] + ["r"] * (len(head) - 1)))
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- profile
@@ -377,12 +459,7 @@ def profile_tables(doc: dict, with_accounting: bool = True) -> str:
         f"temperature {cfg['temperature']}, backend {cfg['backend']}; median of {cfg['steps']} steps after "
         f"{cfg['warmup']} warm-up steps.",
     ]
-    warning = busy_warning(m)
-    if warning:
-        lines += ["", f"**{warning}**"]
-    for x in doc.get("left_out", []):
-        lines.append(f"Not run: loss {x['loss']} ({x['reason']}).")
-    lines.append("")
+    lines += _caveats(doc, lambda x: f"loss {x['loss']}") + [""]
     rows = []
     for r in doc["results"]:
         ov_same = r.get("overhead_vs_ce_same_loss")

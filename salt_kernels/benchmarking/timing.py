@@ -1,16 +1,21 @@
-"""Timing of one loss variant for one pass, its peak memory, and the machine's copy bandwidth.
+"""The timer of every benchmark: one pass of a case's function, its peak memory, and the
+machine's copy bandwidth.
 
-CPU: time.perf_counter around each call, median over at least `repeats` calls (more while the
-total stays under `min_time` seconds) after `warmup` untimed calls. When both are asked for,
-fwd+bwd and bwd come from the same training steps (the clock read between loss and
-loss.backward(); CPU ops are synchronous), which saves a third of the run.
-GPU: triton.testing.do_bench's median (L2 flushed before each call) for fwd and fwd+bwd; the
-backward alone is timed with CUDA events around loss.backward() after an untimed forward, the
-L2 flushed in between, median over the calls.
+A pass is one call: fwd = the loss under no_grad; fwdbwd = the loss and
+torch.autograd.grad of it (a fresh gradient per call, nothing accumulates); bwd = that
+autograd.grad alone, after an untimed forward before each call.
+
+CPU: torch.utils.benchmark.Timer.blocked_autorange for fwd and fwdbwd, for at least
+`min_time` seconds and at least `repeats` calls (a second blocked_autorange tops up when one
+call outlasts the blocks); the peak resident set over the timed calls. GPU:
+triton.testing.do_bench (L2 flushed before each call, median) for fwd and fwdbwd; the peak
+allocated memory of one call, measured alone. bwd needs an untimed forward before every call,
+which neither timer has: it is timed call by call (perf_counter on CPU, CUDA events with the L2
+flushed on GPU), the peak taken while the backward runs (the forward's saved tensors count).
 
 The fused salt_kernels backends compute the gradient during the forward of a training step
-(each row is in cache then), so their "bwd" is close to zero and their "fwdbwd" is about
-their training forward; compare fwd+bwd across variants.
+(each row is in cache then), so their "bwd" is close to zero and their "fwdbwd" is about their
+training forward; compare fwd+bwd across variants.
 """
 
 from __future__ import annotations
@@ -22,249 +27,158 @@ import torch
 
 from .machine import PeakMemory, synchronize
 
-MAX_CPU_REPEATS = 50
+MAX_SETUP_CALLS = 50  # calls of a pass with an untimed setup (bwd), at most
 
 
-def _median_summary(times: list[float]) -> dict:
+def summary(times: list[float], calls: int) -> dict:
+    """Median, min and max of per-call times (one per timed block), and the calls timed."""
     return {
         "median_s": statistics.median(times),
         "min_s": min(times),
         "max_s": max(times),
         "times_s": times,
-        "repeats": len(times),
+        "repeats": calls,
     }
 
 
-def _pass_callables(fn, student, teacher, labels, pass_):
-    """(prepare, timed) for a pass: prepare() runs untimed before each timed() call."""
+def pass_calls(fn, inputs, grad_inputs, pass_):
+    """(prepare, call) for a pass: prepare, when not None, runs untimed before each call."""
     if pass_ == "fwd":
-        student.requires_grad_(False)
+        for t in grad_inputs:
+            t.requires_grad_(False)
 
-        def prepare():
-            return None
-
-        def timed():
+        def call():
             with torch.no_grad():
-                fn(student, teacher, labels)
+                fn(*inputs)
 
-        return prepare, timed
-    student.requires_grad_(True)
+        return None, call
+    for t in grad_inputs:
+        t.requires_grad_(True)
     if pass_ == "fwdbwd":
-
-        def prepare():
-            student.grad = None
-
-        def timed():
-            fn(student, teacher, labels).backward()
-
-        return prepare, timed
+        return None, lambda: torch.autograd.grad(fn(*inputs), grad_inputs)
     if pass_ == "bwd":
-        holder = {}
-
-        def prepare():
-            student.grad = None
-            holder["loss"] = fn(student, teacher, labels)
-
-        def timed():
-            holder.pop("loss").backward()
-
-        return prepare, timed
+        held = []
+        return (lambda: held.append(fn(*inputs))), (lambda: torch.autograd.grad(held.pop(), grad_inputs))
     raise ValueError(f"unknown pass {pass_!r}")
 
 
-def measure_pass_cpu(fn, student, teacher, labels, pass_, *, repeats=3, warmup=1, min_time=1.0):
-    """Median time and peak memory above the inputs of one pass on CPU tensors."""
-    device = student.device
-    prepare, timed = _pass_callables(fn, student, teacher, labels, pass_)
-    mem = PeakMemory(device)
-    first = None
+def _warm_up(prepare, call, device, warmup):
+    """Untimed calls (compilation happens here); (first call's seconds, last call's seconds,
+    last call's seconds with its prepare)."""
+    first = last = iteration = None
     for i in range(warmup):
-        prepare()
+        t_prep = time.perf_counter()
+        if prepare:
+            prepare()
+            synchronize(device)
         t0 = time.perf_counter()
-        timed()
-        if i == 0:
-            first = time.perf_counter() - t0
-    student.grad = None
-    mem.set_baseline()
-    peak = 0
-    times: list[float] = []
-    start = time.perf_counter()
-    # At least `repeats` calls; more while the pass's wall time (untimed forwards of "bwd"
-    # included) stays under min_time.
-    while len(times) < repeats or (time.perf_counter() - start < min_time and len(times) < MAX_CPU_REPEATS):
+        call()
+        synchronize(device)
+        t1 = time.perf_counter()
+        first = t1 - t0 if i == 0 else first
+        last, iteration = t1 - t0, t1 - t_prep
+    return first, last, iteration
+
+
+def _blocked_autorange(call, repeats, min_time) -> tuple[list[float], int]:
+    from torch.utils.benchmark import Measurement, Timer
+
+    timer = Timer("call()", globals={"call": call}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=min_time)
+    calls = len(m.raw_times) * m.number_per_run
+    if calls < repeats:  # a block is one call that outlasts min_time: top up to `repeats` calls
+        more = timer.blocked_autorange(min_run_time=(repeats - calls - 0.5) * m.median)
+        calls += len(more.raw_times) * more.number_per_run
+        (m,) = Measurement.merge([m, more])
+    return list(m.times), calls
+
+
+def _do_bench(call, rep_ms) -> tuple[list[float], int | None]:
+    """(seconds per call, calls timed); a triton before return_mode="all" gives min, median and
+    max only (and no count)."""
+    import triton.testing
+
+    try:
+        ms = triton.testing.do_bench(call, warmup=25, rep=rep_ms, return_mode="all")
+        return [t / 1000.0 for t in ms], len(ms)
+    except (AssertionError, TypeError, ValueError):
+        ms = triton.testing.do_bench(call, warmup=25, rep=rep_ms, quantiles=[0.0, 0.5, 1.0])
+        return [t / 1000.0 for t in ms], None
+
+
+def _with_setup(prepare, call, device, n, mem) -> tuple[list[float], int]:
+    """n calls, each after an untimed prepare(); (seconds per call, peak above the baseline)."""
+    flush = torch.empty(256 << 20, dtype=torch.int8, device=device) if device.type == "cuda" else None
+    mem.set_baseline()  # the inputs (and the L2-flush buffer)
+    times, peak = [], 0
+    for _ in range(n):
         prepare()
-        if pass_ == "bwd":  # the peak while the backward runs (the forward's saved tensors count)
-            mem.reset()
-        elif not times:
-            mem.reset()
-        t0 = time.perf_counter()
-        timed()
-        times.append(time.perf_counter() - t0)
-        if pass_ == "bwd":
-            peak = max(peak, mem.peak_above_baseline())
-    if pass_ != "bwd":
-        peak = mem.peak_above_baseline()
-    student.grad = None
-    out = _median_summary(times)
+        synchronize(device)
+        mem.reset()
+        if flush is None:
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+        else:
+            flush.zero_()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            call()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000.0)
+        peak = max(peak, mem.peak_above_baseline())
+    return times, peak
+
+
+def measure_pass(fn, inputs, grad_inputs, pass_, *, repeats=3, warmup=1, min_time=1.0) -> dict:
+    """Time one pass; {"median_s", "min_s", "max_s", "times_s", "repeats" (calls timed),
+    "first_call_s", "peak_bytes" (above the inputs; None where the OS cannot tell)}."""
+    device = inputs[0].device
+    gpu = device.type == "cuda"
+    prepare, call = pass_calls(fn, inputs, grad_inputs, pass_)
+    first, estimate, iteration = _warm_up(prepare, call, device, max(warmup, 1) if gpu else warmup)
+    mem = PeakMemory(device)
+    if prepare is not None:
+        budget = max(min_time, 0.1) if gpu else min_time
+        n = max(repeats, min(MAX_SETUP_CALLS, int(budget / iteration))) if iteration else repeats
+        times, peak = _with_setup(prepare, call, device, n, mem)
+        calls = n
+    else:
+        mem.set_baseline()
+        mem.reset()
+        if gpu:  # the peak of one call, alone: do_bench's L2-flush buffer must not count
+            call()
+            peak = mem.peak_above_baseline()
+            times, calls = _do_bench(call, max(100.0, 1000.0 * min_time, 1000.0 * estimate * repeats * 1.5))
+        else:
+            times, calls = _blocked_autorange(call, repeats, min_time)
+            peak = mem.peak_above_baseline()
+    out = summary(times, calls)
     out["first_call_s"] = first
     out["peak_bytes"] = peak if mem.supported else None
     return out
 
 
-def measure_train_cpu(fn, student, teacher, labels, *, repeats=3, warmup=1, min_time=1.0):
-    """(fwdbwd, bwd) results from the same training steps on CPU tensors: each step's total and
-    its backward part; the peak of the whole step and of its backward, above the inputs."""
-    device = student.device
-    student.requires_grad_(True)
-    mem = PeakMemory(device)
-    first = None
-    first_bwd = None
-    for i in range(warmup):
-        student.grad = None
-        t0 = time.perf_counter()
-        loss = fn(student, teacher, labels)
-        t1 = time.perf_counter()
-        loss.backward()
-        t2 = time.perf_counter()
-        del loss
-        if i == 0:
-            first, first_bwd = t2 - t0, t2 - t1
-    student.grad = None
-    mem.set_baseline()
-    totals: list[float] = []
-    backwards: list[float] = []
-    peak_step = peak_bwd = 0
-    start = time.perf_counter()
-    while len(totals) < repeats or (time.perf_counter() - start < min_time and len(totals) < MAX_CPU_REPEATS):
-        student.grad = None
-        mem.reset()
-        t0 = time.perf_counter()
-        loss = fn(student, teacher, labels)
-        t1 = time.perf_counter()
-        peak_fwd = mem.peak_above_baseline()
-        mem.reset()  # the backward's own peak (the forward's saved tensors count, they are held)
-        t1b = time.perf_counter()
-        loss.backward()
-        t2 = time.perf_counter()
-        bwd_peak = mem.peak_above_baseline()
-        del loss
-        totals.append((t1 - t0) + (t2 - t1b))
-        backwards.append(t2 - t1b)
-        peak_bwd = max(peak_bwd, bwd_peak)
-        peak_step = max(peak_step, peak_fwd, bwd_peak)
-    student.grad = None
-    fwdbwd = _median_summary(totals)
-    fwdbwd.update(first_call_s=first, peak_bytes=peak_step if mem.supported else None)
-    bwd = _median_summary(backwards)
-    bwd.update(first_call_s=first_bwd, peak_bytes=peak_bwd if mem.supported else None)
-    return fwdbwd, bwd
+def measure_passes(fn, inputs, grad_inputs, passes, **kw) -> dict:
+    """{pass: measure_pass(...)} for the passes asked for."""
+    return {p: measure_pass(fn, inputs, grad_inputs, p, **kw) for p in passes}
 
 
-def measure_passes(fn, student, teacher, labels, passes, **kw) -> dict:
-    """{pass: measurements} for the passes asked for."""
-    out = {}
-    if student.device.type == "cpu" and "fwdbwd" in passes and "bwd" in passes:
-        out["fwdbwd"], out["bwd"] = measure_train_cpu(fn, student, teacher, labels, **kw)
-    for pass_ in passes:
-        if pass_ not in out:
-            out[pass_] = measure_pass(fn, student, teacher, labels, pass_, **kw)
-    return {p: out[p] for p in passes}
-
-
-def measure_pass_gpu(fn, student, teacher, labels, pass_, *, repeats=10, warmup=3, min_time=0.1):
-    """Median time (do_bench / CUDA events) and peak allocated memory above the inputs on GPU."""
-    import triton.testing
-
-    device = student.device
-    prepare, timed = _pass_callables(fn, student, teacher, labels, pass_)
-    # Warm up (torch.compile and Triton compile here), timing the first call.
-    first = None
-    estimate = None  # seconds of one timed call
-    iteration = None  # seconds of prepare + timed call
-    for i in range(max(1, warmup)):
-        synchronize(device)
-        t_prep = time.perf_counter()
-        prepare()
-        synchronize(device)
-        t0 = time.perf_counter()
-        timed()
-        synchronize(device)
-        t1 = time.perf_counter()
-        if i == 0:
-            first = t1 - t0
-        estimate, iteration = t1 - t0, t1 - t_prep
-    # Peak memory of one call, measured alone (do_bench's L2-flush buffer must not count).
-    mem = PeakMemory(device)
-    student.grad = None
-    mem.set_baseline()
-    prepare()
-    mem.reset()
-    timed()
-    peak = mem.peak_above_baseline()
-    student.grad = None
-    rep_ms = max(100.0, 1000.0 * min_time, 1000.0 * estimate * repeats * 1.5)  # >= `repeats` calls
-    if pass_ in ("fwd", "fwdbwd"):
-        try:
-            times_ms = triton.testing.do_bench(
-                timed, warmup=25, rep=rep_ms, grad_to_none=[student], return_mode="all"
-            )
-        except (AssertionError, ValueError):  # triton before return_mode="all": min, median, max
-            times_ms = triton.testing.do_bench(
-                timed, warmup=25, rep=rep_ms, grad_to_none=[student], quantiles=[0.0, 0.5, 1.0]
-            )
-            summary = _median_summary([t / 1000.0 for t in times_ms])
-            summary.update(times_s=None, repeats=None, first_call_s=first, peak_bytes=peak)
-            student.grad = None
-            return summary
-    else:
-        flush = torch.empty(256 << 20, dtype=torch.int8, device=device)
-        # Enough backward calls for about rep_ms of wall time, forwards included (the fused
-        # backends' backward is microseconds, their forward is not): at least `repeats`, at most 200.
-        n = max(repeats, min(200, int(rep_ms / max(1e-3, 1000.0 * iteration))))
-        times_ms = []
-        for _ in range(n):
-            prepare()
-            flush.zero_()
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            timed()
-            end.record()
-            end.synchronize()
-            times_ms.append(start.elapsed_time(end))
-        del flush
-    student.grad = None
-    out = _median_summary([t / 1000.0 for t in times_ms])
-    out["first_call_s"] = first
-    out["peak_bytes"] = peak
-    return out
-
-
-def measure_pass(fn, student, teacher, labels, pass_, **kw):
-    if student.device.type == "cuda":
-        return measure_pass_gpu(fn, student, teacher, labels, pass_, **kw)
-    return measure_pass_cpu(fn, student, teacher, labels, pass_, **kw)
-
-
-def copy_bandwidth(device: torch.device, nbytes: int | None = None, repeats: int = 10) -> float:
+def copy_bandwidth(device: torch.device, nbytes: int | None = None) -> float:
     """Achieved bandwidth (bytes/s) of dst.copy_(src) on a buffer far larger than the caches,
-    counting the read and the write (2 x size): the yardstick for the loss kernels' GB/s."""
+    counting the read and the write (2 x size), timed like the passes: the yardstick for the
+    loss kernels' GB/s."""
     if nbytes is None:
         nbytes = (1 << 30) if device.type == "cuda" else (256 << 20)
     src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    if device.type == "cuda":
-        import triton.testing
-
-        ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
-        src = dst = None
-        torch.cuda.empty_cache()  # the case processes need this memory
-        return 2 * nbytes / (ms / 1000.0)
     dst.copy_(src)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        times.append(time.perf_counter() - t0)
-    src = dst = None
-    return 2 * nbytes / statistics.median(times)
+    if device.type == "cuda":
+        seconds = statistics.median(_do_bench(lambda: dst.copy_(src), 100.0)[0])
+    else:
+        seconds = statistics.median(_blocked_autorange(lambda: dst.copy_(src), 5, 0.2)[0])
+    del src, dst
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the case processes need this memory
+    return 2 * nbytes / seconds

@@ -17,11 +17,11 @@ def register(subparsers) -> None:
         description=(
             "Loss microbenchmarks: every usable salt_kernels backend and the baselines (PyTorch eager,\n"
             "torch.compile of the same function, Liger-Kernel's CE + KL on CUDA when installed) for\n"
-            "forward, backward and forward + backward. Each case runs in its own process; per case it\n"
-            "reports the median time, GB/s over the minimal bytes (read student and teacher logits once,\n"
-            "write the gradient once), that as a fraction of the copy bandwidth measured in the same run,\n"
-            "and the peak memory above the inputs. Cases whose estimated memory does not fit are skipped\n"
-            "with the reason.\n\n"
+            "forward, backward and forward + backward. Each case runs in its own process (unless\n"
+            "--in-process); per case it reports the median time, GB/s over the minimal bytes (read\n"
+            "student and teacher logits once, write the gradient once), that as a fraction of the copy\n"
+            "bandwidth measured in the same run, and the peak memory above the inputs. Cases whose\n"
+            "estimated memory does not fit are skipped with the reason.\n\n"
             "Grid: the full grid is N in {1024, 4096, 16384} x V in {32000, 128256, 256000}, fp32 and\n"
             "bf16 (the default on a GPU). On a CPU the default is N=1024 x V in {32000, 128256}; --full\n"
             "runs the whole grid there too (eager at 16384 x 256000 fp32 needs ~180 GB). Every case costs a\n"
@@ -43,20 +43,22 @@ def register(subparsers) -> None:
                    help="logit dtypes, comma-separated, from fp32,bf16 (default: fp32,bf16)")
     p.add_argument("--backends", metavar="B[,B...]",
                    help="variants to run, comma-separated, from cpu,triton,cuda,reference (salt_kernels "
-                        "backends), eager,compile,liger (baselines). Default: every usable one except "
+                        "backends), eager,compile,liger (baselines), or a triton launch plan "
+                        "triton-<fused|split|sync>[-b<block>-w<warps>]. Default: every usable one except "
                         "reference (the slow plain-PyTorch oracle)")
     p.add_argument("--passes", default="fwd,bwd,fwdbwd", metavar="P[,P...]",
                    help="passes, comma-separated, from fwd (loss only, no gradient), bwd (backward alone "
                         "after an untimed forward), fwdbwd (default: all three)")
     p.add_argument("--repeats", type=int, default=3,
-                   help="timed calls per pass at least; the median is reported (default: 3). On CPU fast "
-                        "cases repeat until --min-time; on GPU do_bench repeats for at least 100 ms")
+                   help="timed calls per pass at least; the median is reported (default: 3). On CPU "
+                        "torch.utils.benchmark's blocked_autorange repeats fast cases until --min-time; on "
+                        "GPU triton's do_bench repeats for at least 100 ms")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed calls before timing, which include torch.compile's and Triton's "
                         "compilation (default: 1 on CPU, 3 on GPU)")
     p.add_argument("--min-time", type=float, default=None,
-                   help="keep repeating a pass until its timed calls add up to this many seconds, "
-                        "at most 50 calls (default: 1.0 on CPU, 0.1 on GPU)")
+                   help="keep repeating a pass until its timed calls add up to this many seconds "
+                        "(default: 1.0 on CPU, 0.1 on GPU)")
     p.add_argument("--threads", type=int,
                    help="CPU threads for torch and the kernels (torch.set_num_threads) in every case; on a "
                         "machine shared with other jobs, fewer threads than cores give steadier numbers "
@@ -80,6 +82,10 @@ def register(subparsers) -> None:
                         "(pip install 'salt-kernels[bench]')")
     p.add_argument("--dry-run", action="store_true",
                    help="list the cases, their memory estimates and what would be skipped, run nothing")
+    p.add_argument("--in-process", action="store_true",
+                   help="run every case in this process instead of one process per case: no interpreter, "
+                        "CUDA or compiler start per case, but a case's peak memory may include what earlier "
+                        "cases left in the allocators")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -179,13 +185,12 @@ def _run(args, device, variants, left_out, ns, vs, dtypes, passes) -> int:
         command += f" --threads {args.threads}"
     if (args.kd_weight, args.temperature) != (0.5, 2.0):
         command += f" --kd-weight {args.kd_weight:g} --temperature {args.temperature:g}"
+    if args.in_process:
+        command += " --in-process"
     doc = run_bench(
         device=device,
-        variants=variants,
+        cases=C.make_cases(variants, ns, vs, dtypes),
         left_out=left_out,
-        ns=ns,
-        vs=vs,
-        dtypes=dtypes,
         passes=passes,
         out_path=out,
         repeats=args.repeats,
@@ -198,6 +203,7 @@ def _run(args, device, variants, left_out, ns, vs, dtypes, passes) -> int:
         command=command,
         progress=not args.no_progress,
         threads=args.threads,
+        isolate=not args.in_process,
     )
     print()
     print(render.text_report(doc))

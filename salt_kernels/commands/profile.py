@@ -190,7 +190,7 @@ def run(args) -> int:
 
 def _run(args, cfg, device, losses, summary, summary_path, demo) -> int:
     from ..benchmarking import accounting as acc
-    from ..benchmarking import render
+    from ..benchmarking import render, results
     from ..benchmarking.profiling import run_profile
 
 
@@ -228,9 +228,7 @@ def _run(args, cfg, device, losses, summary, summary_path, demo) -> int:
             doc["accounting"]["loss"] = loss
 
     out = args.out.replace("{device}", device)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(doc, f, indent=1)
+    results.save(doc, out)
     print()
     print(render.profile_tables(doc, with_accounting=False))
     if doc.get("accounting"):

@@ -58,3 +58,26 @@ def atomic_write_text(text: str, path: str | Path) -> None:
 def load(path: str | Path) -> dict:
     # weights_only=False: the checkpoint holds RNG states (numpy arrays, tuples) we wrote ourselves
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def save_run(path: str | Path, step: int, model, optimizer, counters: dict, config: dict, d,
+             sampler) -> None:
+    """The state of a run after `step` steps, written by the main process with the RNG states of
+    every process (a collective: every process calls it)."""
+    rngs = d.gather(rng_state())
+    if d.main:
+        atomic_save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "rng": rngs, "counters": dict(counters), "config": config, "world_size": d.world,
+                     # batches are a function of (seed, step): the step is the position
+                     "data_position": {"step": step, "epoch": sampler.epoch_of(step)}}, path)
+    d.barrier()
+
+
+def restore_run(state: dict, model, optimizer, counters: dict, d) -> int:
+    """Load a save_run state into model, optimizer, counters and this process's RNGs; returns
+    the step to continue from."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"][d.rank])
+    counters.update(state["counters"])
+    return state["step"]

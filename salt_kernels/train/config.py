@@ -106,7 +106,9 @@ class RunConfig:
     seed: int = opt(0, "seed of the initialization and of the data order")
     eval_interval: int = opt(50, "evaluate validation loss every this many steps")
     ckpt_interval: int = opt(200, "write a checkpoint every this many steps (0: only at the end)")
-    log_interval: int = opt(10, "write a training row to metrics.jsonl every this many steps")
+    log_interval: int = opt(10, "every this many steps: read the losses back from the device, write "
+                            "a training row to metrics.jsonl (time per step averaged over the "
+                            "interval) and act on a SIGTERM/SIGINT")
     device: str = opt("auto", "auto (cuda if available), cpu or cuda", DEVICES)
     threads: int = opt(0, "CPU threads for torch (0: torch's default, one per core); use 1 on a "
                        "machine shared with other jobs")

@@ -81,7 +81,7 @@ def check_demo(dc: DemoConfig) -> None:
     from .config import check_config
     from .data import load_documents
     from .models import check_model_spec
-    from .trainer import ensure_writable
+    from .build import ensure_writable
 
     for cfg in run_configs(dc).values():
         # the SALT config names a teacher that does not exist yet: check the rest of it
@@ -95,7 +95,8 @@ def run_demo(dc: DemoConfig, command: str = "salt-kernels demo") -> dict | None:
     """Train teacher, baseline and SALT in turn, then write the report. Returns the summary, or
     None when a run was interrupted (rerun with --resume)."""
     from .report import write_report
-    from .trainer import log, train
+    from .metrics import log
+    from .trainer import train
 
     check_demo(dc)
     root = Path(dc.runs_dir) / dc.name

@@ -148,19 +148,6 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def output_projection(model):
-    """(decoder, lm_head) of a causal LM for the fused linear loss, or an error saying why not."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    head = model.get_output_embeddings()
-    cfg = model.config
-    scaled = any(getattr(cfg, k, None) not in (None, 1, 1.0, 0, 0.0)
-                 for k in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"))
-    if decoder is None or head is None or not hasattr(head, "weight") or scaled:
-        raise ConfigError(f"{type(model).__name__} does not expose a plain output projection "
-                          "(decoder + lm_head without logit scaling): use --loss logits")
-    return decoder, head
-
-
 def save_model_dir(model, tokenizer, path: str | Path) -> None:
     """save_pretrained of the model and its tokenizer, written to a temp dir then renamed."""
     import shutil

@@ -21,6 +21,7 @@ itself is defined in docs/design.md, "The loss"; its fused linear form in "Fused
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import NamedTuple
 
@@ -78,13 +79,13 @@ def plain_projection(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.
     (logit scaling, output multipliers, final-logit softcapping, no nn.Linear head)."""
     core = unwrap_model(model)
     config = getattr(core, "config", None)
-    configs = [config, getattr(config, "text_config", None)]
-    for cfg in (c for c in configs if c is not None):
+    configs = {"config": config, "config.text_config": getattr(config, "text_config", None)}
+    for where, cfg in configs.items():
         for attr, neutral in OUTPUT_SCALINGS.items():
-            value = getattr(cfg, attr, None)
+            value = getattr(cfg, attr, None)  # None for cfg None
             if value not in neutral:
                 raise ValueError(
-                    f"{type(core).__name__}'s config.{attr} is {value!r}: its logits are not "
+                    f"{type(core).__name__}'s {where}.{attr} is {value!r}: its logits are not "
                     "hidden @ lm_head.weight.T + bias, so the fused linear loss would compute a "
                     "different loss; compute the loss on its logits (salt_loss, --loss logits)"
                 )
@@ -105,10 +106,15 @@ def plain_projection(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.
 
 
 def _accepts(fn, name: str) -> bool:
+    return name in _parameters(getattr(fn, "__func__", fn))  # a bound method: its function
+
+
+@functools.lru_cache(maxsize=64)
+def _parameters(fn) -> frozenset:
     try:
-        return name in inspect.signature(fn).parameters
+        return frozenset(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
-        return False
+        return frozenset()
 
 
 def causal_lm_hidden(model: torch.nn.Module, **inputs) -> HiddenAndHead:

@@ -1,22 +1,30 @@
 """Triton kernels of the SALT loss (docs/design.md, "One-pass algorithm"). The launcher is
 launcher.py.
 
-One kernel, specialised by constexpr MODE, computes per row the loss, its CE and KD parts, the
-three log-sum-exps and (HAS_GRAD) the gradient w.r.t. the student, already scaled:
+One kernel body, specialised by constexpr MODE, computes per row the loss, its CE and KD parts,
+the three log-sum-exps and (HAS_GRAD) the gradient w.r.t. the student, already scaled:
 
   MODE_FUSED  one program per row: a statistics loop over the vocabulary, then a gradient loop
               over the same row (the autograd layer wants the gradient in the forward pass).
   MODE_PART   SPLIT programs per row, each over one slice of SLICE_V entries: partial statistics
-              into a workspace [N, SPLIT, 8].
-  MODE_FINISH SPLIT programs per row, launched after MODE_PART: merge the row's partials, write
-              the row's results (slice 0) and the gradient of the slice.
-  MODE_SYNC   PART and FINISH in one launch: a program publishes its partials, waits for its
+              into a workspace [N, SPLIT, FIELDS].
+  MODE_JSD    (divergence "jsd" only) SPLIT programs per row, launched after MODE_PART: merge the
+              row's statistics, then the slice's partial sums of KL(p || m) and KL(q || m).
+  MODE_FINISH SPLIT programs per row, launched after MODE_PART (and MODE_JSD): merge the row's
+              partials, write the row's results (slice 0) and the gradient of the slice.
+  MODE_SYNC   all of these in one launch: a program publishes its partials, waits for its
               row's other slices (an atomic counter per row), merges and writes its gradient
-              slice while the slice is still in L2. Programs take a ticket from an atomic
-              counter and derive (row, slice) from it, so a program only ever waits for programs
-              that have already started or that take the next tickets; this cannot deadlock as
-              long as SPLIT programs fit on the device at once. It spins, so it never runs under
-              the interpreter (programs run one after another there).
+              slice while the slice is still in L2 (JSD waits twice on the same counter).
+              Programs take a ticket from an atomic counter and derive (row, slice) from it, so a
+              program only ever waits for programs that have already started or that take the
+              next tickets; this cannot deadlock as long as SPLIT programs fit on the device at
+              once. It spins, so it never runs under the interpreter (programs run one after
+              another there).
+
+Two entry points share the body: salt_rows_kernel, the plain SALT loss, and
+salt_rows_options_kernel, which also takes the distillation options (docs/design.md,
+"Distillation options") as constexpr flags plus their values. With every flag off the body
+compiles to the plain kernel: the options cost nothing unless used.
 
 Statistics (per row, or per slice) are kept relative to the running maximum m_z of z and m_u of
 u: s_z = sum exp(z - m_z), s_zt = sum exp((z - m_z) / tau), s_u = sum exp((u - m_u) / tau) and
@@ -26,6 +34,18 @@ tau^2 * (lse_zt - lse_u). Sums are kept as per-lane vectors rescaled by a scalar
 block costs one cross-lane reduction (the max) per input. With an integer tau (TAU_MODE 2..4)
 exp(z - m) = exp((z - m) / tau)^tau: a multiply instead of an exp, which matters because the
 loss is bound by memory only if it spends few exps per element.
+
+Options, per row (z and u below are the soft-capped logits when SOFTCAP / TEACHER_SOFTCAP):
+  KD_VOCAB    the KD side covers only [0, k): the row is read as two regions, [0, k) with the
+              teacher and every statistic, [k, V) for the cross-entropy side only. The KD side's
+              s_zt is then relative to m_t, the maximum of z over [0, k), not m_z.
+  DIVERGENCE  0 forward KL (above); 1 reverse KL: acc = sum exp((z - m_t) / tau) * (z - u),
+              rescaled with s_zt, and KD = tau * acc / s_zt + tau^2 * (lse_u - lse_zt);
+              2 JSD: a second pass over [0, k) sums KL(p || m) and KL(q || m) once the
+              normalizers are known.
+  SMOOTHING   also sum_j z_j (the mean of label smoothing); Z_LOSS adds z_loss * lse_z^2;
+  ACCURACY    also the per-lane running argmax (lowest index on ties, NaN first, as
+              torch.argmax), merged across lanes, regions and slices the same way.
 
 -inf and NaN follow csrc/salt_math.h: teacher -inf entries add nothing, a student -inf where the
 teacher has mass makes KD +inf, and a NaN in a used row reaches every output of the row (it
@@ -41,7 +61,22 @@ MODE_FUSED = 0
 MODE_PART = 1
 MODE_FINISH = 2
 MODE_SYNC = 3
-WS_FIELDS = 8  # workspace floats per (row, slice): m_z, s_z, s_zt, m_u, s_u, acc, (2 spare)
+MODE_JSD = 4
+DIV_FORWARD_KL = 0
+DIV_REVERSE_KL = 1
+DIV_JSD = 2
+# Workspace floats per (row, slice). Plain kernel: m_z, s_z, s_zt, m_u, s_u, acc (2 spare); the
+# options kernel adds m_t, sum_z, best value, best index (int32 bits), KL(p || m), KL(q || m).
+WS_FIELDS = 8
+WS_FIELDS_OPTIONS = 16
+DIVERGENCES = {"forward_kl": DIV_FORWARD_KL, "reverse_kl": DIV_REVERSE_KL, "jsd": DIV_JSD}
+
+_F_MT = tl.constexpr(6)
+_F_SUM = tl.constexpr(7)
+_F_BEST_V = tl.constexpr(8)
+_F_BEST_I = tl.constexpr(9)
+_F_KL_PM = tl.constexpr(10)
+_F_KL_QM = tl.constexpr(11)
 
 
 @triton.jit
@@ -58,12 +93,48 @@ def _tau_pow(e, TAU_MODE: tl.constexpr):
 
 
 @triton.jit
-def _slice_stats(z_row, u_row, start, end, inv_tau,
+def _softcap(x, cap, inv_cap):
+    """cap * tanh(x / cap) in fp32: below |x / cap| = 0.625 the odd polynomial of Cephes' tanhf
+    (no cancellation near 0), above it 1 - 2 / (exp(2 |x / cap|) + 1), which saturates to 1 (so
+    -inf maps to -cap); NaN stays NaN."""
+    a = x * inv_cap
+    aa = tl.abs(a)
+    s = a * a
+    small = ((((-5.70498872745e-3 * s + 2.06390887954e-2) * s - 5.37397155531e-2) * s
+              + 1.33314422036e-1) * s - 3.33332819422e-1) * s * a + a
+    big = 1.0 - 2.0 / (tl.exp2(aa * 2.8853900817779268) + 1.0)  # 2 * log2(e)
+    return cap * tl.where(aa < 0.625, small, tl.where(a < 0.0, -big, big))
+
+
+@triton.jit
+def _argmax_reduce(v, i):
+    """(value, index) of the maximum of v, the lowest index among ties; a NaN counts as larger
+    than everything (torch.argmax)."""
+    nan = v != v
+    any_nan = tl.max(nan.to(tl.int32), 0) > 0
+    top = tl.max(tl.where(nan, float("-inf"), v), 0)
+    hit = tl.where(any_nan, nan, v == top)
+    idx = tl.min(tl.where(hit, i, 2147483647), 0)
+    return tl.where(any_nan, float("nan"), top), idx
+
+
+@triton.jit
+def _argmax_pick(v1, i1, v2, i2):
+    """The argmax of two (value, index) candidates, the second one's indices all larger."""
+    take = ((v2 > v1) | (v2 != v2)) & (v1 == v1)
+    return tl.where(take, v2, v1), tl.where(take, i2, i1)
+
+
+@triton.jit
+def _slice_stats(z_row, u_row, start, lo, end, inv_tau, cap, inv_cap, tcap, inv_tcap,
                  BLOCK_V: tl.constexpr, HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr,
-                 EVICT: tl.constexpr):
-    """Online statistics of z[start:end] (and u[start:end]): (m_z, s_z, s_zt, m_u, s_u, acc).
+                 EVICT: tl.constexpr, SOFTCAP: tl.constexpr, TEACHER_SOFTCAP: tl.constexpr,
+                 DIVERGENCE: tl.constexpr, SMOOTHING: tl.constexpr, ACCURACY: tl.constexpr,
+                 MASK_LO: tl.constexpr):
+    """Online statistics of z[lo:end] (and u[lo:end]), iterating from the block-aligned `start`
+    (lo == start unless MASK_LO): (m_z, s_z, s_zt, m_u, s_u, acc, sum_z, best_v, best_i).
     EVICT is the L2 policy of the loads: "evict_last" when this program reads the same entries
-    again for the gradient, so they are still in L2 then."""
+    again, so they are still in L2 then."""
     NEG_INF: tl.constexpr = float("-inf")
     C_Z: tl.constexpr = 1.4426950408889634
     c_t = inv_tau * 1.4426950408889634
@@ -73,52 +144,156 @@ def _slice_stats(z_row, u_row, start, end, inv_tau,
     vs_zt = tl.zeros([BLOCK_V], dtype=tl.float32)
     vs_u = tl.zeros([BLOCK_V], dtype=tl.float32)
     vacc = tl.zeros([BLOCK_V], dtype=tl.float32)
+    vsum = tl.zeros([BLOCK_V], dtype=tl.float32)
+    vbest = tl.full([BLOCK_V], NEG_INF, dtype=tl.float32)
+    vidx = start + tl.arange(0, BLOCK_V)
     for off in range(start, end, BLOCK_V):
         cols = off + tl.arange(0, BLOCK_V)
-        mask = cols < end
+        if MASK_LO:
+            mask = (cols >= lo) & (cols < end)
+        else:
+            mask = cols < end
         # Padding lanes read -inf: no mass, no KD term, never a new maximum.
         z = tl.load(z_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
+        if SOFTCAP:
+            z = tl.where(mask, _softcap(z, cap, inv_cap), NEG_INF)  # the cap maps -inf to -cap
+        if SMOOTHING:
+            vsum += tl.where(mask, z, 0.0)
+        if ACCURACY:
+            # Per lane the first index of its largest value (a NaN wins and stays).
+            take = ((z > vbest) | (z != z)) & (vbest == vbest)
+            vbest = tl.where(take, z, vbest)
+            vidx = tl.where(take, cols, vidx)
         m_new = tl.maximum(m_z, tl.max(z, 0))
         # An all -inf prefix keeps the maximum at -inf; shift by 0 then so that no -inf - -inf
         # appears (exp(-inf - 0) = 0 is the right answer for every term).
         m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)
         d = z - m_safe
         dm = m_z - m_safe
+        # e_t = exp((z - m) / tau) and its rescale factor a_t, for the reverse KL's cross term.
         if TAU_MODE == 1:
-            vs_z = vs_z * tl.exp2(dm * C_Z) + tl.exp2(d * C_Z)
+            a_t = tl.exp2(dm * C_Z)
+            e_t = tl.exp2(d * C_Z)
+            vs_z = vs_z * a_t + e_t
         elif TAU_MODE == 0:
             vs_z = vs_z * tl.exp2(dm * C_Z) + tl.exp2(d * C_Z)
-            vs_zt = vs_zt * tl.exp2(dm * c_t) + tl.exp2(d * c_t)
+            a_t = tl.exp2(dm * c_t)
+            e_t = tl.exp2(d * c_t)
+            vs_zt = vs_zt * a_t + e_t
         else:
             e_t = tl.exp2(d * c_t)
-            vs_zt = vs_zt * tl.exp2(dm * c_t) + e_t
+            a_t = tl.exp2(dm * c_t)
+            vs_zt = vs_zt * a_t + e_t
             vs_z = vs_z * tl.exp2(dm * C_Z) + _tau_pow(e_t, TAU_MODE)
         m_z = m_new
         if HAS_TEACHER:
             u = tl.load(u_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
+            if TEACHER_SOFTCAP:
+                u = tl.where(mask, _softcap(u, tcap, inv_tcap), NEG_INF)
             mu_new = tl.maximum(m_u, tl.max(u, 0))
             mu_safe = tl.where(mu_new == NEG_INF, 0.0, mu_new)
             alpha = tl.exp2((m_u - mu_safe) * c_t)
             e_u = tl.exp2((u - mu_safe) * c_t)
-            # kd_term of salt_math.h: p_j == 0 adds 0; z == -inf under teacher mass adds +inf.
-            term = tl.where(u == NEG_INF, 0.0, tl.where(z == NEG_INF, float("inf"), e_u * (u - z)))
             vs_u = vs_u * alpha + e_u
-            vacc = vacc * alpha + term
+            if DIVERGENCE == 0:
+                # kd_term of salt_math.h: p_j == 0 adds 0; z == -inf under teacher mass adds +inf.
+                term = tl.where(u == NEG_INF, 0.0, tl.where(z == NEG_INF, float("inf"), e_u * (u - z)))
+                vacc = vacc * alpha + term
+            elif DIVERGENCE == 1:
+                # The mirror image: q_j == 0 adds 0; u == -inf under student mass adds +inf.
+                term = tl.where(z == NEG_INF, 0.0, tl.where(u == NEG_INF, float("inf"), e_t * (z - u)))
+                vacc = vacc * a_t + term
             m_u = mu_new
     s_z = tl.sum(vs_z, 0)
     if TAU_MODE == 1:
         s_zt = s_z
     else:
         s_zt = tl.sum(vs_zt, 0)
-    return m_z, s_z, s_zt, m_u, tl.sum(vs_u, 0), tl.sum(vacc, 0)
+    sum_z = 0.0
+    if SMOOTHING:
+        sum_z = tl.sum(vsum, 0)
+    best_v = 0.0
+    best_i = 0
+    if ACCURACY:
+        best_v, best_i = _argmax_reduce(vbest, vidx)
+    return m_z, s_z, s_zt, m_u, tl.sum(vs_u, 0), tl.sum(vacc, 0), sum_z, best_v, best_i
+
+
+@triton.jit
+def _row_stats(z_row, u_row, start, end, kd_vocab, inv_tau, cap, inv_cap, tcap, inv_tcap,
+               BLOCK_V: tl.constexpr, HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr,
+               EVICT: tl.constexpr, SOFTCAP: tl.constexpr, TEACHER_SOFTCAP: tl.constexpr,
+               KD_VOCAB: tl.constexpr, DIVERGENCE: tl.constexpr, SMOOTHING: tl.constexpr,
+               ACCURACY: tl.constexpr):
+    """Statistics of z[start:end] (and u): (m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_v,
+    best_i), where m_t is the maximum the KD side's s_zt and reverse-KL acc are relative to."""
+    if KD_VOCAB:
+        # [start, min(end, k)) with the KD side, then the rest for the cross-entropy side only,
+        # from a block-aligned start (vector loads) with the entries below k masked off.
+        end1 = tl.minimum(end, kd_vocab)
+        m1, s1, s_zt, m_u, s_u, acc, sum1, bv1, bi1 = _slice_stats(
+            z_row, u_row, start, start, end1, inv_tau, cap, inv_cap, tcap, inv_tcap, BLOCK_V, HAS_TEACHER,
+            TAU_MODE, EVICT, SOFTCAP, TEACHER_SOFTCAP, DIVERGENCE, SMOOTHING, ACCURACY, False)
+        lo2 = tl.maximum(start, end1)
+        m2, s2, _s2t, _mu2, _su2, _acc2, sum2, bv2, bi2 = _slice_stats(
+            z_row, u_row, (lo2 // BLOCK_V) * BLOCK_V, lo2, end, inv_tau, cap, inv_cap, tcap, inv_tcap, BLOCK_V,
+            False, 1, EVICT, SOFTCAP, False, 0, SMOOTHING, ACCURACY, True)
+        m_z = tl.maximum(m1, m2)
+        ms = tl.where(m_z == float("-inf"), 0.0, m_z)
+        s_z = s1 * tl.exp2((m1 - ms) * 1.4426950408889634) + s2 * tl.exp2((m2 - ms) * 1.4426950408889634)
+        m_t = m1
+        sum_z = sum1 + sum2
+        best_v = bv1
+        best_i = bi1
+        if ACCURACY:
+            best_v, best_i = _argmax_pick(bv1, bi1, bv2, bi2)
+    else:
+        m_z, s_z, s_zt, m_u, s_u, acc, sum_z, best_v, best_i = _slice_stats(
+            z_row, u_row, start, start, end, inv_tau, cap, inv_cap, tcap, inv_tcap, BLOCK_V, HAS_TEACHER,
+            TAU_MODE, EVICT, SOFTCAP, TEACHER_SOFTCAP, DIVERGENCE, SMOOTHING, ACCURACY, False)
+        m_t = m_z
+    return m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_v, best_i
+
+
+@triton.jit
+def _jsd_sums(z_row, u_row, start, end, m_t, s_zt, m_u, s_u, inv_tau, beta, cap, inv_cap, tcap, inv_tcap,
+              BLOCK_V: tl.constexpr, SOFTCAP: tl.constexpr, TEACHER_SOFTCAP: tl.constexpr,
+              EVICT: tl.constexpr):
+    """(KL(p || m), KL(q || m)) summed over [start, end), m = beta p + (1 - beta) q, with the
+    row's normalizers known; a term of zero mass adds 0."""
+    NEG_INF: tl.constexpr = float("-inf")
+    c_t = inv_tau * 1.4426950408889634
+    l_zt = tl.log2(s_zt)
+    l_u = tl.log2(s_u)
+    vpm = tl.zeros([BLOCK_V], dtype=tl.float32)
+    vqm = tl.zeros([BLOCK_V], dtype=tl.float32)
+    for off in range(start, end, BLOCK_V):
+        cols = off + tl.arange(0, BLOCK_V)
+        mask = cols < end
+        z = tl.load(z_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
+        u = tl.load(u_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
+        if SOFTCAP:
+            z = tl.where(mask, _softcap(z, cap, inv_cap), NEG_INF)
+        if TEACHER_SOFTCAP:
+            u = tl.where(mask, _softcap(u, tcap, inv_tcap), NEG_INF)
+        a = (z - m_t) * c_t - l_zt  # log2 q
+        b = (u - m_u) * c_t - l_u  # log2 p
+        q = tl.exp2(a)
+        p = tl.exp2(b)
+        lm = tl.log2(beta * p + (1.0 - beta) * q)
+        vpm += tl.where(p == 0.0, 0.0, p * (b - lm))
+        vqm += tl.where(q == 0.0, 0.0, q * (a - lm))
+    LN2: tl.constexpr = 0.6931471805599453
+    return LN2 * tl.sum(vpm, 0), LN2 * tl.sum(vqm, 0)
 
 
 @triton.jit
 def _merge_partials(ws_row, inv_tau, SPLIT: tl.constexpr, SPLIT_POW2: tl.constexpr,
-                    HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr, VOLATILE: tl.constexpr):
-    """Merges the SPLIT partial states of one row (WS_FIELDS floats each) into one state."""
+                    HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr, VOLATILE: tl.constexpr,
+                    FIELDS: tl.constexpr, KD_VOCAB: tl.constexpr, DIVERGENCE: tl.constexpr,
+                    SMOOTHING: tl.constexpr, ACCURACY: tl.constexpr):
+    """Merges the SPLIT partial states of one row (FIELDS floats each) into one state."""
     NEG_INF: tl.constexpr = float("-inf")
-    FIELDS: tl.constexpr = 8
     C_Z: tl.constexpr = 1.4426950408889634
     c_t = inv_tau * 1.4426950408889634
     k = tl.arange(0, SPLIT_POW2)
@@ -129,121 +304,247 @@ def _merge_partials(ws_row, inv_tau, SPLIT: tl.constexpr, SPLIT_POW2: tl.constex
     m_z = tl.max(mz, 0)
     d = mz - tl.where(m_z == NEG_INF, 0.0, m_z)  # empty slices: exp(-inf) = 0
     s_z = tl.sum(sz * tl.exp2(d * C_Z), 0)
-    if TAU_MODE == 1:
-        s_zt = s_z
-    else:
+    if KD_VOCAB:
+        mt = tl.load(p + _F_MT, mask=ok, other=NEG_INF, volatile=VOLATILE)
+        m_t = tl.max(mt, 0)
+        dt = mt - tl.where(m_t == NEG_INF, 0.0, m_t)
         szt = tl.load(p + 2, mask=ok, other=0.0, volatile=VOLATILE)
-        s_zt = tl.sum(szt * tl.exp2(d * c_t), 0)
+        s_zt = tl.sum(szt * tl.exp2(dt * c_t), 0)
+    else:
+        m_t = m_z
+        dt = d
+        if TAU_MODE == 1:
+            s_zt = s_z
+        else:
+            szt = tl.load(p + 2, mask=ok, other=0.0, volatile=VOLATILE)
+            s_zt = tl.sum(szt * tl.exp2(d * c_t), 0)
     m_u = 0.0
     s_u = 0.0
     acc = 0.0
     if HAS_TEACHER:
         mu = tl.load(p + 3, mask=ok, other=NEG_INF, volatile=VOLATILE)
         su = tl.load(p + 4, mask=ok, other=0.0, volatile=VOLATILE)
-        au = tl.load(p + 5, mask=ok, other=0.0, volatile=VOLATILE)
         m_u = tl.max(mu, 0)
         f = tl.exp2((mu - tl.where(m_u == NEG_INF, 0.0, m_u)) * c_t)
         s_u = tl.sum(su * f, 0)
-        # A slice with no teacher mass has acc == 0 and f == 0: 0, not NaN.
-        acc = tl.sum(tl.where(f == 0.0, 0.0, au * f), 0)
-    return m_z, s_z, s_zt, m_u, s_u, acc
+        if DIVERGENCE == 0:
+            au = tl.load(p + 5, mask=ok, other=0.0, volatile=VOLATILE)
+            # A slice with no teacher mass has acc == 0 and f == 0: 0, not NaN.
+            acc = tl.sum(tl.where(f == 0.0, 0.0, au * f), 0)
+        elif DIVERGENCE == 1:
+            au = tl.load(p + 5, mask=ok, other=0.0, volatile=VOLATILE)
+            ft = tl.exp2(dt * c_t)  # the reverse KL's cross term goes with s_zt
+            acc = tl.sum(tl.where(ft == 0.0, 0.0, au * ft), 0)
+    sum_z = 0.0
+    if SMOOTHING:
+        sum_z = tl.sum(tl.load(p + _F_SUM, mask=ok, other=0.0, volatile=VOLATILE), 0)
+    best_v = 0.0
+    best_i = 0
+    if ACCURACY:
+        bv = tl.load(p + _F_BEST_V, mask=ok, other=NEG_INF, volatile=VOLATILE)
+        bi = tl.load(p + _F_BEST_I, mask=ok, other=0.0, volatile=VOLATILE).to(tl.int32, bitcast=True)
+        best_v, best_i = _argmax_reduce(bv, tl.where(ok, bi, 2147483647))
+    return m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_v, best_i
 
 
 @triton.jit
-def _store_partials(ws_row, m_z, s_z, s_zt, m_u, s_u, acc):
+def _merge_jsd(ws_row, SPLIT: tl.constexpr, SPLIT_POW2: tl.constexpr, VOLATILE: tl.constexpr,
+               FIELDS: tl.constexpr):
+    k = tl.arange(0, SPLIT_POW2)
+    ok = k < SPLIT
+    p = ws_row + k * FIELDS
+    kl_pm = tl.sum(tl.load(p + _F_KL_PM, mask=ok, other=0.0, volatile=VOLATILE), 0)
+    kl_qm = tl.sum(tl.load(p + _F_KL_QM, mask=ok, other=0.0, volatile=VOLATILE), 0)
+    return kl_pm, kl_qm
+
+
+@triton.jit
+def _store_partials(ws_row, m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_v, best_i,
+                    KD_VOCAB: tl.constexpr, SMOOTHING: tl.constexpr, ACCURACY: tl.constexpr):
     tl.store(ws_row + 0, m_z)
     tl.store(ws_row + 1, s_z)
     tl.store(ws_row + 2, s_zt)
     tl.store(ws_row + 3, m_u)
     tl.store(ws_row + 4, s_u)
     tl.store(ws_row + 5, acc)
+    if KD_VOCAB:
+        tl.store(ws_row + _F_MT, m_t)
+    if SMOOTHING:
+        tl.store(ws_row + _F_SUM, sum_z)
+    if ACCURACY:
+        tl.store(ws_row + _F_BEST_V, best_v)
+        tl.store(ws_row + _F_BEST_I, best_i.to(tl.float32, bitcast=True))
 
 
 @triton.jit
-def _finish_row(z_row, y, V, row, m_z, s_z, s_zt, m_u, s_u, acc,
-                loss_ptr, ce_ptr, kd_ptr, lse_ptr, kd_weight, tau, inv_tau,
-                HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr):
-    """Writes loss, ce, kd and the three log-sum-exps of one used row."""
+def _finish_row(z_row, y, V, row, m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_i, kl_pm, kl_qm,
+                loss_ptr, ce_ptr, kd_ptr, lse_ptr, accuracy_ptr, kd_weight, tau, inv_tau,
+                cap, inv_cap, beta, smoothing, z_loss,
+                HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr, SOFTCAP: tl.constexpr,
+                KD_VOCAB: tl.constexpr, DIVERGENCE: tl.constexpr, SMOOTHING: tl.constexpr,
+                Z_LOSS: tl.constexpr, ACCURACY: tl.constexpr):
+    """Writes loss, ce, kd, the three log-sum-exps (and the accuracy) of one used row."""
     lse_z = m_z + tl.log(s_z)  # -inf + log(0) = -inf for an all -inf row
-    if TAU_MODE == 1:
+    if TAU_MODE == 1 and not KD_VOCAB:
         lse_zt = lse_z
     else:
-        lse_zt = m_z * inv_tau + tl.log(s_zt)
+        lse_zt = m_t * inv_tau + tl.log(s_zt)
     in_range = (y >= 0) & (y < V)
     # A label outside [0, V) (only possible with validate=False) gives NaN, as the CPU kernel.
     z_y = tl.load(z_row + tl.where(in_range, y, 0)).to(tl.float32)
-    ce = lse_z - tl.where(in_range, z_y, float("nan"))
+    if SOFTCAP:
+        z_y = _softcap(z_y, cap, inv_cap)
+    if SMOOTHING:
+        # (1 - eps) * (lse - z_y) + eps * (lse - mean_j z_j)
+        ce = lse_z - (1.0 - smoothing) * tl.where(in_range, z_y, float("nan")) - smoothing * (sum_z / V)
+    else:
+        ce = lse_z - tl.where(in_range, z_y, float("nan"))
     loss = tl.where(kd_weight < 1.0, (1.0 - kd_weight) * ce, 0.0)
     if HAS_TEACHER:
         lse_u = m_u * inv_tau + tl.log(s_u)
-        # tau^2 * (acc / (tau * s_u) - lse_u + lse_zt); the max shift m_z - m_u is taken apart
-        # from the logs so that it does not round twice.
-        kd = tau * (acc / s_u) + tau * (m_z - m_u) + tau * tau * (tl.log(s_zt) - tl.log(s_u))
+        if DIVERGENCE == 0:
+            # tau^2 * (acc / (tau * s_u) - lse_u + lse_zt); the max shift m_z - m_u is taken
+            # apart from the logs so that it does not round twice.
+            kd = tau * (acc / s_u) + tau * (m_t - m_u) + tau * tau * (tl.log(s_zt) - tl.log(s_u))
+        elif DIVERGENCE == 1:
+            # tau^2 * (acc / (tau * s_zt) - lse_zt + lse_u)
+            kd = tau * (acc / s_zt) + tau * (m_u - m_t) + tau * tau * (tl.log(s_u) - tl.log(s_zt))
+        else:
+            kd = tau * tau * (beta * kl_pm + (1.0 - beta) * kl_qm)
         loss += kd_weight * kd
     else:
         lse_u = 0.0
         kd = 0.0
+    if Z_LOSS:
+        loss += z_loss * lse_z * lse_z
     tl.store(loss_ptr + row, loss)
     tl.store(ce_ptr + row, ce)
     tl.store(kd_ptr + row, kd)
     tl.store(lse_ptr + row * 3 + 0, lse_z)
     tl.store(lse_ptr + row * 3 + 1, lse_zt)
     tl.store(lse_ptr + row * 3 + 2, lse_u)
+    if ACCURACY:
+        tl.store(accuracy_ptr + row, tl.where(best_i.to(tl.int64) == y, 1.0, 0.0))
 
 
 @triton.jit
-def _store_ignored_row(row, loss_ptr, ce_ptr, kd_ptr, lse_ptr):
+def _store_ignored_row(row, loss_ptr, ce_ptr, kd_ptr, lse_ptr, accuracy_ptr, ACCURACY: tl.constexpr):
     tl.store(loss_ptr + row, 0.0)
     tl.store(ce_ptr + row, 0.0)
     tl.store(kd_ptr + row, 0.0)
     tl.store(lse_ptr + row * 3 + 0, 0.0)
     tl.store(lse_ptr + row * 3 + 1, 0.0)
     tl.store(lse_ptr + row * 3 + 2, 0.0)
+    if ACCURACY:
+        tl.store(accuracy_ptr + row, 0.0)
 
 
 @triton.jit
-def _grad_slice(z_row, u_row, g_row, start, end, y, m_z, s_z, s_zt, m_u, s_u, scale,
-                kd_weight, tau, inv_tau,
-                BLOCK_V: tl.constexpr, HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr):
+def _grad_slice(z_row, u_row, g_row, start, lo, end, y, V, m_z, s_z, m_t, s_zt, m_u, s_u, scale,
+                kd_weight, tau, inv_tau, c_zloss, kd_shift, cap, inv_cap, tcap, inv_tcap, beta, smoothing,
+                BLOCK_V: tl.constexpr, HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr,
+                SOFTCAP: tl.constexpr, TEACHER_SOFTCAP: tl.constexpr, KD_VOCAB: tl.constexpr,
+                DIVERGENCE: tl.constexpr, SMOOTHING: tl.constexpr, Z_LOSS: tl.constexpr,
+                MASK_LO: tl.constexpr):
     """g = scale * ((1 - w) * (softmax(z) - onehot(y)) + w * tau * (softmax(z/tau) - softmax(u/tau)))
-    over z[start:end], each probability taken as exp2((x - m) * c - log2 s): the large shift m
-    is removed exactly first, so the exponent rounds on its own size only."""
+    over z[lo:end] (iterating from the block-aligned start), each probability taken as
+    exp2((x - m) * c - log2 s): the large shift m is removed exactly first, so the exponent
+    rounds on its own size only. Options (module docstring): z_loss adds c_zloss * softmax(z)
+    (c_zloss = scale * 2 * z_loss * lse_z), label smoothing scales the one-hot by 1 - eps and
+    subtracts eps / V everywhere, the KD term follows DIVERGENCE (kd_shift: E_q[z - u] for the
+    reverse KL, log2(e) * KL(q || m) for JSD), and a soft cap multiplies the whole gradient by
+    1 - (z / cap)^2 at the capped z."""
     C_Z: tl.constexpr = 1.4426950408889634
     c_t = inv_tau * 1.4426950408889634
     c_label = scale * (1.0 - kd_weight)
     c_z = c_label
+    if Z_LOSS:
+        c_z = c_z + c_zloss
+    c_y = c_label
+    c_unif = 0.0
+    if SMOOTHING:
+        c_y = c_label * (1.0 - smoothing)
+        c_unif = c_label * smoothing / V
     c_kd = scale * kd_weight * tau
     l_z = tl.log2(s_z)
     l_zt = tl.log2(s_zt)
     if TAU_MODE >= 2:
-        # softmax(z) = softmax(z/tau)^tau * s_zt^tau / s_z, since both are relative to m_z.
-        c_z = c_z * (_tau_pow(s_zt, TAU_MODE) / s_z)
+        # softmax(z) = softmax(z/tau)^tau * s_zt^tau / s_z, since both are relative to m_z
+        # (with KD_VOCAB s_zt is relative to m_t: one more factor exp(m_t - m_z)).
+        if KD_VOCAB:
+            c_z = c_z * (_tau_pow(s_zt, TAU_MODE) * tl.exp2((m_t - m_z) * C_Z) / s_z)
+        else:
+            c_z = c_z * (_tau_pow(s_zt, TAU_MODE) / s_z)
     if TAU_MODE == 1:
         if HAS_TEACHER:
-            c_z = c_z + c_kd
+            if DIVERGENCE == 0:
+                if not KD_VOCAB:
+                    c_z = c_z + c_kd  # softmax(z / tau) is softmax(z)
     l_u = 0.0
     if HAS_TEACHER:
         l_u = tl.log2(s_u)
     for off in range(start, end, BLOCK_V):
         cols = off + tl.arange(0, BLOCK_V)
-        mask = cols < end
+        if MASK_LO:
+            mask = (cols >= lo) & (cols < end)
+        else:
+            mask = cols < end
         # Last use of these entries: let them leave L2 first.
-        d = tl.load(z_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32) - m_z
+        z = tl.load(z_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        if SOFTCAP:
+            z = _softcap(z, cap, inv_cap)
+        d = z - m_z
+        if KD_VOCAB:
+            dt = z - m_t
+        else:
+            dt = d
+        # q = softmax(z / tau) over the KD entries, a its log2.
         if TAU_MODE == 0:
             g = c_z * tl.exp2(d * C_Z - l_z)
             if HAS_TEACHER:
-                g += c_kd * tl.exp2(d * c_t - l_zt)
+                a = dt * c_t - l_zt
+                q = tl.exp2(a)
+                if DIVERGENCE == 0:
+                    g += c_kd * q
         elif TAU_MODE == 1:
-            g = c_z * tl.exp2(d * C_Z - l_z)
-        else:
-            p_t = tl.exp2(d * c_t - l_zt)
-            g = c_z * _tau_pow(p_t, TAU_MODE)
+            sm = tl.exp2(d * C_Z - l_z)
+            g = c_z * sm
             if HAS_TEACHER:
-                g += c_kd * p_t
+                if KD_VOCAB:
+                    a = dt * C_Z - l_zt
+                    q = tl.exp2(a)
+                    if DIVERGENCE == 0:
+                        g += c_kd * q
+                else:
+                    a = d * C_Z - l_z
+                    q = sm
+        else:
+            a = dt * c_t - l_zt
+            q = tl.exp2(a)
+            g = c_z * _tau_pow(q, TAU_MODE)
+            if HAS_TEACHER:
+                if DIVERGENCE == 0:
+                    g += c_kd * q
         if HAS_TEACHER:
             u = tl.load(u_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-            g -= c_kd * tl.exp2((u - m_u) * c_t - l_u)
-        g = tl.where(cols == y, g - c_label, g)
+            if TEACHER_SOFTCAP:
+                u = _softcap(u, tcap, inv_tcap)
+            if DIVERGENCE == 0:
+                g -= c_kd * tl.exp2((u - m_u) * c_t - l_u)
+            elif DIVERGENCE == 1:
+                # tau * q_j * (log q_j - log p_j - D) = q_j * (z_j - u_j - E_q[z - u])
+                g += (c_kd * inv_tau) * tl.where(q == 0.0, 0.0, q * (z - u - kd_shift))
+            else:
+                # tau * (1 - beta) * q_j * (log(q_j / m_j) - KL(q || m)), in log2 units
+                b = (u - m_u) * c_t - l_u
+                lm = tl.log2(beta * tl.exp2(b) + (1.0 - beta) * q)
+                g += (c_kd * (1.0 - beta) * 0.6931471805599453) * tl.where(q == 0.0, 0.0, q * (a - lm - kd_shift))
+        g = tl.where(cols == y, g - c_y, g)
+        if SMOOTHING:
+            g -= c_unif
+        if SOFTCAP:
+            zc = z * inv_cap
+            g = g * (1.0 - zc * zc)
         tl.store(g_row + cols, g.to(g_row.dtype.element_ty), mask=mask)
 
 
@@ -255,17 +556,34 @@ def _zero_slice(g_row, start, end, BLOCK_V: tl.constexpr):
 
 
 @triton.jit
-def salt_rows_kernel(
+def _wait_row(cnt_row, target):
+    """Adds this program to its row's counter, then spins until `target` programs have. The
+    barrier before orders this program's workspace stores before the release; after the acquire
+    loop and a second barrier every thread reads the other slices' partials (volatile: from L2,
+    never a stale L1 line)."""
+    tl.debug_barrier()
+    seen = tl.atomic_add(cnt_row, 1) + 1
+    while seen < target:
+        seen = tl.atomic_add(cnt_row, 0)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _rows(
     z_ptr, z_stride, u_ptr, u_stride, y_ptr, y_stride,
-    loss_ptr, ce_ptr, kd_ptr, lse_ptr,
+    loss_ptr, ce_ptr, kd_ptr, lse_ptr, accuracy_ptr,
     g_ptr, g_stride, scale_ptr, scale_stride,
     ws_ptr, cnt_ptr,
     V, SLICE_V, kd_weight, tau, inv_tau, ignore_index,
+    softcap, teacher_softcap, kd_vocab, beta, smoothing, z_loss,
     MODE: tl.constexpr, SPLIT: tl.constexpr, SPLIT_POW2: tl.constexpr, BLOCK_V: tl.constexpr,
     HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr, HAS_GRAD: tl.constexpr,
+    SOFTCAP: tl.constexpr, TEACHER_SOFTCAP: tl.constexpr, KD_VOCAB: tl.constexpr,
+    DIVERGENCE: tl.constexpr, SMOOTHING: tl.constexpr, Z_LOSS: tl.constexpr,
+    ACCURACY: tl.constexpr, FIELDS: tl.constexpr,
 ):
-    # MODE: 0 fused, 1 partials, 2 merge + gradient, 3 both in one launch (module docstring).
-    # The workspace holds 8 (WS_FIELDS) floats per (row, slice).
+    # MODE: 0 fused, 1 partials, 2 merge + gradient, 3 all in one launch, 4 JSD partials
+    # (module docstring). The workspace holds FIELDS floats per (row, slice).
     if MODE == 3:
         # Ticket order = start order (see the module docstring: why this cannot deadlock).
         pid = tl.atomic_add(cnt_ptr, 1)
@@ -282,46 +600,146 @@ def salt_rows_kernel(
     z_row = z_ptr + row * z_stride
     u_row = u_ptr + row * u_stride
     g_row = g_ptr + row * g_stride
-    ws_row = ws_ptr + row * (SPLIT * 8)
+    ws_row = ws_ptr + row * (SPLIT * FIELDS)
+    inv_cap = 1.0 / softcap
+    inv_tcap = 1.0 / teacher_softcap
     y = tl.load(y_ptr + row * y_stride).to(tl.int64)
     used = y != ignore_index
     if used:
-        if MODE == 2:
-            m_z, s_z, s_zt, m_u, s_u, acc = _merge_partials(
-                ws_row, inv_tau, SPLIT, SPLIT_POW2, HAS_TEACHER, TAU_MODE, False)
+        if MODE == 2 or MODE == 4:
+            m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_v, best_i = _merge_partials(
+                ws_row, inv_tau, SPLIT, SPLIT_POW2, HAS_TEACHER, TAU_MODE, False, FIELDS,
+                KD_VOCAB, DIVERGENCE, SMOOTHING, ACCURACY)
         else:
-            # Keep the entries in L2 when this program reads them again for the gradient.
-            if HAS_GRAD and MODE != 1:
+            # Keep the entries in L2 when this program reads them again (gradient, JSD pass).
+            if (HAS_GRAD or DIVERGENCE == 2) and MODE != 1:
                 EVICT: tl.constexpr = "evict_last"
             else:
                 EVICT: tl.constexpr = "evict_first"
-            m_z, s_z, s_zt, m_u, s_u, acc = _slice_stats(
-                z_row, u_row, start, end, inv_tau, BLOCK_V, HAS_TEACHER, TAU_MODE, EVICT)
+            m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_v, best_i = _row_stats(
+                z_row, u_row, start, end, kd_vocab, inv_tau, softcap, inv_cap, teacher_softcap, inv_tcap,
+                BLOCK_V, HAS_TEACHER, TAU_MODE, EVICT, SOFTCAP, TEACHER_SOFTCAP, KD_VOCAB, DIVERGENCE,
+                SMOOTHING, ACCURACY)
             if MODE != 0:
-                _store_partials(ws_row + part * 8, m_z, s_z, s_zt, m_u, s_u, acc)
+                _store_partials(ws_row + part * FIELDS, m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_v,
+                                best_i, KD_VOCAB, SMOOTHING, ACCURACY)
             if MODE == 3:
-                # The barrier orders this program's partial stores before the release of the
-                # row counter; after the acquire loop and a second barrier every thread reads
-                # the other slices' partials (volatile: from L2, never a stale L1 line).
-                tl.debug_barrier()
-                seen = tl.atomic_add(cnt_ptr + 1 + row, 1) + 1
-                while seen < SPLIT:
-                    seen = tl.atomic_add(cnt_ptr + 1 + row, 0)
-                tl.debug_barrier()
-                m_z, s_z, s_zt, m_u, s_u, acc = _merge_partials(
-                    ws_row, inv_tau, SPLIT, SPLIT_POW2, HAS_TEACHER, TAU_MODE, True)
-        if MODE != 1:
+                _wait_row(cnt_ptr + 1 + row, SPLIT)
+                m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_v, best_i = _merge_partials(
+                    ws_row, inv_tau, SPLIT, SPLIT_POW2, HAS_TEACHER, TAU_MODE, True, FIELDS,
+                    KD_VOCAB, DIVERGENCE, SMOOTHING, ACCURACY)
+        kl_pm = 0.0
+        kl_qm = 0.0
+        if HAS_TEACHER:
+            if DIVERGENCE == 2:
+                # JSD: a pass over this program's KD entries, now that the normalizers are known.
+                if MODE != 2:
+                    if HAS_GRAD and MODE != 4:
+                        JSD_EVICT: tl.constexpr = "evict_last"
+                    else:
+                        JSD_EVICT: tl.constexpr = "evict_first"
+                    if KD_VOCAB:
+                        kd_end = tl.minimum(end, kd_vocab)
+                    else:
+                        kd_end = end
+                    kl_pm, kl_qm = _jsd_sums(z_row, u_row, start, kd_end, m_t, s_zt, m_u, s_u, inv_tau, beta,
+                                             softcap, inv_cap, teacher_softcap, inv_tcap, BLOCK_V, SOFTCAP,
+                                             TEACHER_SOFTCAP, JSD_EVICT)
+                    if MODE != 0:
+                        tl.store(ws_row + part * FIELDS + _F_KL_PM, kl_pm)
+                        tl.store(ws_row + part * FIELDS + _F_KL_QM, kl_qm)
+                    if MODE == 3:
+                        _wait_row(cnt_ptr + 1 + row, 2 * SPLIT)
+                        kl_pm, kl_qm = _merge_jsd(ws_row, SPLIT, SPLIT_POW2, True, FIELDS)
+                else:
+                    kl_pm, kl_qm = _merge_jsd(ws_row, SPLIT, SPLIT_POW2, False, FIELDS)
+        if MODE != 1 and MODE != 4:
             if part == 0:
-                _finish_row(z_row, y, V, row, m_z, s_z, s_zt, m_u, s_u, acc,
-                            loss_ptr, ce_ptr, kd_ptr, lse_ptr, kd_weight, tau, inv_tau,
-                            HAS_TEACHER, TAU_MODE)
+                _finish_row(z_row, y, V, row, m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_i, kl_pm, kl_qm,
+                            loss_ptr, ce_ptr, kd_ptr, lse_ptr, accuracy_ptr, kd_weight, tau, inv_tau,
+                            softcap, inv_cap, beta, smoothing, z_loss,
+                            HAS_TEACHER, TAU_MODE, SOFTCAP, KD_VOCAB, DIVERGENCE, SMOOTHING, Z_LOSS, ACCURACY)
             if HAS_GRAD:
                 scale = tl.load(scale_ptr + row * scale_stride)
-                _grad_slice(z_row, u_row, g_row, start, end, y, m_z, s_z, s_zt, m_u, s_u,
-                            scale, kd_weight, tau, inv_tau, BLOCK_V, HAS_TEACHER, TAU_MODE)
+                c_zloss = 0.0
+                if Z_LOSS:
+                    c_zloss = scale * 2.0 * z_loss * (m_z + tl.log(s_z))
+                kd_shift = 0.0
+                if HAS_TEACHER:
+                    if DIVERGENCE == 1:
+                        kd_shift = acc / s_zt
+                    elif DIVERGENCE == 2:
+                        kd_shift = kl_qm * 1.4426950408889634
+                if KD_VOCAB:
+                    end1 = tl.minimum(end, kd_vocab)
+                    lo2 = tl.maximum(start, end1)
+                    _grad_slice(z_row, u_row, g_row, start, start, end1, y, V, m_z, s_z, m_t, s_zt, m_u, s_u,
+                                scale, kd_weight, tau, inv_tau, c_zloss, kd_shift, softcap, inv_cap,
+                                teacher_softcap, inv_tcap, beta, smoothing, BLOCK_V, HAS_TEACHER, TAU_MODE,
+                                SOFTCAP, TEACHER_SOFTCAP, KD_VOCAB, DIVERGENCE, SMOOTHING, Z_LOSS, False)
+                    # The entries past k: cross-entropy side only.
+                    _grad_slice(z_row, u_row, g_row, (lo2 // BLOCK_V) * BLOCK_V, lo2, end, y, V, m_z, s_z,
+                                m_t, s_zt, m_u, s_u, scale, kd_weight, tau, inv_tau, c_zloss, kd_shift,
+                                softcap, inv_cap, teacher_softcap, inv_tcap, beta, smoothing, BLOCK_V,
+                                False, 1, SOFTCAP, False, False, 0, SMOOTHING, Z_LOSS, True)
+                else:
+                    _grad_slice(z_row, u_row, g_row, start, start, end, y, V, m_z, s_z, m_t, s_zt, m_u, s_u,
+                                scale, kd_weight, tau, inv_tau, c_zloss, kd_shift, softcap, inv_cap,
+                                teacher_softcap, inv_tcap, beta, smoothing, BLOCK_V, HAS_TEACHER, TAU_MODE,
+                                SOFTCAP, TEACHER_SOFTCAP, KD_VOCAB, DIVERGENCE, SMOOTHING, Z_LOSS, False)
     else:
-        if MODE != 1:
+        if MODE != 1 and MODE != 4:
             if part == 0:
-                _store_ignored_row(row, loss_ptr, ce_ptr, kd_ptr, lse_ptr)
+                _store_ignored_row(row, loss_ptr, ce_ptr, kd_ptr, lse_ptr, accuracy_ptr, ACCURACY)
             if HAS_GRAD:
                 _zero_slice(g_row, start, end, BLOCK_V)
+
+
+@triton.jit
+def salt_rows_kernel(
+    z_ptr, z_stride, u_ptr, u_stride, y_ptr, y_stride,
+    loss_ptr, ce_ptr, kd_ptr, lse_ptr,
+    g_ptr, g_stride, scale_ptr, scale_stride,
+    ws_ptr, cnt_ptr,
+    V, SLICE_V, kd_weight, tau, inv_tau, ignore_index,
+    MODE: tl.constexpr, SPLIT: tl.constexpr, SPLIT_POW2: tl.constexpr, BLOCK_V: tl.constexpr,
+    HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr, HAS_GRAD: tl.constexpr,
+):
+    """The plain SALT loss (docs/design.md, "The loss"): every option off, WS_FIELDS floats of
+    workspace per (row, slice)."""
+    _rows(z_ptr, z_stride, u_ptr, u_stride, y_ptr, y_stride,
+          loss_ptr, ce_ptr, kd_ptr, lse_ptr, loss_ptr,
+          g_ptr, g_stride, scale_ptr, scale_stride,
+          ws_ptr, cnt_ptr,
+          V, SLICE_V, kd_weight, tau, inv_tau, ignore_index,
+          1.0, 1.0, V, 0.5, 0.0, 0.0,
+          MODE, SPLIT, SPLIT_POW2, BLOCK_V, HAS_TEACHER, TAU_MODE, HAS_GRAD,
+          False, False, False, 0, False, False, False, 8)
+
+
+@triton.jit
+def salt_rows_options_kernel(
+    z_ptr, z_stride, u_ptr, u_stride, y_ptr, y_stride,
+    loss_ptr, ce_ptr, kd_ptr, lse_ptr, acc_ptr,
+    g_ptr, g_stride, scale_ptr, scale_stride,
+    ws_ptr, cnt_ptr,
+    V, SLICE_V, kd_weight, tau, inv_tau, ignore_index,
+    softcap, teacher_softcap, kd_vocab, beta, smoothing, z_loss,
+    MODE: tl.constexpr, SPLIT: tl.constexpr, SPLIT_POW2: tl.constexpr, BLOCK_V: tl.constexpr,
+    HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr, HAS_GRAD: tl.constexpr,
+    SOFTCAP: tl.constexpr, TEACHER_SOFTCAP: tl.constexpr, KD_VOCAB: tl.constexpr,
+    DIVERGENCE: tl.constexpr, SMOOTHING: tl.constexpr, Z_LOSS: tl.constexpr, ACCURACY: tl.constexpr,
+):
+    """The loss with the distillation options (docs/design.md, "Distillation options"), each
+    one a constexpr flag with its value beside it (a value whose flag is off is not read):
+    softcap / teacher_softcap (SOFTCAP / TEACHER_SOFTCAP), kd_vocab (KD_VOCAB, when it is less
+    than V), DIVERGENCE (DIV_*) with beta, smoothing (SMOOTHING), z_loss (Z_LOSS), and the per-row
+    accuracy into acc_ptr (ACCURACY). WS_FIELDS_OPTIONS floats of workspace per (row, slice)."""
+    _rows(z_ptr, z_stride, u_ptr, u_stride, y_ptr, y_stride,
+          loss_ptr, ce_ptr, kd_ptr, lse_ptr, acc_ptr,
+          g_ptr, g_stride, scale_ptr, scale_stride,
+          ws_ptr, cnt_ptr,
+          V, SLICE_V, kd_weight, tau, inv_tau, ignore_index,
+          softcap, teacher_softcap, kd_vocab, beta, smoothing, z_loss,
+          MODE, SPLIT, SPLIT_POW2, BLOCK_V, HAS_TEACHER, TAU_MODE, HAS_GRAD,
+          SOFTCAP, TEACHER_SOFTCAP, KD_VOCAB, DIVERGENCE, SMOOTHING, Z_LOSS, ACCURACY, 16)

@@ -71,9 +71,8 @@ def is_available() -> tuple[bool, str]:
 
 
 def supports_options(options: LossOptions) -> tuple[bool, str]:
-    extra = options.non_default()
-    if extra:
-        return False, f"backend {NAME} does not compute {', '.join(extra)} yet"
+    """Every distillation option (docs/design.md, "Distillation options") is computed in the
+    kernels (salt_rows_options_kernel)."""
     return True, ""
 
 
@@ -177,18 +176,13 @@ def rows(
     else:
         scale, scale_stride = out.loss, 0  # never read
     split = p["split"]
-    ws = torch.empty(n * split * k.WS_FIELDS if split > 1 else 1, dtype=torch.float32, device=device)
+    flags = _option_flags(options, vocab, use_teacher)
+    kernel = k.salt_rows_options_kernel if flags is not None else k.salt_rows_kernel
+    fields = k.WS_FIELDS_OPTIONS if flags is not None else k.WS_FIELDS
+    ws = torch.empty(n * split * fields if split > 1 else 1, dtype=torch.float32, device=device)
     cnt = torch.zeros(n + 1 if p["mode"] == "sync" else 1, dtype=torch.int32, device=device)
-    args = [
-        student, student.stride(0),
-        teacher if use_teacher else student, teacher.stride(0) if use_teacher else 0,
-        labels, labels.stride(0),
-        out.loss, out.ce, out.kd, out.lse,
-        grad if has_grad else student, grad.stride(0) if has_grad else 0,
-        scale, scale_stride,
-        ws, cnt,
-        vocab, p["slice_v"], float(kd_weight) if use_teacher else 0.0, tau, 1.0 / tau, int(ignore_index),
-    ]
+    outputs = [out.loss, out.ce, out.kd, out.lse]
+    option_args = []
     meta = dict(
         SPLIT=split,
         SPLIT_POW2=max(2, 1 << (split - 1).bit_length()),
@@ -197,16 +191,60 @@ def rows(
         TAU_MODE=_tau_mode(tau),
         num_warps=p["num_warps"],
     )
+    if flags is not None:
+        out.accuracy = torch.empty(n, dtype=torch.float32, device=device)
+        outputs.append(out.accuracy)
+        o = options
+        option_args = [
+            float(o.softcap or 1.0), float(o.teacher_softcap or 1.0), int(o.kd_vocab or vocab),
+            float(o.beta), float(o.label_smoothing), float(o.z_loss),
+        ]
+        meta.update(flags)
+    args = [
+        student, student.stride(0),
+        teacher if use_teacher else student, teacher.stride(0) if use_teacher else 0,
+        labels, labels.stride(0),
+        *outputs,
+        grad if has_grad else student, grad.stride(0) if has_grad else 0,
+        scale, scale_stride,
+        ws, cnt,
+        vocab, p["slice_v"], float(kd_weight) if use_teacher else 0.0, tau, 1.0 / tau, int(ignore_index),
+        *option_args,
+    ]
     grid = (n * split,)
     with _on_device(device):
         if p["mode"] == "fused":
-            k.salt_rows_kernel[grid](*args, MODE=k.MODE_FUSED, HAS_GRAD=has_grad, **meta)
+            kernel[grid](*args, MODE=k.MODE_FUSED, HAS_GRAD=has_grad, **meta)
         elif p["mode"] == "split":
-            k.salt_rows_kernel[grid](*args, MODE=k.MODE_PART, HAS_GRAD=False, **meta)
-            k.salt_rows_kernel[grid](*args, MODE=k.MODE_FINISH, HAS_GRAD=has_grad, **meta)
+            kernel[grid](*args, MODE=k.MODE_PART, HAS_GRAD=False, **meta)
+            if flags is not None and flags["DIVERGENCE"] == k.DIV_JSD:
+                # JSD needs the merged normalizers before its sums: one more pass per slice.
+                kernel[grid](*args, MODE=k.MODE_JSD, HAS_GRAD=False, **meta)
+            kernel[grid](*args, MODE=k.MODE_FINISH, HAS_GRAD=has_grad, **meta)
         else:
-            k.salt_rows_kernel[grid](*args, MODE=k.MODE_SYNC, HAS_GRAD=has_grad, **meta)
+            kernel[grid](*args, MODE=k.MODE_SYNC, HAS_GRAD=has_grad, **meta)
     return out
+
+
+def _option_flags(options: LossOptions, vocab: int, use_teacher: bool) -> dict | None:
+    """The constexpr flags of salt_rows_options_kernel for `options`, or None when none of them
+    changes this call's result (then the plain kernel runs, and accuracy is left to the op).
+    Teacher-side options count only when the teacher is read; kd_vocab only when it is less than
+    the student's vocabulary (kd_vocab == V with a longer, padded teacher row is the plain loss:
+    only the first V teacher entries are read either way)."""
+    o = options
+    flags = dict(
+        SOFTCAP=o.softcap is not None,
+        TEACHER_SOFTCAP=use_teacher and o.teacher_softcap is not None,
+        KD_VOCAB=use_teacher and o.kd_vocab is not None and o.kd_vocab < vocab,
+        DIVERGENCE=_kernels.DIVERGENCES[o.divergence] if use_teacher else _kernels.DIV_FORWARD_KL,
+        SMOOTHING=o.label_smoothing > 0,
+        Z_LOSS=o.z_loss > 0,
+    )
+    if not any(flags.values()):
+        return None
+    flags["ACCURACY"] = True  # a specialization of its own anyway: the argmax costs little here
+    return flags
 
 
 class _on_device:
