@@ -5,7 +5,7 @@
 """
 
 from .backends.registry import available_backends
-from .functional import SaltParts, linear_salt_loss, salt_loss, topk_salt_loss
+from .functional import SaltParts, linear_salt_loss, linear_topk_salt_loss, salt_loss, topk_salt_loss
 from .modules import LinearSaltLoss, SaltLoss
 
 __version__ = "0.1.0"
@@ -16,6 +16,7 @@ __all__ = [
     "SaltLoss",
     "SaltParts",
     "linear_salt_loss",
+    "linear_topk_salt_loss",
     "LinearSaltLoss",
     "available_backends",
     "__version__",

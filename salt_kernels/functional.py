@@ -12,13 +12,14 @@ import torch
 
 from ._validation import (
     check_loss_options,
+    check_scalar,
     matmul_dtype,
     validate_linear_inputs,
     validate_salt_inputs,
     validate_topk_inputs,
 )
 from .backends import registry
-from .ops.linear_salt_loss import LinearSaltLossFunction, plan_chunk_size
+from .ops.linear_salt_loss import LinearSaltLossFunction, LinearTopkSaltLossFunction, plan_chunk_size
 from .ops.salt_loss import SaltLossFunction
 from .ops.topk_salt_loss import TopkSaltLossFunction
 
@@ -312,8 +313,6 @@ def topk_salt_loss(
         check_label_range=_eager_label_check(validate, student_logits),
         options=options,
     )
-    from ._validation import check_scalar
-
     kd_weight = check_scalar("kd_weight", kd_weight, low=0.0, high=1.0)
     validate_topk_inputs(student_logits, teacher_indices, teacher_logprobs, labels, kd_weight=kd_weight, tail=tail,
                          lead_name="student_logits")
@@ -326,8 +325,7 @@ def topk_salt_loss(
         indices = teacher_indices.reshape(-1, k)
         logprobs = teacher_logprobs.detach().reshape(-1, k)
     else:
-        indices = torch.full((student.shape[0], 1), -1, dtype=torch.int32, device=student.device)
-        logprobs = torch.zeros((student.shape[0], 1), dtype=torch.float32, device=student.device)
+        indices, logprobs = _dummy_topk(student.shape[0], student.device)
     loss, *parts, _ = TopkSaltLossFunction.apply(
         student,
         indices,
@@ -346,3 +344,99 @@ def topk_salt_loss(
         bool(return_parts),
     )
     return _finish(loss, parts, labels.shape, reduction, return_parts)
+
+
+def _dummy_topk(n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One empty top-k slot per row: what the ops get when kd_weight == 0 (never read)."""
+    return (torch.full((n, 1), -1, dtype=torch.int32, device=device),
+            torch.zeros((n, 1), dtype=torch.float32, device=device))
+
+
+def linear_topk_salt_loss(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_indices: torch.Tensor | None,
+    teacher_logprobs: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    student_bias: torch.Tensor | None = None,
+    kd_weight: float = 0.5,
+    temperature: float = 1.0,
+    tail: str = "bucket",
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    backend: str = "auto",
+    return_parts: bool = False,
+    chunk_size: int | None = None,
+    validate: bool = True,
+    softcap: float | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+):
+    """topk_salt_loss of the student's output projection, without materializing its logits:
+    equal in value and gradients to
+
+        topk_salt_loss(student_hidden @ student_weight.T + student_bias, teacher_indices,
+                       teacher_logprobs, labels, ...)
+
+    Tokens are processed in chunks as in linear_salt_loss; the teacher side is the cached top-k
+    (teacher_indices / teacher_logprobs, (..., k), see topk_salt_loss), so no teacher model runs.
+    """
+    options = check_loss_options(softcap=softcap, teacher_softcap=None, kd_vocab=None, divergence="forward_kl",
+                                 beta=0.5, label_smoothing=label_smoothing, z_loss=z_loss)
+    device = getattr(student_hidden, "device", None)
+    _, temperature, ignore_index = validate_linear_inputs(
+        student_hidden,
+        student_weight,
+        student_bias,
+        None,
+        None,
+        None,
+        labels,
+        kd_weight=0.0,  # the teacher side is checked by validate_topk_inputs
+        temperature=temperature,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        chunk_size=chunk_size,
+        check_label_range=_eager_label_check(validate, student_hidden),
+        options=options,
+    )
+    kd_weight = check_scalar("kd_weight", kd_weight, low=0.0, high=1.0)
+    validate_topk_inputs(student_hidden, teacher_indices, teacher_logprobs, labels, kd_weight=kd_weight, tail=tail,
+                         lead_name="student_hidden")
+    autocast_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+    compute_dtype = matmul_dtype("student", student_hidden, student_weight, student_bias, autocast_dtype)
+    vocab, d_s = student_weight.shape
+    n = labels.numel()
+    use_teacher = kd_weight > 0
+    dtypes = (compute_dtype, teacher_logprobs.dtype if use_teacher else None)
+    name = registry.resolve_name(backend, device, _math_dtype(*dtypes), options, kind="topk_rows")
+    if use_teacher:
+        k = teacher_indices.shape[-1]
+        indices, logprobs = teacher_indices.reshape(n, k), teacher_logprobs.detach().reshape(n, k)
+    else:
+        indices, logprobs = _dummy_topk(n, device)
+    loss, *parts = LinearTopkSaltLossFunction.apply(
+        student_hidden.reshape(n, d_s),
+        student_weight,
+        student_bias,
+        indices,
+        logprobs,
+        labels,
+        kd_weight,
+        temperature,
+        ignore_index,
+        reduction,
+        name,
+        plan_chunk_size(chunk_size, n, vocab, compute_dtype, None, device),
+        compute_dtype,
+        tail,
+        options.softcap,
+        options.label_smoothing,
+        options.z_loss,
+        _wants_grad(student_hidden),
+        _wants_grad(student_weight),
+        _wants_grad(student_bias),
+        bool(return_parts),
+    )
+    return _finish(loss, parts[:4], labels.shape, reduction, return_parts)

@@ -143,3 +143,42 @@ def test_opcheck_topk(gen):
         args = (z, idx, lp, y, 0.5, 2.0, -100, reduction, "reference", "bucket", None, 0.0, 0.0, True, True)
         result = torch.library.opcheck(torch.ops.salt_kernels.topk_salt_loss, args)
         assert all(v == "SUCCESS" for v in result.values()), result
+
+
+@pytest.mark.parametrize("tail", ["bucket", "renormalize"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_linear_topk_matches_logits(tail, reduction, gen):
+    """linear_topk_salt_loss == topk_salt_loss of the projected logits, in value and gradients."""
+    n, d, v, k = 18, 10, 70, 6
+    h = torch.randn(n, d, generator=gen, requires_grad=True)
+    w = (torch.randn(v, d, generator=gen) * 0.5).requires_grad_()
+    b = (torch.randn(v, generator=gen) * 0.1).requires_grad_()
+    idx, lp = _teacher(gen, n, v, k, empty=1)
+    y = torch.randint(0, v, (n,), generator=gen)
+    y[::5] = -100
+    kw = dict(temperature=2.0, tail=tail, reduction=reduction, z_loss=1e-3, label_smoothing=0.1)
+    g_out = torch.rand(n, generator=gen) + 0.5 if reduction == "none" else torch.tensor(1.0)
+    loss, parts = sk.linear_topk_salt_loss(h, w, idx, lp, y, student_bias=b, chunk_size=4, return_parts=True, **kw)
+    grads = torch.autograd.grad(loss, (h, w, b), g_out)
+    h2, w2, b2 = (t.detach().clone().requires_grad_() for t in (h, w, b))
+    loss2, parts2 = sk.topk_salt_loss(h2 @ w2.t() + b2, idx, lp, y, return_parts=True, **kw)
+    grads2 = torch.autograd.grad(loss2, (h2, w2, b2), g_out)
+    torch.testing.assert_close(loss, loss2, rtol=1e-5, atol=1e-6)
+    for a, c in zip(parts, parts2):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
+    for a, c in zip(grads, grads2):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6)
+    ce_only = sk.linear_topk_salt_loss(h, w, None, None, y, kd_weight=0.0)
+    torch.testing.assert_close(ce_only, sk.linear_salt_loss(h, w, None, None, y, kd_weight=0.0))
+
+
+def test_opcheck_linear_topk(gen):
+    h = torch.randn(8, 5, generator=gen, requires_grad=True)
+    w = torch.randn(30, 5, generator=gen, requires_grad=True)
+    idx, lp = _teacher(gen, 8, 30, 4)
+    y = torch.randint(0, 30, (8,), generator=gen)
+    for reduction in ("mean", "none"):
+        args = (h, w, None, idx, lp, y, 0.5, 2.0, -100, reduction, "reference", 3, torch.float32, "bucket", None, 0.0,
+                0.0, True, True, False, True)
+        result = torch.library.opcheck(torch.ops.salt_kernels.linear_topk_salt_loss, args)
+        assert all(v == "SUCCESS" for v in result.values()), result

@@ -98,6 +98,7 @@ class LinearPlan:
     use_teacher: bool
     options: LossOptions = DEFAULT_OPTIONS
     want_accuracy: bool = False
+    topk_tail: str | None = None  # set: the teacher is a cached top-k (indices, log-probs)
 
 
 class _Chunks:
@@ -124,7 +125,11 @@ class _Chunks:
         self.w_s = w_s.to(cd)
         self.b_s = None if b_s is None else b_s.to(cd)
         self.labels = pick(labels)
-        if plan.use_teacher:
+        if plan.topk_tail is not None:
+            # h_t, w_t: the teacher's top-k indices and log-probs, picked like the rows
+            self.t_idx, self.t_lp = (None, None) if h_t is None else (pick(h_t), pick(w_t))
+            self.h_t = self.w_t = self.b_t = None
+        elif plan.use_teacher:
             td = plan.teacher_dtype
             k = plan.options.kd_vocab  # only the first k teacher logits are ever read
             self.h_t = pick(h_t).to(td)
@@ -182,7 +187,8 @@ def run_chunks(plan: LinearPlan, ch: _Chunks, *, row_scale, want_h: bool, want_w
 
     step = max(1, min(plan.chunk_size, nv))
     z_buf = torch.empty(step, vocab, dtype=plan.compute_dtype, device=device)
-    u_buf = torch.empty(step, ch.w_t.shape[0], dtype=plan.teacher_dtype, device=device) if plan.use_teacher else None
+    project_teacher = plan.use_teacher and plan.topk_tail is None
+    u_buf = torch.empty(step, ch.w_t.shape[0], dtype=plan.teacher_dtype, device=device) if project_teacher else None
     g_buf = torch.empty(step, vocab, dtype=plan.compute_dtype, device=device) if want_grad else None
     per_row_scale = want_grad and row_scale.numel() > 1
     for r0 in range(0, nv, step):
@@ -191,15 +197,8 @@ def run_chunks(plan: LinearPlan, ch: _Chunks, *, row_scale, want_h: bool, want_w
         h = ch.h_s[r0:r1]
         z = z_buf[:c]
         _project(h, ch.w_s, ch.b_s, z)
-        u = None
-        if plan.use_teacher:
-            u = u_buf[:c]
-            _project(ch.h_t[r0:r1], ch.w_t, ch.b_t, u)
         g = g_buf[:c] if want_grad else None
-        out = plan.backend.rows(
-            z,
-            u,
-            ch.labels[r0:r1],
+        kw = dict(
             kd_weight=plan.kd_weight,
             temperature=plan.temperature,
             ignore_index=plan.ignore_index,
@@ -207,6 +206,14 @@ def run_chunks(plan: LinearPlan, ch: _Chunks, *, row_scale, want_h: bool, want_w
             grad_scale=(row_scale[r0:r1] if per_row_scale else row_scale) if want_grad else None,
             options=plan.options,
         )
+        if plan.topk_tail is not None:
+            out = plan.backend.topk_rows(z, ch.t_idx[r0:r1], ch.t_lp[r0:r1], ch.labels[r0:r1], tail=plan.topk_tail, **kw)
+        else:
+            u = None
+            if project_teacher:
+                u = u_buf[:c]
+                _project(ch.h_t[r0:r1], ch.w_t, ch.b_t, u)
+            out = plan.backend.rows(z, u, ch.labels[r0:r1], **kw)
         y = ch.labels[r0:r1]
         z_loss = z_loss_rows(out, plan.options.z_loss)
         accuracy = accuracy_rows(out, z, y, plan.ignore_index, plan.want_accuracy)
@@ -293,10 +300,16 @@ def linear_salt_loss_op(
     options = LossOptions(softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing, z_loss)
     plan = _plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype,
                  teacher_dtype, options, want_accuracy)
+    return _linear_forward(h_s, w_s, b_s, h_t, w_t, b_t, labels, plan, want_h, want_w, want_b)
+
+
+def _linear_forward(h_s, w_s, b_s, h_t, w_t, b_t, labels, plan: LinearPlan, want_h, want_w, want_b) -> tuple:
+    """Forward of a fused linear op: parts (reduced) and the gradients asked for (mean/sum)."""
+    reduction = plan.reduction
     shape, labels = labels.shape, labels.reshape(-1)
     want_b = want_b and b_s is not None
     with torch.autocast(h_s.device.type, enabled=False), torch.no_grad():
-        check_labels_in_op(labels, w_s.shape[0], ignore_index)
+        check_labels_in_op(labels, w_s.shape[0], plan.ignore_index)
         ch = _Chunks(plan, h_s, w_s, b_s, h_t, w_t, b_t, labels)
         row_scale = None
         if reduction != "none" and (want_h or want_w or want_b):
@@ -310,6 +323,19 @@ def linear_salt_loss_op(
     return (*parts, *grads)
 
 
+def _linear_backward(h_s, w_s, b_s, h_t, w_t, b_t, labels, grad_output, plan: LinearPlan, want_h, want_w, want_b):
+    """Gradients of a fused linear op scaled by grad_output ("none", or a second backward)."""
+    labels = labels.reshape(-1)
+    want_b = want_b and b_s is not None
+    with torch.autocast(h_s.device.type, enabled=False), torch.no_grad():
+        ch = _Chunks(plan, h_s, w_s, b_s, h_t, w_t, b_t, labels)
+        row_scale = grad_scale_for(plan.reduction, ch.n_valid_t, grad_output)
+        if plan.reduction == "none" and not ch.all_valid:
+            row_scale = row_scale.index_select(0, ch.idx).contiguous()
+        _, gh, gw, gb = run_chunks(plan, ch, row_scale=row_scale, want_h=want_h, want_w=want_w, want_b=want_b)
+        return _finish_grads(ch, h_s, w_s, b_s, gh, gw, gb)
+
+
 def _grad_shapes(h_s, w_s, b_s, want_h, want_w, want_b):
     return (
         h_s.new_empty(h_s.shape if want_h else (0,)),
@@ -318,14 +344,18 @@ def _grad_shapes(h_s, w_s, b_s, want_h, want_w, want_b):
     )
 
 
+def _fake_forward(h_s, w_s, b_s, labels, reduction, compute_dtype, want_h, want_w, want_b):
+    shape = labels.shape if reduction == "none" else ()
+    parts = [h_s.new_empty(shape, dtype=result_dtype(compute_dtype)) for _ in range(5)]
+    fwd = reduction != "none"  # "none" computes its gradients in backward
+    return (*parts, *_grad_shapes(h_s, w_s, b_s, want_h and fwd, want_w and fwd, want_b and fwd))
+
+
 @linear_salt_loss_op.register_fake
 def _(h_s, w_s, b_s, h_t, w_t, b_t, labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size,
       compute_dtype, teacher_dtype, *options_and_flags):
     want_h, want_w, want_b, _want_accuracy = options_and_flags[-4:]
-    shape = labels.shape if reduction == "none" else ()
-    parts = [h_s.new_empty(shape, dtype=result_dtype(compute_dtype)) for _ in range(5)]
-    in_forward = reduction != "none"  # "none" computes its gradients in backward
-    return (*parts, *_grad_shapes(h_s, w_s, b_s, want_h and in_forward, want_w and in_forward, want_b and in_forward))
+    return _fake_forward(h_s, w_s, b_s, labels, reduction, compute_dtype, want_h, want_w, want_b)
 
 
 @torch.library.custom_op("salt_kernels::linear_salt_loss_backward", mutates_args=())
@@ -361,15 +391,7 @@ def linear_salt_loss_backward_op(
     options = LossOptions(softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing, z_loss)
     plan = _plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype,
                  teacher_dtype, options)
-    labels = labels.reshape(-1)
-    want_b = want_b and b_s is not None
-    with torch.autocast(h_s.device.type, enabled=False), torch.no_grad():
-        ch = _Chunks(plan, h_s, w_s, b_s, h_t, w_t, b_t, labels)
-        row_scale = grad_scale_for(reduction, ch.n_valid_t, grad_output)
-        if reduction == "none" and not ch.all_valid:
-            row_scale = row_scale.index_select(0, ch.idx).contiguous()
-        _, gh, gw, gb = run_chunks(plan, ch, row_scale=row_scale, want_h=want_h, want_w=want_w, want_b=want_b)
-        return _finish_grads(ch, h_s, w_s, b_s, gh, gw, gb)
+    return _linear_backward(h_s, w_s, b_s, h_t, w_t, b_t, labels, grad_output, plan, want_h, want_w, want_b)
 
 
 @linear_salt_loss_backward_op.register_fake
@@ -378,47 +400,54 @@ def _(h_s, w_s, b_s, *args):
     return _grad_shapes(h_s, w_s, b_s, want_h, want_w, want_b)
 
 
-_OPTIONS = ("kd_weight", "temperature", "ignore_index", "reduction", "backend", "chunk_size", "compute_dtype",
-            "teacher_dtype", "softcap", "teacher_softcap", "kd_vocab", "divergence", "beta", "label_smoothing",
-            "z_loss", "want_h", "want_w", "want_b")
-
-
-def setup_context(ctx, inputs, output):
-    *tensors, = inputs[:7]
-    for name, value in zip(_OPTIONS, inputs[7:]):
-        setattr(ctx, name, value)
-    loss, *parts = output[:5]
-    grads = output[5:]
-    ctx.mark_non_differentiable(*parts, *grads)
-    ctx.save_for_backward(*tensors)
-    # Kept on ctx, not saved, and handed out once (see salt_loss.setup_context).
-    fresh = ctx.reduction != "none" and any(_computed(g, t) for g, t in zip(grads, tensors))
-    ctx.grads = grads if fresh else None
-
-
 def _computed(grad: Tensor, like: Tensor | None) -> bool:
     """Whether an op output holds a gradient (an empty 1-d tensor stands for "not computed")."""
     return like is not None and grad.shape == like.shape
 
 
-def backward(ctx, grad_loss, *_unused):
-    h_s, w_s, b_s, h_t, w_t, b_t, labels = ctx.saved_tensors
-    options = [getattr(ctx, name) for name in _OPTIONS]
-    # What the forward was asked for may be more than this backward needs (e.g. the weight only).
-    need = ctx.needs_input_grad[:3]
-    grads, ctx.grads = ctx.grads, None  # handed out once; a second backward recomputes below
-    if grads is not None:
-        out = [finish_backward(g, grad_loss) if n and _computed(g, t) else None for g, t, n in zip(grads, (h_s, w_s, b_s), need)]
-    else:
-        options[-3:] = [bool(n) for n in need]
-        with torch.no_grad():  # not differentiable; once_differentiable below says so
-            out = torch.ops.salt_kernels.linear_salt_loss_backward(
-                h_s, w_s, b_s, h_t, w_t, b_t, labels, grad_loss, *options
-            )
-        out = [g if n and _computed(g, t) else None for g, t, n in zip(out, (h_s, w_s, b_s), need)]
-    return once_differentiable("salt_kernels.linear_salt_loss", tuple(out)) + (None,) * 23
+def linear_autograd(name: str, *, n_tensors: int, arg_names: tuple, backward_op):
+    """setup_context and backward of a fused linear loss op whose inputs are (h_s, w_s, b_s,
+    *other tensors, *args named arg_names ending with want_h, want_w, want_b, want_accuracy) and
+    whose outputs are (loss, ce, kd, z_loss, accuracy, grad_h, grad_w, grad_b). The gradients
+    computed in the forward are kept on ctx, not saved, and handed out once (see
+    common.rows_autograd); "none" and a second backward call backward_op()."""
+
+    def setup_context(ctx, inputs, output):
+        tensors = inputs[:n_tensors]
+        for arg, value in zip(arg_names, inputs[n_tensors:]):
+            setattr(ctx, arg, value)
+        parts, grads = output[1:5], output[5:]
+        ctx.mark_non_differentiable(*parts, *grads)
+        ctx.save_for_backward(*tensors)
+        fresh = ctx.reduction != "none" and any(_computed(g, t) for g, t in zip(grads, tensors))
+        ctx.grads = grads if fresh else None
+
+    def backward(ctx, grad_loss, *_unused):
+        tensors = ctx.saved_tensors
+        args = [getattr(ctx, arg) for arg in arg_names]
+        # What the forward was asked for may be more than this backward needs (e.g. the weight only).
+        need = ctx.needs_input_grad[:3]
+        grads, ctx.grads = ctx.grads, None  # handed out once; a second backward recomputes below
+        if grads is not None:
+            out = [finish_backward(g, grad_loss) if n and _computed(g, t) else None
+                   for g, t, n in zip(grads, tensors[:3], need)]
+        else:
+            args = args[:-4] + [bool(n) for n in need]  # want_h, want_w, want_b; no want_accuracy
+            with torch.no_grad():  # not differentiable; once_differentiable below says so
+                out = backward_op()(*tensors, grad_loss, *args)
+            out = [g if n and _computed(g, t) else None for g, t, n in zip(out, tensors[:3], need)]
+        return once_differentiable(name, tuple(out)) + (None,) * (n_tensors - 3 + len(arg_names))
+
+    return setup_context, backward
 
 
+_ARGS = ("kd_weight", "temperature", "ignore_index", "reduction", "backend", "chunk_size", "compute_dtype",
+         "teacher_dtype", "softcap", "teacher_softcap", "kd_vocab", "divergence", "beta", "label_smoothing",
+         "z_loss", "want_h", "want_w", "want_b", "want_accuracy")
+setup_context, backward = linear_autograd(
+    "salt_kernels.linear_salt_loss", n_tensors=7, arg_names=_ARGS,
+    backward_op=lambda: torch.ops.salt_kernels.linear_salt_loss_backward,
+)
 linear_salt_loss_op.register_autograd(backward, setup_context=setup_context)
 linear_salt_loss_backward_op.register_autograd(no_second_order("salt_kernels.linear_salt_loss"), setup_context=no_context)
 
@@ -433,3 +462,115 @@ class LinearSaltLossFunction(torch.autograd.Function):
 
     setup_context = staticmethod(setup_context)
     backward = staticmethod(backward)
+
+
+# ---- the fused linear loss with an offline top-k teacher -----------------------------------
+
+
+@torch.library.custom_op("salt_kernels::linear_topk_salt_loss", mutates_args=())
+def linear_topk_salt_loss_op(
+    h_s: Tensor,
+    w_s: Tensor,
+    b_s: Tensor | None,
+    indices: Tensor,
+    logprobs: Tensor,
+    labels: Tensor,
+    kd_weight: float,
+    temperature: float,
+    ignore_index: int,
+    reduction: str,
+    backend: str,
+    chunk_size: int,
+    compute_dtype: torch.dtype,
+    tail: str,
+    softcap: float | None,
+    label_smoothing: float,
+    z_loss: float,
+    want_h: bool,
+    want_w: bool,
+    want_b: bool,
+    want_accuracy: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    from .topk_salt_loss import check_teacher_topk
+
+    check_addressable(h_s, w_s, b_s, indices, logprobs, labels)
+    if kd_weight > 0:
+        check_teacher_topk(indices, logprobs, w_s.shape[0])
+    return _linear_forward(h_s, w_s, b_s, indices, logprobs, None, labels, _topk_plan(
+        labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype, tail, softcap,
+        label_smoothing, z_loss, want_accuracy), want_h, want_w, want_b)
+
+
+def _topk_plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype, tail, softcap,
+               label_smoothing, z_loss, want_accuracy=False) -> LinearPlan:
+    options = LossOptions(softcap=softcap, label_smoothing=label_smoothing, z_loss=z_loss)
+    plan = _plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype, None,
+                 options, want_accuracy)
+    plan.topk_tail = tail
+    plan.use_teacher = kd_weight > 0
+    return plan
+
+
+@linear_topk_salt_loss_op.register_fake
+def _(h_s, w_s, b_s, indices, logprobs, labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size,
+      compute_dtype, *args):
+    want_h, want_w, want_b, _want_accuracy = args[-4:]
+    return _fake_forward(h_s, w_s, b_s, labels, reduction, compute_dtype, want_h, want_w, want_b)
+
+
+@torch.library.custom_op("salt_kernels::linear_topk_salt_loss_backward", mutates_args=())
+def linear_topk_salt_loss_backward_op(
+    h_s: Tensor,
+    w_s: Tensor,
+    b_s: Tensor | None,
+    indices: Tensor,
+    logprobs: Tensor,
+    labels: Tensor,
+    grad_output: Tensor,
+    kd_weight: float,
+    temperature: float,
+    ignore_index: int,
+    reduction: str,
+    backend: str,
+    chunk_size: int,
+    compute_dtype: torch.dtype,
+    tail: str,
+    softcap: float | None,
+    label_smoothing: float,
+    z_loss: float,
+    want_h: bool,
+    want_w: bool,
+    want_b: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    check_addressable(h_s, w_s, b_s, indices, logprobs, labels)
+    plan = _topk_plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype, tail,
+                      softcap, label_smoothing, z_loss)
+    return _linear_backward(h_s, w_s, b_s, indices, logprobs, None, labels, grad_output, plan, want_h, want_w, want_b)
+
+
+@linear_topk_salt_loss_backward_op.register_fake
+def _(h_s, w_s, b_s, *args):
+    want_h, want_w, want_b = args[-3:]
+    return _grad_shapes(h_s, w_s, b_s, want_h, want_w, want_b)
+
+
+_TOPK_ARGS = ("kd_weight", "temperature", "ignore_index", "reduction", "backend", "chunk_size", "compute_dtype", "tail",
+              "softcap", "label_smoothing", "z_loss", "want_h", "want_w", "want_b", "want_accuracy")
+_topk_setup_context, _topk_backward = linear_autograd(
+    "salt_kernels.linear_topk_salt_loss", n_tensors=6, arg_names=_TOPK_ARGS,
+    backward_op=lambda: torch.ops.salt_kernels.linear_topk_salt_loss_backward,
+)
+linear_topk_salt_loss_op.register_autograd(_topk_backward, setup_context=_topk_setup_context)
+linear_topk_salt_loss_backward_op.register_autograd(no_second_order("salt_kernels.linear_topk_salt_loss"),
+                                                    setup_context=no_context)
+
+
+class LinearTopkSaltLossFunction(torch.autograd.Function):
+    """The top-k op with its registered autograd, as an autograd.Function (for torch.func)."""
+
+    @staticmethod
+    def forward(*args):
+        return torch.ops.salt_kernels.linear_topk_salt_loss(*args)
+
+    setup_context = staticmethod(_topk_setup_context)
+    backward = staticmethod(_topk_backward)
