@@ -397,3 +397,41 @@ def test_bad_input(arg, mutate, exc, message):
     with pytest.raises(exc) as info:
         sk.linear_salt_loss(*pos, **a)
     assert message in str(info.value), str(info.value)
+
+
+def test_gemm_fallback_warns_once(monkeypatch):
+    """Where addmm(out_dtype=) is missing, the fp32 fallback is announced once, not silently."""
+    import warnings as _w
+
+    from salt_kernels.ops import linear_salt_loss as ls
+
+    calls = []
+
+    def no_out_dtype(*args, **kwargs):
+        if "out_dtype" in kwargs:
+            calls.append(1)
+            raise TypeError("addmm() got an unexpected keyword argument 'out_dtype'")
+        return torch.addmm.__wrapped__(*args, **kwargs) if hasattr(torch.addmm, "__wrapped__") else None
+
+    class FakeAcc:
+        """An fp32 accumulator that claims to live on a GPU (the fallback path only exists there)."""
+
+        def __init__(self):
+            self.t = torch.zeros(3, 2)
+            self.dtype = torch.float32
+            self.device = torch.device("cuda")
+
+        def addmm_(self, a, b):
+            self.t.addmm_(a, b)
+
+    monkeypatch.setattr(ls, "_ADDMM_OUT_DTYPE_OK", {})
+    monkeypatch.setattr(torch, "addmm", no_out_dtype)
+    acc = FakeAcc()
+    a, b = torch.randn(3, 4).bfloat16(), torch.randn(4, 2).bfloat16()
+    with _w.catch_warnings(record=True) as caught:
+        _w.simplefilter("always")
+        ls._accumulate_mm(acc, a, b)
+        ls._accumulate_mm(acc, a, b)
+    assert len(calls) == 1
+    assert sum("out_dtype" in str(w.message) for w in caught) == 1
+    torch.testing.assert_close(acc.t, 2 * (a.float() @ b.float()))

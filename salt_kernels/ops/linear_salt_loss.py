@@ -29,6 +29,7 @@ would cost a sync, so every row is projected and ignored rows contribute zeros.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -152,7 +153,8 @@ _ADDMM_OUT_DTYPE_OK: dict[str, bool] = {}
 def _accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     """acc (fp32) += a @ b, with a and b possibly in a low-precision dtype, without a temporary of
     acc's size: fp32 inputs go straight to addmm_; on CUDA a bf16/fp16 GEMM with fp32 output is
-    used when this torch has it, else (and on CPU) the chunk-sized operands are cast to fp32."""
+    used when this torch has it (out_dtype=); else (and on CPU) the chunk-sized operands are cast
+    to fp32, which on a GPU runs an fp32 GEMM several times slower: said once per process."""
     if a.dtype == acc.dtype:
         acc.addmm_(a, b)
         return
@@ -162,8 +164,15 @@ def _accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
             torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
             _ADDMM_OUT_DTYPE_OK[dev] = True
             return
-        except (RuntimeError, TypeError, NotImplementedError):
+        except (RuntimeError, TypeError, NotImplementedError) as exc:
             _ADDMM_OUT_DTYPE_OK[dev] = False
+            warnings.warn(
+                f"salt_kernels.linear_salt_loss: this torch ({torch.__version__}) has no addmm with "
+                f"out_dtype=float32 for {a.dtype} inputs ({type(exc).__name__}); the weight gradient is "
+                "accumulated with an fp32 GEMM instead, several times slower on a GPU",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
 
 
