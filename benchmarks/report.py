@@ -4,7 +4,10 @@ fixed-size scripts benchmarks/bench_*.py, see salt_kernels/benchmarking/results.
 benchmarks/RESULTS.md and the bench grids into PNG plots (time and peak memory against V, one
 line per backend). Grids and profiles go between <!-- bench:start --> and <!-- bench:end -->, a
 fixed-size run between its own markers (loss_cpu.json: <!-- cpu-loss:start -->, linear_cpu.json:
-<!-- cpu-linear:start -->); the rest of the file is left as it is.
+<!-- cpu-linear:start -->); the rest of the file is left as it is. A grid run with the
+fwd_nograd pass, an option grid (`salt-kernels bench --options ...`) or the topk variant gets its
+option table (time per option and the ratio to the default option) and its top-k table
+(topk_salt_loss against salt_loss with the full teacher); plots need two V at least.
 
     python benchmarks/report.py          # every benchmarks/results/*.json: all tables of RESULTS.md
     python benchmarks/report.py results/bench_cuda.json --markdown RESULTS.md --plots plots/

@@ -21,6 +21,8 @@ namespace salt {
 // Rows are addressed as base + row * row_stride (elements); the vocabulary dimension is
 // contiguous. Every offset is 64-bit.
 enum Dtype : int32_t { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+// The divergence D of docs/design.md, "Distillation options" (p: teacher, q: student, at tau).
+enum Divergence : int32_t { kForwardKL = 0, kReverseKL = 1, kJSD = 2 };
 
 struct RowsArgs {
   const void* student = nullptr;  // [n_rows, vocab]
@@ -48,6 +50,17 @@ struct RowsArgs {
   int64_t grad_row_stride = 0;
   const float* grad_scale = nullptr;
   int64_t grad_scale_stride = 0;
+  // Distillation options (docs/design.md, "Distillation options"). Every default is "off" and
+  // gives the plain loss of "The loss".
+  int64_t kd_vocab = 0;           // KD over the first kd_vocab entries; 0: all `vocab`. Only the
+                                  // first kd_vocab entries of a teacher row are ever read.
+  float softcap = 0.f;            // student z <- c * tanh(z / c) before anything else; 0: off
+  float teacher_softcap = 0.f;    // teacher u <- c_t * tanh(u / c_t); 0: off
+  int32_t divergence = kForwardKL;
+  float beta = 0.5f;              // JSD: weight of the teacher in m = beta p + (1 - beta) q
+  float label_smoothing = 0.f;    // eps of torch's label smoothing
+  float z_loss = 0.f;             // lam: loss += lam * lse_z^2
+  float* accuracy = nullptr;      // optional output [n_rows]: 1 where argmax_j z_j == label, else 0
   int32_t num_threads = 1;  // CPU only
   void* stream = nullptr;   // CUDA only: cudaStream_t
 };
@@ -135,6 +148,85 @@ SALT_HD float grad_value(float p_z, float p_zt, float p_u, bool is_label, float 
   float g = (1.f - w) * (p_z - (is_label ? 1.f : 0.f));
   if (w > 0.f) g += w * tau * (p_zt - p_u);
   return scale * g;
+}
+
+// ---- distillation options (docs/design.md, "Distillation options") ---------------------------
+
+// Logit soft-capping, c * tanh(x / c) (maps -inf to -c).
+SALT_HD float softcap_value(float x, float c) { return c * tanhf(x / c); }
+
+// Its derivative, written with the capped value y = c * tanh(x / c): 1 - (y / c)^2.
+SALT_HD float softcap_grad_factor(float capped, float c) {
+  const float t = capped / c;
+  return 1.f - t * t;
+}
+
+// Cross-entropy with torch's label smoothing eps: (1 - eps) (lse - z[y]) + eps (lse - mean_j z_j).
+SALT_HD float smoothed_ce_value(float lse_z, float z_label, float mean_z, float eps) {
+  const float nll = lse_z - z_label;
+  return eps == 0.f ? nll : (1.f - eps) * nll + eps * (lse_z - mean_z);
+}
+
+// z-loss term lam * lse_z^2; a zero weight drops it (so lse_z = inf gives no NaN).
+SALT_HD float z_loss_value(float lse_z, float lam) { return lam == 0.f ? 0.f : lam * lse_z * lse_z; }
+
+// Reverse KL, KL(q || p) = sum_j q_j r_j with r_j = log q_j - log p_j
+// = (z_j - u_j) / tau - lse_zt + lse_u. Its accumulator b = sum_j exp(z_j/tau - m) (z_j - u_j)
+// is rescaled with the state of z/tau (s_zt), as the forward KL's a is with the teacher's.
+// q_j == 0 (student -inf) contributes 0; p_j == 0 where q_j > 0 gives +inf, the true value.
+SALT_HD float reverse_kd_term(float z, float u, float e_zt) {
+  if (z == -INFINITY) return 0.f;
+  if (u == -INFINITY) return INFINITY;
+  return e_zt * (z - u);
+}
+
+// KD = tau^2 * KL(q || p) = tau^2 * (b / (tau * s_zt) - lse_zt + lse_u).
+SALT_HD float reverse_kd_value(float b, float s_zt, float lse_u, float lse_zt, float tau) {
+  return tau * tau * (b / (tau * s_zt) - lse_zt + lse_u);
+}
+
+// JSD with m = beta p + (1 - beta) q: from the probabilities p, q of one entry and
+// r = log q - log p (from the logits, so without cancellation), l_p = log(m / p) and
+// l_q = log(m / q). Only the ratio min(p, q) / max(p, q) <= 1 enters the log, so nothing
+// overflows; l_p (l_q) is +inf or NaN where p (q) is 0, which jsd_term drops.
+SALT_HD void jsd_log_ratios(float p, float q, float r, float beta, float& l_p, float& l_q) {
+  if (q > p) {
+    l_q = logf(beta * (p / q) + (1.f - beta));
+    l_p = l_q + r;
+  } else {
+    l_p = logf(beta + (1.f - beta) * (q / p));
+    l_q = l_p - r;
+  }
+}
+
+// One entry of KL(a || m) = sum_j a_j log(a_j / m_j) = -sum_j a_j l_a,j; a_j == 0 counts 0.
+SALT_HD float jsd_term(float a, float l_a) { return a == 0.f ? 0.f : -a * l_a; }
+
+// KD = tau^2 * (beta KL(p || m) + (1 - beta) KL(q || m)).
+SALT_HD float jsd_value(float kl_pm, float kl_qm, float beta, float tau) {
+  return tau * tau * (beta * kl_pm + (1.f - beta) * kl_qm);
+}
+
+// dD / d(z_j / tau) of each divergence, the entry's part of the KD gradient (times w * tau):
+//   forward KL: q_j - p_j
+//   reverse KL: q_j (r_j - D)                                  (0 where q_j == 0)
+//   JSD:        q_j (g_j - (1 - beta) KL(q || m)), g_j = (1 - beta) log(q_j / m_j)
+//             = -(1 - beta) q_j (l_q,j + KL(q || m))           (0 where q_j == 0)
+SALT_HD float forward_kd_grad(float p, float q) { return q - p; }
+SALT_HD float reverse_kd_grad(float q, float r, float d) { return q == 0.f ? 0.f : q * (r - d); }
+SALT_HD float jsd_grad(float q, float l_q, float kl_qm, float beta) {
+  return q == 0.f ? 0.f : -(1.f - beta) * q * (l_q + kl_qm);
+}
+
+// Gradient element with the options: scale * cap' * ((1 - w) (softmax(z)_j - (1 - eps) [j == y]
+// - eps / V) + 2 lam lse_z softmax(z)_j + w tau kd_grad), where cap' is softcap_grad_factor (1
+// without softcap), kd_grad one of the three above (0 past kd_vocab) and zl = 2 lam lse_z.
+SALT_HD float grad_value_options(float p_z, float kd_grad, bool is_label, float w, float tau, float eps,
+                                 float inv_vocab, float zl, float cap_factor, float scale) {
+  float g = (1.f - w) * (p_z - (is_label ? 1.f - eps : 0.f) - eps * inv_vocab);
+  if (zl != 0.f) g += zl * p_z;
+  if (w > 0.f) g += w * tau * kd_grad;
+  return scale * cap_factor * g;
 }
 
 // ---- dtype conversions (bit-exact; round to nearest even on the way down) ---------------------

@@ -19,7 +19,9 @@ void rows(uintptr_t student, int64_t student_row_stride, int32_t student_dtype, 
           int64_t labels_stride, bool labels_int64, int64_t n_rows, int64_t vocab, float kd_weight,
           float temperature, int64_t ignore_index, uintptr_t loss, uintptr_t ce, uintptr_t kd,
           uintptr_t lse, uintptr_t grad, int64_t grad_row_stride, uintptr_t grad_scale,
-          int64_t grad_scale_stride, int32_t num_threads) {
+          int64_t grad_scale_stride, int32_t num_threads, int64_t kd_vocab, float softcap,
+          float teacher_softcap, int32_t divergence, float beta, float label_smoothing, float z_loss,
+          uintptr_t accuracy) {
   salt::RowsArgs a;
   a.student = as_ptr<const void>(student);
   a.student_row_stride = student_row_stride;
@@ -44,6 +46,14 @@ void rows(uintptr_t student, int64_t student_row_stride, int32_t student_dtype, 
   a.grad_scale = as_ptr<const float>(grad_scale);
   a.grad_scale_stride = grad_scale_stride;
   a.num_threads = num_threads;
+  a.kd_vocab = kd_vocab;
+  a.softcap = softcap;
+  a.teacher_softcap = teacher_softcap;
+  a.divergence = divergence;
+  a.beta = beta;
+  a.label_smoothing = label_smoothing;
+  a.z_loss = z_loss;
+  a.accuracy = as_ptr<float>(accuracy);
   salt::rows_cpu(a);
 }
 
@@ -58,6 +68,10 @@ PYBIND11_MODULE(_salt_cpu, m) {
         py::arg("kd_weight"), py::arg("temperature"), py::arg("ignore_index"), py::arg("loss"),
         py::arg("ce"), py::arg("kd"), py::arg("lse"), py::arg("grad"),
         py::arg("grad_row_stride"), py::arg("grad_scale"), py::arg("grad_scale_stride"),
-        py::arg("num_threads"));
+        py::arg("num_threads"),
+        // distillation options (salt::RowsArgs): the defaults are "off"
+        py::arg("kd_vocab") = 0, py::arg("softcap") = 0.f, py::arg("teacher_softcap") = 0.f,
+        py::arg("divergence") = 0, py::arg("beta") = 0.5f, py::arg("label_smoothing") = 0.f,
+        py::arg("z_loss") = 0.f, py::arg("accuracy") = uintptr_t(0));
   m.def("isa", &salt::cpu_isa, "instruction set the kernel uses on this machine");
 }

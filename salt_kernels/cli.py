@@ -8,6 +8,7 @@ Heavy imports (transformers, matplotlib) happen inside the commands, so `--help`
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 
@@ -37,12 +38,30 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    parser.set_defaults(_commands=sub.choices)
     return parser
+
+
+def _unrecognized(parser: argparse.ArgumentParser, extra: list[str]) -> str:
+    """argparse's message for flags it does not know, with the closest known flag of each."""
+    known = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+    hints = []
+    for arg in extra:
+        flag = arg.split("=", 1)[0]
+        if flag.startswith("-"):
+            close = difflib.get_close_matches(flag, known, n=1)
+            if close:
+                hints.append(f"{flag}: did you mean {close[0]}?")
+    return f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})" if hints else "")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # a subcommand's unknown flag gets that subcommand's usage and error, not the top level's
+        sub = args._commands.get(getattr(args, "command", None) or "", parser)
+        sub.error(_unrecognized(sub, extra))
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2

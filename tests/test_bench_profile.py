@@ -167,6 +167,107 @@ def test_bench_writes_json_and_markdown(tmp_path, capsys, fixed_copy_bandwidth):
     assert doc["command"] in text and "--in-process" in doc["command"]
 
 
+def test_fwd_nograd_pass_runs_under_no_grad_with_inputs_that_require_grad():
+    seen = []
+
+    def fn(x, y):
+        seen.append((torch.is_grad_enabled(), x.requires_grad))
+        return (x * y).sum()
+
+    x, y = torch.ones(8), torch.ones(8)
+    m = timing.measure_pass(fn, (x, y), (x,), "fwd_nograd", repeats=2, warmup=1, min_time=0)
+    assert m["repeats"] >= 2 and m["median_s"] > 0
+    assert seen and set(seen) == {(False, True)}  # grad mode off, the input still requires grad
+    seen.clear()
+    timing.measure_pass(fn, (x, y), (x,), "fwd", repeats=1, warmup=0, min_time=0)
+    assert set(seen) == {(False, False)}
+
+
+def test_bench_fwd_nograd_pass(tmp_path, capsys, fixed_copy_bandwidth):
+    rc, out, md = _bench(tmp_path, "--backends", "cpu,eager", "--dtype", "fp32", "--passes", "fwd,fwd_nograd,fwdbwd",
+                         "--in-process")
+    assert rc == 0
+    doc = results.load(str(out))
+    assert doc["config"]["passes"] == ["fwd", "fwd_nograd", "fwdbwd"] and "--passes fwd,fwd_nograd,fwdbwd" in doc["command"]
+    got = {(r["variant"], r["pass"]): r for r in doc["results"]}
+    assert set(got) == {(v, p) for v in ("cpu", "eager") for p in ("fwd", "fwd_nograd", "fwdbwd")}
+    for (variant, pass_), r in got.items():
+        assert r["status"] == "ok" and r["option"] == "default" and r["median_s"] > 0
+        assert r["backend"] == ("cpu" if variant == "cpu" else None)
+        if pass_ == "fwd_nograd":  # the forward's traffic, no gradient returned
+            assert r["bytes"] == got[(variant, "fwd")]["bytes"] and r["output_bytes"] == 0
+            assert r["gb_per_s"] == pytest.approx(r["bytes"] / r["median_s"] / 1e9)
+            assert r["loss_value"] == got[(variant, "fwd")]["loss_value"]
+    text = md.read_text()
+    assert "forward under torch.no_grad() with inputs that require grad" in text
+    assert "Loss microbenchmarks, forward under no_grad" in text
+
+
+def test_bench_option_grid(tmp_path, capsys, fixed_copy_bandwidth):
+    """--options default,jsd: each salt_kernels variant once per option, a backend that does not
+    compute JSD recorded as skipped with its own reason, the baseline on the default option only."""
+    from salt_kernels.backends.base import LossOptions
+    from salt_kernels.backends.registry import backend_status
+
+    rc, out, md = _bench(tmp_path, "--backends", "cpu,reference,eager", "--dtype", "fp32", "--passes", "fwd,fwdbwd",
+                         "--options", "default,jsd", "--in-process")
+    assert rc == 0
+    doc = results.load(str(out))
+    assert doc["config"]["loss_options"] == ["default", "jsd"] and "--options default,jsd" in doc["command"]
+    got = {(r["variant"], r["option"], r["pass"]): r for r in doc["results"]}
+    assert set(got) == ({(v, o, p) for v in ("cpu", "reference") for o in ("default", "jsd") for p in ("fwd", "fwdbwd")}
+                        | {("eager", "default", p) for p in ("fwd", "fwdbwd")})
+    assert doc["left_out"] == []  # eager ran, with the default option
+    cpu_jsd_ok, cpu_jsd_why = backend_status("cpu", torch.device("cpu"), options=LossOptions(divergence="jsd"))
+    for (variant, option, pass_), r in got.items():
+        if variant == "cpu" and option == "jsd" and not cpu_jsd_ok:
+            assert r["status"] == "skipped" and r["reason"] == cpu_jsd_why
+            continue
+        assert r["status"] == "ok", r
+        assert r["backend"] == (None if variant == "eager" else variant)
+        same = got[("reference", option, pass_)]["loss_value"]
+        assert r["loss_value"] == pytest.approx(same, rel=1e-5)  # the same option, the same loss
+    assert got[("reference", "jsd", "fwd")]["loss_value"] != pytest.approx(got[("reference", "default", "fwd")]["loss_value"])
+    text = md.read_text()
+    assert "forward + backward (one training step of the loss): distillation options" in text
+    assert "jsd beta=0.5" in text  # the option's column
+    assert "(1.00×)" in text  # the default option against itself
+    assert "divergence='jsd', beta=0.5" in text and "baselines compute the plain SALT loss" in text
+    if not cpu_jsd_ok:
+        assert cpu_jsd_why in text and "skipped [" in text
+    assert render.value_disagreements(doc) == [] and "disagree" not in text  # same option, same loss
+
+
+def test_bench_topk_variant(tmp_path, capsys, fixed_copy_bandwidth):
+    """--backends cpu,topk: topk_salt_loss on the top k of the same teacher, against salt_loss
+    with the full teacher."""
+    from salt_kernels import topk_salt_loss
+    from salt_kernels.benchmarking import cases as C
+
+    rc, out, md = _bench(tmp_path, "--backends", "cpu,topk", "--dtype", "fp32", "--passes", "fwd,fwdbwd",
+                         "--topk-k", "8", "--in-process")
+    assert rc == 0
+    doc = results.load(str(out))
+    assert doc["config"]["topk_k"] == 8 and "--topk-k 8" in doc["command"]
+    got = {(r["variant"], r["pass"]): r for r in doc["results"]}
+    assert set(got) == {(v, p) for v in ("cpu", "topk") for p in ("fwd", "fwdbwd")}
+    top = got[("topk", "fwdbwd")]
+    assert top["status"] == "ok" and top["k"] == 8 and got[("cpu", "fwd")]["k"] is None
+    ok, backend = C.topk_backend(torch.device("cpu"))
+    assert ok and top["backend"] == backend
+    # its teacher: torch.topk of log_softmax of the teacher logits every variant gets
+    student, teacher, labels = C.make_inputs(32, 256, torch.float32, torch.device("cpu"))
+    values, indices = torch.topk(torch.log_softmax(teacher, dim=-1), 8, dim=-1)
+    want = topk_salt_loss(student, indices, values, labels, kd_weight=C.KD_WEIGHT, temperature=C.TEMPERATURE)
+    assert top["loss_value"] == pytest.approx(float(want), rel=1e-6)
+    case = C.Case("topk", 32, 256, "fp32", k=8)
+    assert top["bytes"] == case.min_bytes("fwdbwd") == 2 * 32 * 256 * 4 + 32 * 8 * (8 + 4) + 32 * 8
+    text = md.read_text()
+    assert "top-k teacher (k = 8) against the full teacher" in text and "salt_loss cpu, full teacher" in text
+    assert f"({backend})" in text
+    assert render.value_disagreements(doc) == []  # topk computes another loss by design: not compared
+
+
 def test_bench_worker_runs_a_case_in_its_own_process():
     spec = {"variant": "cpu", "n": 8, "v": 64, "dtype": "fp32", "op": "loss", "d_s": None, "d_t": None,
             "passes": ["fwdbwd"], "device": "cpu", "repeats": 1, "warmup": 0, "min_time": 0, "kd_weight": 0.5,
@@ -196,6 +297,8 @@ def test_bench_skips_cases_that_do_not_fit(tmp_path, capsys, fixed_copy_bandwidt
         (["--passes", "forward"], "unknown pass 'forward'"),
         (["--backends", "liger"], "Liger-Kernel runs on CUDA GPUs only"),
         (["--backends", "triton-fused"], "Triton runs on CUDA GPUs"),
+        (["--options", "default,bogus"], "unknown option 'bogus'"),
+        (["--topk-k", "0"], "--topk-k must be at least 1"),
     ],
 )
 def test_bench_bad_flags_say_what_to_do(tmp_path, capsys, flags, message):
@@ -212,6 +315,17 @@ def test_bench_dry_run_runs_nothing(tmp_path, capsys):
     # the CPU default grid, every usable variant, the oracle left out with its reason
     assert "1024 |  32000" in out and "128256" in out and "16384" not in out
     assert "reference: the plain-PyTorch oracle" in out
+
+
+def test_bench_dry_run_of_an_option_grid(tmp_path, capsys):
+    rc = cli.main(["bench", "--device", "cpu", "--dry-run", "--n", "8", "--v", "100", "--backends", "reference,topk,eager",
+                   "--options", "jsd,kd_vocab", "--out", str(tmp_path / "x.json")])
+    out = capsys.readouterr().out
+    assert rc == 0 and not (tmp_path / "x.json").exists()
+    assert "eager: computes the plain SALT loss only, and --options has no default" in out
+    assert "| reference | jsd" in out and "| topk k=64 | jsd" in out
+    assert "kd_vocab = V - 128 needs V > 128" in out  # V=100
+    assert "topk_salt_loss takes no kd_vocab or divergence" in out
 
 
 def test_fixed_run_of_the_linear_op(tmp_path, capsys, fixed_copy_bandwidth):

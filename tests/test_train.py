@@ -1,5 +1,6 @@
-"""The SALT training loop on tiny configs: loss, schedule, equivalences, resume,
-data selection, torchrun, bad input, demo report. Each run takes seconds on a CPU."""
+"""The SALT training loop on tiny configs: loss, schedule, equivalences, distillation options
+(flags, config keys, softcapped and padded-vocabulary models), resume, data selection, torchrun,
+bad input, demo report. Each run takes seconds on a CPU."""
 
 from __future__ import annotations
 
@@ -53,6 +54,23 @@ def teacher_dir(tmp_path_factory, corpus) -> str:
     result = train(tiny(tmp, corpus, role="teacher", steps=20))
     assert result.status == "finished"
     return str(tmp / "teacher" / "final")
+
+
+def gemma_dir(path: Path, tokenizer_dir: str, cap: float, vocab: int = 300) -> str:
+    """A tiny Gemma 2 causal-LM directory whose logits are cap * tanh(raw / cap), with the
+    tokenizer of `tokenizer_dir`."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from salt_kernels.train.data import load_tokenizer
+    from salt_kernels.train.models import save_model_dir
+
+    torch.manual_seed(0)
+    cfg = Gemma2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=64,
+                       sliding_window=32, query_pre_attn_scalar=16, final_logit_softcapping=cap,
+                       initializer_range=0.2, pad_token_id=0, bos_token_id=None, eos_token_id=0)
+    save_model_dir(Gemma2ForCausalLM(cfg), load_tokenizer(tokenizer_dir), path)
+    return str(path)
 
 
 def rows(run_dir, split):
@@ -170,11 +188,83 @@ def test_step_loss_paths_agree_and_settings_are_checked(teacher_dir):
                       (dict(n_kd=-1), "n_kd must be an int >= 0"),
                       (dict(transition="cosine"), "transition must be one of step, linear, got 'cosine'"),
                       (dict(path="fused"), "path must be one of linear, logits, torch"),
-                      (dict(backend="gpu"), "backend must be one of auto, reference, cpu, triton, cuda")):
+                      (dict(backend="gpu"), "backend must be one of auto, reference, cpu, triton, cuda"),
+                      (dict(divergence="js"), "divergence must be one of forward_kl, reverse_kl, jsd"),
+                      (dict(divergence="jsd", beta=0.0), r"beta must be in the open interval \(0, 1\)"),
+                      (dict(label_smoothing=-0.1), "label_smoothing"),
+                      (dict(z_loss=float("nan")), "z_loss"),
+                      (dict(kd_vocab=0), "kd_vocab must be a positive int"),
+                      (dict(path="torch", z_loss=1e-4), "the torch loss path computes the plain SALT loss "
+                                                        "only; it cannot take z_loss")):
         with pytest.raises(ValueError, match=match):
             SaltStep(**kw)
     with pytest.raises(ConfigError, match=r"kd_weight must be finite and in \[0, 1\], got 1.5"):
         train(TrainConfig().replace(kd_weight=1.5))
+
+
+def test_step_passes_the_distillation_options_to_the_loss(teacher_dir):
+    """Every option reaches the loss, on both fused paths: the step's loss and parts equal
+    salt_loss with the same options on the models' logits; replace() keeps the other settings."""
+    from salt_kernels.functional import salt_loss
+    from salt_kernels.train.models import build_model, load_model_dir
+    from salt_kernels.train.step import SaltStep
+
+    torch.manual_seed(0)
+    student, teacher = build_model("tiny", 300), load_model_dir(teacher_dir).eval()
+    x, y = torch.randint(0, 300, (2, 2, 9)).unbind(0)
+    y[1, :3] = -100
+    options = dict(divergence="jsd", beta=0.3, label_smoothing=0.1, z_loss=1e-3, kd_vocab=280,
+                   softcap=4.0, teacher_softcap=3.0)
+    with torch.no_grad():
+        z, u = student(input_ids=x).logits, teacher(input_ids=x).logits
+    ref, ref_parts = salt_loss(z, u, y, kd_weight=0.4, temperature=2.0, return_parts=True, **options)
+    assert float(ref_parts.z_loss) > 0 and 0 <= float(ref_parts.accuracy) <= 1
+    for path in ("linear", "logits"):
+        step = SaltStep(kd_weight=0.4, temperature=2.0, n_kd=5, path=path, **options)
+        loss, parts = step(student, teacher, y, 0.4, input_ids=x)
+        assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+        for name in ("ce", "kd", "z_loss", "accuracy"):
+            assert getattr(parts, name).item() == pytest.approx(getattr(ref_parts, name).item(), rel=1e-5, abs=1e-7)
+    plain = step.replace(divergence="forward_kl", z_loss=0.0)
+    assert (plain.kd_weight, plain.n_kd, plain.path, plain.label_smoothing, plain.divergence) == \
+        (0.4, 5, "logits", 0.1, "forward_kl")
+    assert step.describe_options() == ("softcap 4.0, teacher_softcap 3.0, kd_vocab 280, divergence jsd "
+                                       "(beta 0.3), label_smoothing 0.1, z_loss 0.001")
+    assert SaltStep().describe_options() == "" and "z_loss=0.001" in repr(step)
+
+
+def test_step_applies_each_models_own_softcap(tmp_path, teacher_dir):
+    """Softcapped models (Gemma 2): the linear path caps the raw projection with each model's
+    own cap, the logits paths take the model's capped logits as they are, and all agree; an
+    override differing from the model's cap is refused on the logits paths."""
+    from salt_kernels.functional import salt_loss
+    from salt_kernels.train.models import load_model_dir
+    from salt_kernels.train.step import SaltStep, causal_lm_hidden
+
+    student = load_model_dir(gemma_dir(tmp_path / "s", teacher_dir, 0.5))
+    teacher = load_model_dir(gemma_dir(tmp_path / "t", teacher_dir, 0.75)).eval()
+    x, y = torch.randint(0, 300, (2, 2, 9)).unbind(0)
+    losses = {path: SaltStep(kd_weight=0.5, temperature=2.0, path=path)(student, teacher, y, 0.5, input_ids=x)[0]
+              for path in ("linear", "logits", "torch")}
+    for path in ("logits", "torch"):
+        assert losses[path].item() == pytest.approx(losses["linear"].item(), rel=1e-5)
+    raw = causal_lm_hidden(student, input_ids=x)
+    with torch.no_grad():
+        z = raw.hidden @ raw.weight.T
+        u = teacher(input_ids=x).logits
+    plain = salt_loss(z, u, y, kd_weight=0.5, temperature=2.0)
+    assert abs(plain.item() - losses["linear"].item()) > 1e-3  # the cap matters here
+    capped = salt_loss(z, u, y, kd_weight=0.5, temperature=2.0, softcap=0.5)
+    assert capped.item() == pytest.approx(losses["linear"].item(), rel=1e-5)
+    # an override: the linear path caps at 2.0 instead; a logits path cannot
+    over = SaltStep(kd_weight=0.5, temperature=2.0, softcap=2.0)(student, teacher, y, 0.5, input_ids=x)[0]
+    assert over.item() == pytest.approx(salt_loss(z, u, y, kd_weight=0.5, temperature=2.0, softcap=2.0).item(), rel=1e-5)
+    for role, kw in (("student", dict(softcap=2.0)), ("teacher", dict(teacher_softcap=2.0))):
+        with pytest.raises(ValueError, match=rf"the {role} caps its logits at .* itself .* 'logits' loss path "
+                                             rf"cannot give them the {role} softcap 2.0"):
+            SaltStep(path="logits", **kw)(student, teacher, y, 0.5, input_ids=x)
+    same = SaltStep(kd_weight=0.5, temperature=2.0, path="logits", softcap=0.5)(student, teacher, y, 0.5, input_ids=x)
+    assert same[0].item() == pytest.approx(losses["linear"].item(), rel=1e-5)  # its own cap: allowed
 
 
 def test_losses_are_read_back_and_the_device_synced_at_log_steps_only(tmp_path, corpus, teacher_dir,
@@ -337,8 +427,9 @@ def test_data_selection_orders_sequences_by_teacher_score(tmp_path, corpus, teac
 
 
 @pytest.mark.parametrize("case", ["missing-data", "empty-data", "unknown-preset", "n-kd-too-large",
-                                  "not-writable", "teacher-missing", "vocab-mismatch",
-                                  "tokenizer-mismatch", "output-scaling"])
+                                  "not-writable", "teacher-missing", "kd-vocab-too-large",
+                                  "tokenizer-mismatch", "output-scaling", "softcap-on-capped-logits",
+                                  "bad-option"])
 def test_bad_input_fails_before_training(tmp_path, corpus, teacher_dir, case):
     out = tmp_path / "out"
     kw = dict(out_dir=str(out))
@@ -363,14 +454,21 @@ def test_bad_input_fails_before_training(tmp_path, corpus, teacher_dir, case):
     elif case == "teacher-missing":
         kw.update(role="salt", teacher=str(tmp_path / "no_teacher"))
         match = "not a local Hugging Face model directory"
-    elif case == "vocab-mismatch":
+    elif case == "kd-vocab-too-large":  # student 320 rows, teacher 300: at most 300
         from salt_kernels.train.data import load_tokenizer
         from salt_kernels.train.models import build_model, save_model_dir
 
         student = tmp_path / "student320"
         save_model_dir(build_model("tiny", 320), load_tokenizer(teacher_dir), student)
-        kw.update(role="salt", teacher=teacher_dir, model=str(student))
-        match = "teacher and student vocabularies differ"
+        kw.update(role="salt", teacher=teacher_dir, model=str(student), kd_vocab=310)
+        match = r"--kd-vocab 310 is larger than the smaller vocabulary \(lm_head rows: teacher 300, student 320\)"
+    elif case == "softcap-on-capped-logits":  # the model caps at 0.5 itself: --loss logits cannot use 3
+        kw.update(model=gemma_dir(tmp_path / "gemma", teacher_dir, 0.5), loss="logits", softcap=3.0)
+        match = r"the student caps its logits at 0.5 itself .* 'logits' loss path cannot give them the " \
+                r"student softcap 3.0; use the linear loss path"
+    elif case == "bad-option":
+        kw.update(role="salt", teacher=teacher_dir, divergence="jsd", beta=1.0)
+        match = r"beta must be in the open interval \(0, 1\)"
     elif case == "tokenizer-mismatch":
         from salt_kernels.train.data import train_tokenizer
 
@@ -425,6 +523,112 @@ def test_config_file_and_flags(tmp_path):
     bad.write_text("[salt]\nkd_wieght = 0.3\n")
     with pytest.raises(ConfigError, match="unknown key \\[salt\\] 'kd_wieght'"):
         config_from_args(build_parser().parse_args(["train", "--config", str(bad)]))
+
+
+OPTION_FLAGS = {"--divergence": "jsd", "--beta": "0.3", "--softcap": "30", "--teacher-softcap": "20",
+                "--label-smoothing": "0.1", "--z-loss": "1e-4", "--kd-vocab": "250"}
+OPTION_VALUES = dict(divergence="jsd", beta=0.3, softcap=30.0, teacher_softcap=20.0, label_smoothing=0.1,
+                     z_loss=1e-4, kd_vocab=250)
+
+
+def test_distillation_option_flags_and_config_keys(tmp_path, capsys):
+    """Each option is a flag and a [salt] key (flags win), explained by --help, reaches the run's
+    SaltStep, and is checked before training."""
+    from salt_kernels.cli import build_parser
+    from salt_kernels.train.config import check_config, config_from_args
+
+    argv = ["train"] + [x for flag, value in OPTION_FLAGS.items() for x in (flag, value)]
+    cfg = config_from_args(build_parser().parse_args(argv))
+    assert {k: getattr(cfg.salt, k) for k in OPTION_VALUES} == OPTION_VALUES
+    step = cfg.salt_step()
+    assert {k: getattr(step, k) for k in OPTION_VALUES} == OPTION_VALUES
+
+    default = TrainConfig().salt_step()
+    assert (default.softcap, default.teacher_softcap, default.kd_vocab, default.divergence, default.beta,
+            default.label_smoothing, default.z_loss) == (None, None, None, "forward_kl", 0.5, 0.0, 0.0)
+
+    toml = tmp_path / "run.toml"
+    toml.write_text('[salt]\ndivergence = "reverse_kl"\nz_loss = 0.001\nsoftcap = 15\nkd_vocab = 100\n'
+                    'label_smoothing = 0.05\n')
+    cfg = config_from_args(build_parser().parse_args(["train", "--config", str(toml), "--z-loss", "0.002"]))
+    assert (cfg.salt.divergence, cfg.salt.z_loss, cfg.salt.softcap, cfg.salt.kd_vocab, cfg.salt.label_smoothing) == \
+        ("reverse_kl", 0.002, 15.0, 100, 0.05)
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("divergence: jsd\nbeta: 0.25\nteacher_softcap: 50\n")
+    cfg = config_from_args(build_parser().parse_args(["train", "--config", str(yaml_file)]))
+    assert (cfg.salt.divergence, cfg.salt.beta, cfg.salt.teacher_softcap) == ("jsd", 0.25, 50.0)
+
+    for values, match in ((dict(divergence="kl"), "divergence must be one of forward_kl, reverse_kl, jsd"),
+                          (dict(kd_vocab=2.5), "kd_vocab must be of type"),
+                          (dict(label_smoothing=1.5), "label_smoothing"),
+                          (dict(softcap=-1.0), "softcap"),
+                          (dict(z_loss=-1.0), "z_loss")):
+        with pytest.raises(ConfigError, match=match):
+            check_config(TrainConfig().replace(**values))
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for phrase in ("--divergence {forward_kl,reverse_kl,jsd}", "KL(teacher || student)",
+                   "--beta BETA --divergence jsd: the teacher's weight",
+                   "--softcap SOFTCAP final-logit softcap", "(default: the model config's final_logit_softcapping",
+                   "--teacher-softcap TEACHER_SOFTCAP", "(default: the teacher config's final_logit_softcapping",
+                   "--label-smoothing LABEL_SMOOTHING label smoothing", "--z-loss Z_LOSS z-loss weight",
+                   "--kd-vocab KD_VOCAB compare teacher and student over the first K",
+                   "the tokenizer's length when the teacher's and the student's output layers differ"):
+        assert phrase in help_text, phrase
+
+
+def test_run_with_distillation_options_logs_z_loss_and_accuracy(tmp_path, corpus, teacher_dir, capsys):
+    cfg = tiny(tmp_path, corpus, role="salt", teacher=teacher_dir, n_kd=3, steps=6, eval_interval=6,
+               divergence="reverse_kl", label_smoothing=0.1, z_loss=1e-3)
+    train(cfg)
+    assert ("loss options: divergence reverse_kl, label_smoothing 0.1, z_loss 0.001"
+            in capsys.readouterr().err)
+    tr = rows(tmp_path / "salt", "train")
+    assert len(tr) == 6
+    for r in tr:
+        assert r["z_loss"] > 0 and 0.0 <= r["accuracy"] <= 1.0
+        assert r["loss"] == pytest.approx((1 - r["w"]) * r["ce"] + r["w"] * r["kd"] + r["z_loss"], rel=1e-5)
+    assert all(r["kd"] > 0 for r in tr[:3]) and all(r["kd"] == 0 for r in tr[3:])
+
+
+def test_padded_student_vocabulary_distills_over_the_tokenizer(tmp_path, corpus, teacher_dir, capsys):
+    """A student whose output layer has 320 rows against the teacher's 300: the run distills over
+    the tokenizer's tokens and says so once."""
+    from salt_kernels.train.data import load_tokenizer
+    from salt_kernels.train.models import build_model, save_model_dir
+
+    n_tok = len(load_tokenizer(teacher_dir))
+    student = tmp_path / "student320"
+    torch.manual_seed(0)
+    save_model_dir(build_model("tiny", 320), load_tokenizer(teacher_dir), student)
+    result = train(tiny(tmp_path, corpus, role="salt", teacher=teacher_dir, model=str(student), n_kd=3, steps=4,
+                        eval_interval=4))
+    assert result.status == "finished"
+    err = capsys.readouterr().err
+    note = (f"teacher and student vocabularies differ (lm_head rows: teacher 300, student 320): distilling "
+            f"over the tokenizer's {n_tok} tokens (--kd-vocab {n_tok})")
+    assert err.count(note) == 1, err
+    tr = rows(tmp_path / "salt", "train")
+    assert all(r["kd"] > 0 for r in tr[:3]) and all(math.isfinite(r["loss"]) for r in tr)
+
+
+def test_softcapped_student_linear_and_logits_paths_match(tmp_path, corpus, teacher_dir, capsys):
+    """A Gemma 2 student directory (logits capped at 0.5): --softcap defaults to its own cap, so
+    the fused linear path trains exactly as the logits path does."""
+    student = gemma_dir(tmp_path / "gemma", teacher_dir, 0.5)
+    runs = {}
+    for path in ("linear", "logits"):
+        train(tiny(tmp_path, corpus, role="salt", teacher=teacher_dir, model=student, n_kd=2, steps=4,
+                   eval_interval=4, loss=path, out_dir=str(tmp_path / path)))
+        runs[path] = rows(tmp_path / path, "train")
+        err = capsys.readouterr().err
+        assert f"loss path {path}, distillation for 2 steps" in err
+        assert "loss options: softcap 0.5 (model config)" in err
+    for a, b in zip(runs["linear"], runs["logits"]):
+        for key in ("loss", "ce", "kd", "accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=2e-4, abs=1e-5), (a, b)
 
 
 # --------------------------------------------------------------------------- processes

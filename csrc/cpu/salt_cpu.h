@@ -6,9 +6,11 @@
 
 namespace salt {
 
-// Computes the per-row loss, CE, KD and the three log-sum-exps of every row, and (when
-// args.grad is set) the gradient w.r.t. the student logits, scaled per row by args.grad_scale.
-// Rows are split over args.num_threads threads. The caller has validated every argument.
+// Computes the per-row loss, CE, KD and the three log-sum-exps of every row, the accuracy when
+// args.accuracy is set, and (when args.grad is set) the gradient w.r.t. the student logits,
+// scaled per row by args.grad_scale, with the distillation options of args (all off by
+// default). Rows are split over args.num_threads threads. The caller has validated every
+// argument.
 void rows_cpu(const RowsArgs& args);
 
 // The instruction set the kernel runs with on this machine: "avx512", "avx2" or "generic".

@@ -94,14 +94,32 @@ def compiled_rows_args(
     ignore_index: int,
     grad: torch.Tensor | None,
     grad_scale: torch.Tensor | None,
+    options: LossOptions | None = None,
 ) -> dict:
     """The fields of salt::RowsArgs (csrc/salt_math.h) as keyword arguments of the pybind11
     `rows` functions: addresses, strides and dtype codes. Address 0 stands for "absent"; the
-    teacher is passed as absent when kd_weight == 0, so no kernel can read it."""
+    teacher is passed as absent when kd_weight == 0, so no kernel can read it.
+
+    With `options` the distillation option fields and the accuracy output (out.accuracy, absent
+    when None) are added, under their RowsArgs names, an option that is off as RowsArgs' "off"
+    value (0 for softcap, teacher_softcap and kd_vocab); without, only the plain loss's fields
+    (for a binding that does not take the options)."""
     n, vocab = student.shape
     use_teacher = teacher is not None and kd_weight > 0
     if grad is not None:
         grad_scale = grad_scale.to(device=student.device, dtype=torch.float32).contiguous()
+    extra = {}
+    if options is not None:
+        extra = dict(
+            kd_vocab=options.kd_vocab or 0,
+            softcap=options.softcap or 0.0,
+            teacher_softcap=options.teacher_softcap or 0.0,
+            divergence=DIVERGENCES.index(options.divergence),  # salt::Divergence
+            beta=options.beta,
+            label_smoothing=options.label_smoothing,
+            z_loss=options.z_loss,
+            accuracy=out.accuracy.data_ptr() if out.accuracy is not None else 0,
+        )
     return dict(
         student=student.data_ptr(),
         student_row_stride=student.stride(0),
@@ -125,4 +143,5 @@ def compiled_rows_args(
         grad_row_stride=grad.stride(0) if grad is not None else 0,
         grad_scale=grad_scale.data_ptr() if grad is not None else 0,
         grad_scale_stride=(1 if grad_scale.numel() > 1 else 0) if grad is not None else 0,
+        **extra,
     )

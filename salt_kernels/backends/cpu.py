@@ -25,9 +25,7 @@ def is_available() -> tuple[bool, str]:
 
 
 def supports_options(options: LossOptions) -> tuple[bool, str]:
-    extra = options.non_default()
-    if extra:
-        return False, f"backend {NAME} does not compute {', '.join(extra)} yet"
+    """The kernel computes every distillation option (docs/design.md, "Distillation options")."""
     return True, ""
 
 
@@ -58,6 +56,7 @@ def rows(
     options: LossOptions = DEFAULT_OPTIONS,
 ) -> RowOutputs:
     out = RowOutputs.empty(student.shape[0], student.device)
+    out.accuracy = torch.empty_like(out.loss)  # the kernel computes it with the statistics
     _salt_cpu.rows(
         **compiled_rows_args(
             student,
@@ -69,6 +68,7 @@ def rows(
             ignore_index=ignore_index,
             grad=grad,
             grad_scale=grad_scale,
+            options=options,
         ),
         num_threads=torch.get_num_threads(),
     )

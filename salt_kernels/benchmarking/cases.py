@@ -5,7 +5,12 @@ and how much memory it needs (to skip what does not fit, saying so).
 
 Two ops: "loss" times salt_loss and its baselines on [N x V] student and teacher logits;
 "linear" times linear_salt_loss and its baselines on hidden states [N x d] and output
-projections [V x d] (the logits are made inside the loss, or not at all)."""
+projections [V x d] (the logits are made inside the loss, or not at all).
+
+The loss op also has an option grid (OPTIONS: each salt_kernels variant once per distillation
+option of salt_loss, a backend that does not compute an option is skipped with its reason) and
+the "topk" variant: topk_salt_loss with the top k of the same teacher's log_softmax, to compare
+an offline top-k teacher with the full teacher on the same inputs."""
 
 from __future__ import annotations
 
@@ -19,9 +24,14 @@ import torch
 FULL_N = (1024, 4096, 16384)
 FULL_V = (32000, 128256, 256000)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-PASSES = ("fwd", "bwd", "fwdbwd")
+PASSES = ("fwd", "bwd", "fwdbwd")  # the default passes (and the pytest-benchmark suite's)
+# Opt-in passes: fwd_nograd is the forward under torch.no_grad() with inputs that require grad
+# (an evaluation step inside a training loop). The losses skip all gradient work then (no
+# gradient buffer), so it shows the forward alone against a training step's forward + backward.
+ALL_PASSES = PASSES + ("fwd_nograd",)
 PASS_TITLES = {
     "fwd": "forward (loss only, no gradient)",
+    "fwd_nograd": "forward under torch.no_grad() with inputs that require grad",
     "bwd": "backward alone (after an untimed forward)",
     "fwdbwd": "forward + backward (one training step of the loss)",
 }
@@ -47,6 +57,29 @@ TRITON_SWEEP = tuple(
     for block, warps in ((1024, 4), (2048, 4), (2048, 8), (4096, 8), (4096, 16), (8192, 16))
 )
 
+# Known but never in the default set, nor in VARIANTS (whose functions take full teacher logits):
+# topk_salt_loss with the top k of the teacher (--backends ...,topk).
+TOPK = "topk"
+TOPK_K = 64
+EXTRA_VARIANTS = (TOPK,)
+
+# The option grid of the loss op (`salt-kernels bench --options`): each name stands for these
+# salt_loss keywords (kd_vocab depends on V: KD over the first V - KD_VOCAB_CUT entries, the
+# teacher keeps its V columns).
+OPTIONS = ("default", "softcap", "label_smoothing", "z_loss", "kd_vocab", "reverse_kl", "jsd")
+KD_VOCAB_CUT = 128
+OPTION_TITLES = {
+    "default": "default",
+    "softcap": "softcap=30",
+    "label_smoothing": "label_smoothing=0.1",
+    "z_loss": "z_loss=1e-4",
+    "kd_vocab": f"kd_vocab=V-{KD_VOCAB_CUT}",
+    "reverse_kl": "reverse_kl",
+    "jsd": "jsd beta=0.5",
+}
+# The options topk_salt_loss takes (its divergence is the forward KL over the teacher's top k).
+TOPK_OPTIONS = ("default", "softcap", "label_smoothing", "z_loss")
+
 VARIANT_TITLES = {
     "cpu": "salt_kernels cpu (fused C++)",
     "triton": "salt_kernels triton",
@@ -55,6 +88,7 @@ VARIANT_TITLES = {
     "eager": "PyTorch eager",
     "compile": "torch.compile",
     "liger": "Liger-Kernel CE + KL",
+    "topk": "topk_salt_loss (top-k teacher)",
 }
 
 LINEAR_VARIANTS = ("torch", "torch+salt", "linear", "compile", "liger")
@@ -74,7 +108,8 @@ LINEAR_TITLES = {
 # The linear variants add the logits they materialize (linear_salt_loss: one chunk of them).
 FP32_TEMPORARIES = {
     "loss": {"cpu": 0.0, "triton": 0.0, "cuda": 0.0, "eager": 8.0, "compile": 2.0, "liger": 5.0,
-             "reference": 0.5},  # chunked: a few fp32 copies of one chunk, not of the whole tensor
+             "reference": 0.5,  # chunked: a few fp32 copies of one chunk, not of the whole tensor
+             "topk": 1.5},  # the full teacher while its top k is taken, then a chunked backend
     "linear": {"torch": 10.0, "torch+salt": 3.0, "compile": 4.0, "linear": 0.25, "liger": 1.0},
 }
 
@@ -95,7 +130,34 @@ def base_variant(variant: str) -> str:
 def fused_backward(variant: str) -> bool:
     """Whether the variant computes the gradient in the forward (its backward alone moves no
     logits-sized data)."""
-    return base_variant(variant) in SALT_BACKENDS
+    return base_variant(variant) in SALT_BACKENDS or variant == TOPK
+
+
+def salt_variant(variant: str) -> bool:
+    """A salt_kernels variant (a backend, a triton plan, or topk): the ones the option grid runs."""
+    return fused_backward(variant)
+
+
+def option_kwargs(option: str, v: int) -> dict:
+    """The salt_loss keywords of an option of the grid (OPTIONS) at vocabulary size v."""
+    if option not in OPTIONS:
+        raise ValueError(f"unknown option {option!r}; choose from {', '.join(OPTIONS)}")
+    return {
+        "default": {},
+        "softcap": {"softcap": 30.0},
+        "label_smoothing": {"label_smoothing": 0.1},
+        "z_loss": {"z_loss": 1e-4},
+        "kd_vocab": {"kd_vocab": v - KD_VOCAB_CUT},
+        "reverse_kl": {"divergence": "reverse_kl"},
+        "jsd": {"divergence": "jsd", "beta": 0.5},
+    }[option]
+
+
+def loss_options(option: str, v: int):
+    """The LossOptions (salt_kernels/backends/base.py) of an option of the grid."""
+    from ..backends.base import LossOptions
+
+    return LossOptions(**option_kwargs(option, v))
 
 
 def title(variant: str, op: str = "loss") -> str:
@@ -113,6 +175,8 @@ class Case:
     op: str = "loss"  # "loss" | "linear"
     d_s: int | None = None  # linear: student and teacher hidden sizes
     d_t: int | None = None
+    option: str = "default"  # loss: the distillation option of the grid (OPTIONS)
+    k: int | None = None  # topk: the teacher's top k
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -127,6 +191,11 @@ class Case:
         """One [N x V] logits tensor in the input dtype."""
         return self.n * self.v * self.element_size
 
+    @property
+    def topk_bytes(self) -> int:
+        """topk: the teacher's indices (int64, as torch.topk gives them) and log-probs [N x k]."""
+        return self.n * self.k * (8 + self.element_size) if self.variant == TOPK else 0
+
     def min_bytes(self, pass_: str) -> int | None:
         """The least traffic the pass needs: read student and teacher logits once (and labels),
         and for passes that make the gradient, write it once (docs/design.md, "Cost model").
@@ -134,13 +203,15 @@ class Case:
         if self.op == "linear":
             return None
         labels = self.n * 8
-        if pass_ == "fwd":
-            return 2 * self.logits_bytes + labels
-        return 3 * self.logits_bytes + labels
+        # topk reads its [N x k] teacher instead of the teacher's logits
+        teacher = self.topk_bytes if self.variant == TOPK else self.logits_bytes
+        if pass_ in ("fwd", "fwd_nograd"):
+            return self.logits_bytes + teacher + labels
+        return 2 * self.logits_bytes + teacher + labels
 
     def output_bytes(self, pass_: str) -> int:
         """The gradients a pass returns (student logits; hidden states and weight for linear)."""
-        if pass_ == "fwd":
+        if pass_ in ("fwd", "fwd_nograd"):
             return 0
         if self.op == "linear":
             return (self.n + self.v) * self.d_s * self.element_size
@@ -149,6 +220,8 @@ class Case:
     def input_bytes(self) -> int:
         if self.op == "linear":
             return (self.n + self.v) * (self.d_s + self.d_t) * self.element_size + self.n * 8
+        if self.variant == TOPK:
+            return self.logits_bytes + self.topk_bytes + self.n * 8
         return 2 * self.logits_bytes + self.n * 8
 
     def estimated_bytes(self) -> int:
@@ -160,7 +233,9 @@ class Case:
 
     def label(self) -> str:
         dims = f" d_s={self.d_s} d_t={self.d_t}" if self.op == "linear" else ""
-        return f"{self.variant} N={self.n} V={self.v}{dims} {self.dtype}"
+        k = f" k={self.k}" if self.variant == TOPK else ""
+        option = f" [{self.option}]" if self.option != "default" else ""
+        return f"{self.variant}{k} N={self.n} V={self.v}{dims} {self.dtype}{option}"
 
 
 def parse_list(text: str | None, kind=str) -> list | None:
@@ -183,7 +258,7 @@ def default_grid(device: torch.device, full: bool) -> tuple[tuple[int, ...], tup
 def known_variant(variant: str, op: str = "loss") -> bool:
     if op == "linear":
         return variant in LINEAR_VARIANTS
-    return variant in VARIANTS or triton_plan(variant) is not None
+    return variant in VARIANTS or variant in EXTRA_VARIANTS or triton_plan(variant) is not None
 
 
 def variant_status(variant: str, device: torch.device, op: str = "loss", backend: str = "auto") -> tuple[bool, str]:
@@ -207,10 +282,50 @@ def variant_status(variant: str, device: torch.device, op: str = "loss", backend
         except (ValueError, RuntimeError) as exc:
             return False, str(exc).splitlines()[0]
         return True, ""
+    if variant == TOPK:
+        ok, why = topk_backend(device)
+        return (True, "") if ok else (False, why)
     if base_variant(variant) == "triton" and device.type == "cpu":
         return False, ("Triton runs on CUDA GPUs; on CPU only under its interpreter "
                        "(TRITON_INTERPRET=1), whose times mean nothing")
     return dispatch.backend_status(base_variant(variant), device)
+
+
+def topk_backend(device: torch.device, dtype: torch.dtype | None = None, options=None) -> tuple[bool, str]:
+    """(True, the backend topk_salt_loss runs on with backend="auto") or (False, why none can)."""
+    from ..backends import registry as dispatch
+
+    try:
+        return True, dispatch.resolve_name("auto", device, dtype, options, kind="topk_rows")
+    except (ValueError, RuntimeError) as exc:
+        return False, " ".join(str(exc).split())
+
+
+def case_status(case: "Case", device: torch.device) -> tuple[bool, str]:
+    """Whether a loss case with its option (and top k) can run, and why not: a backend that does
+    not compute the option gives its own reason (registry.backend_status with the LossOptions)."""
+    from ..backends import registry as dispatch
+
+    if case.op != "loss":
+        return True, ""
+    if case.option not in OPTIONS:
+        raise ValueError(f"unknown option {case.option!r}; choose from {', '.join(OPTIONS)}")
+    if not salt_variant(case.variant):
+        if case.option != "default":
+            return False, f"{title(case.variant)} computes the plain SALT loss only (the default option)"
+        return True, ""
+    if case.option == "kd_vocab" and case.v <= KD_VOCAB_CUT:
+        return False, f"kd_vocab = V - {KD_VOCAB_CUT} needs V > {KD_VOCAB_CUT}, got V = {case.v}"
+    if case.variant == TOPK:
+        if case.option not in TOPK_OPTIONS:
+            return False, ("topk_salt_loss takes no kd_vocab or divergence: its KD is the forward KL over "
+                           "the teacher's top k")
+        if not case.k or not 1 <= case.k <= case.v:
+            return False, f"the teacher's top k must be in [1, V = {case.v}], got k = {case.k}"
+        ok, why = topk_backend(device, case.torch_dtype, loss_options(case.option, case.v))
+        return (True, "") if ok else (False, why)
+    return dispatch.backend_status(base_variant(case.variant), device, case.torch_dtype,
+                                   options=loss_options(case.option, case.v))
 
 
 def choose_variants(requested: list[str] | None, device: torch.device) -> tuple[list[str], list[tuple[str, str]]]:
@@ -218,7 +333,8 @@ def choose_variants(requested: list[str] | None, device: torch.device) -> tuple[
     if requested is not None:
         unknown = [v for v in requested if not known_variant(v)]
         if unknown:
-            raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)} "
+            raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from "
+                             f"{', '.join(VARIANTS + EXTRA_VARIANTS)} "
                              "(or a triton launch plan, triton-<fused|split|sync>[-b<block>-w<warps>])")
         names = requested
     else:
@@ -231,15 +347,27 @@ def choose_variants(requested: list[str] | None, device: torch.device) -> tuple[
         for name in OPT_IN:
             left_out.append((name, "the plain-PyTorch oracle, not a performance backend; "
                                    f"add it with --backends ...,{name}"))
+        left_out.append((TOPK, "topk_salt_loss with a top-k teacher, another loss; add it with "
+                               f"--backends ...,{TOPK}"))
     return run, left_out
 
 
-def make_cases(variants, ns, vs, dtypes, op: str = "loss", d_s: int | None = None, d_t: int | None = None) -> list[Case]:
+def make_cases(variants, ns, vs, dtypes, op: str = "loss", d_s: int | None = None, d_t: int | None = None,
+               options=("default",), k: int = TOPK_K) -> list[Case]:
+    """The grid: dtype x N x V x variant x option (a variant's options one after the other, so
+    that their ratios are measured close together). The option grid is for the salt_kernels
+    variants; the baselines run the default option only (when it is in `options`)."""
+    for option in options:
+        if option not in OPTIONS:
+            raise ValueError(f"unknown option {option!r}; choose from {', '.join(OPTIONS)}")
     cases = []
-    for dtype, n, v, variant in itertools.product(dtypes, ns, vs, variants):
+    for dtype, n, v, variant, option in itertools.product(dtypes, ns, vs, variants, options):
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
-        cases.append(Case(variant, n, v, dtype, op, d_s, d_t))
+        if op == "loss" and option != "default" and not salt_variant(variant):
+            continue
+        cases.append(Case(variant, n, v, dtype, op, d_s, d_t, option if op == "loss" else "default",
+                          k if variant == TOPK else None))
     return cases
 
 
@@ -278,12 +406,34 @@ def make_linear_inputs(n: int, d_s: int, d_t: int, v: int, dtype: torch.dtype, d
     return h_s, w_s, h_t, w_t, labels
 
 
+def topk_teacher(teacher: torch.Tensor, k: int, dtype: torch.dtype | None = None):
+    """(indices [N, k] int64, log-probs [N, k]) of the teacher's k most likely tokens: torch.topk of
+    log_softmax (temperature 1, in fp32), as an inference server returns them; in row blocks."""
+    n, v = teacher.shape
+    indices = torch.empty(n, k, dtype=torch.int64, device=teacher.device)
+    logprobs = torch.empty(n, k, dtype=dtype or teacher.dtype, device=teacher.device)
+    block = max(1, (16 << 20) // max(1, v))
+    for start in range(0, n, block):
+        rows = slice(start, min(n, start + block))
+        values, idx = torch.topk(torch.log_softmax(teacher[rows].float(), dim=-1), k, dim=-1)
+        indices[rows] = idx
+        logprobs[rows] = values.to(logprobs.dtype)
+    return indices, logprobs
+
+
 def case_inputs(case: Case, device: torch.device, seed: int = 0) -> tuple[tuple, tuple]:
-    """(the inputs of the case's function, the inputs that get a gradient)."""
+    """(the inputs of the case's function, the inputs that get a gradient). topk: (student,
+    teacher_indices, teacher_logprobs, labels), the top k of the same teacher logits every other
+    variant gets (the same seed), which are then freed."""
     if case.op == "linear":
         inputs = make_linear_inputs(case.n, case.d_s, case.d_t, case.v, case.torch_dtype, device, seed)
         return inputs, inputs[:2]
     inputs = make_inputs(case.n, case.v, case.torch_dtype, device, seed)
+    if case.variant == TOPK:
+        student, teacher, labels = inputs
+        indices, logprobs = topk_teacher(teacher, case.k, case.torch_dtype)
+        del teacher, inputs
+        inputs = (student, indices, logprobs, labels)
     return inputs, inputs[:1]
 
 
@@ -303,19 +453,32 @@ def _with_triton_plan(fn, plan: dict):
     return run
 
 
-def make_loss_fn(variant: str, kd_weight: float = KD_WEIGHT, temperature: float = TEMPERATURE):
-    """fn(student, teacher, labels) -> scalar loss (mean over rows) for a variant."""
+def make_loss_fn(variant: str, kd_weight: float = KD_WEIGHT, temperature: float = TEMPERATURE,
+                 loss_kwargs: dict | None = None, backend: str = "auto"):
+    """fn(student, teacher, labels) -> scalar loss (mean over rows) for a variant; loss_kwargs: the
+    option's salt_loss keywords (option_kwargs). topk: fn(student, teacher_indices,
+    teacher_logprobs, labels) -> topk_salt_loss on `backend`."""
     from . import baselines
-    from ..functional import salt_loss
+    from ..functional import salt_loss, topk_salt_loss
 
+    kw = dict(loss_kwargs or {})
+    if variant == TOPK:
+
+        def topk_fn(student, indices, logprobs, labels):
+            return topk_salt_loss(student, indices, logprobs, labels, kd_weight=kd_weight, temperature=temperature,
+                                  backend=backend, **kw)
+
+        return topk_fn
     if base_variant(variant) in SALT_BACKENDS:
 
         def fn(student, teacher, labels):
             return salt_loss(student, teacher, labels, kd_weight=kd_weight, temperature=temperature,
-                             backend=base_variant(variant))
+                             backend=base_variant(variant), **kw)
 
         plan = triton_plan(variant)
         return _with_triton_plan(fn, plan) if plan else fn
+    if kw:
+        raise ValueError(f"{variant} computes the plain SALT loss only, not {', '.join(kw)}")
     if variant == "eager":
         return baselines.eager(kd_weight, temperature)
     if variant == "compile":
@@ -361,8 +524,22 @@ def make_linear_fn(variant: str, kd_weight: float = KD_WEIGHT, temperature: floa
     raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(LINEAR_VARIANTS)}")
 
 
+def case_backend(case: Case, device: torch.device) -> str | None:
+    """The salt_kernels backend a loss case runs on (topk: what "auto" picks); None for baselines."""
+    if case.op != "loss":
+        return None
+    if case.variant == TOPK:
+        ok, name = topk_backend(device, case.torch_dtype, loss_options(case.option, case.v))
+        if not ok:
+            raise RuntimeError(name)
+        return name
+    return base_variant(case.variant) if salt_variant(case.variant) else None
+
+
 def case_fn(case: Case, kd_weight: float, temperature: float, device: torch.device, options: dict | None = None):
-    """The function a case times; options: {"backend", "chunk_size"} of the linear op."""
+    """The function a case times, with the case's option; options: {"backend", "chunk_size"} of
+    the linear op."""
     if case.op == "linear":
         return make_linear_fn(case.variant, kd_weight, temperature, device=device, **(options or {}))
-    return make_loss_fn(case.variant, kd_weight, temperature)
+    return make_loss_fn(case.variant, kd_weight, temperature, option_kwargs(case.option, case.v),
+                        backend=case_backend(case, device) or "auto")

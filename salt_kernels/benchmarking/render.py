@@ -1,18 +1,25 @@
 """Rendering of results documents (results.py): aligned Markdown tables (readable in a terminal
 as well), the sections of benchmarks/RESULTS.md between their markers (<!-- bench:start --> for
 the grids and profiles, <!-- <section>:start --> for each fixed-size run), and PNG plots (time
-and memory against V, one line per variant)."""
+and memory against V, one line per variant).
+
+The main tables of a grid show the default option; a run with an option grid adds a table of
+each salt_kernels variant's time per option and its ratio to the default option, a run with the
+topk variant a table of topk_salt_loss against salt_loss with the full teacher."""
 
 from __future__ import annotations
 
 import os
 
-from .cases import PASS_TITLES, fused_backward, title
+from .cases import (OPTION_TITLES, OPTIONS, PASS_TITLES, TOPK, TOPK_OPTIONS, fused_backward, option_kwargs,
+                    salt_variant, title)
 from .machine import busy_warning
 from .results import load
 
-PASS_SHORT = {"fwd": "forward", "bwd": "backward alone", "fwdbwd": "forward + backward"}
-PASS_COLUMNS = {"fwd": "fwd", "bwd": "bwd", "fwdbwd": "fwd+bwd"}
+PASS_SHORT = {"fwd": "forward", "fwd_nograd": "forward under no_grad", "bwd": "backward alone",
+              "fwdbwd": "forward + backward"}
+PASS_COLUMNS = {"fwd": "fwd", "fwd_nograd": "fwd no_grad", "bwd": "bwd", "fwdbwd": "fwd+bwd"}
+PASS_ORDER = ("fwdbwd", "fwd", "fwd_nograd", "bwd")  # the order of the tables
 START_MARKER = "<!-- bench:start -->"
 END_MARKER = "<!-- bench:end -->"
 
@@ -73,12 +80,19 @@ def _ordered(values, key=None):
     return seen
 
 
+def option_of(r: dict) -> str:
+    """A record's option of the grid ("default" in files written before the grid existed)."""
+    return r.get("option") or "default"
+
+
 def _index(doc: dict):
-    res = doc["results"]
+    """Variants, shapes, dtypes, passes and the records by (variant, n, v, dtype, pass), of the
+    default option (the other options have their own table)."""
+    res = [r for r in doc["results"] if option_of(r) == "default"]
     variants = _ordered(r["variant"] for r in res)
     shapes = sorted(_ordered((r["n"], r["v"]) for r in res))
     dtypes = _ordered(r["dtype"] for r in res)
-    passes = [p for p in ("fwdbwd", "fwd", "bwd") if any(r["pass"] == p for r in res)]
+    passes = [p for p in PASS_ORDER if any(r["pass"] == p for r in res)]
     by = {(r["variant"], r["n"], r["v"], r["dtype"], r["pass"]): r for r in res}
     return variants, shapes, dtypes, passes, by
 
@@ -133,20 +147,22 @@ REFERENCE_ORDER = ("reference", "cpu", "triton", "eager", "torch")
 
 
 def value_disagreements(doc: dict, rtol: float = 1e-3) -> list[str]:
-    """Cases where the variants' loss values on the same inputs differ by more than rtol (10 rtol
-    in bf16): one of them computes something else, and its time is not comparable."""
+    """Cases where the variants' loss values on the same inputs (and option) differ by more than
+    rtol (10 rtol in bf16): one of them computes something else, and its time is not comparable.
+    topk is left out: with only the teacher's top k it computes another loss by design."""
     values: dict = {}
     for r in doc["results"]:
-        if r.get("status") == "ok" and r.get("loss_value") is not None:
-            values.setdefault((r["n"], r["v"], r["dtype"]), {})[r["variant"]] = r["loss_value"]
+        if r.get("status") == "ok" and r.get("loss_value") is not None and r["variant"] != TOPK:
+            values.setdefault((r["n"], r["v"], r["dtype"], option_of(r)), {})[r["variant"]] = r["loss_value"]
     out = []
-    for (n, v, dtype), vals in sorted(values.items()):
+    for (n, v, dtype, option), vals in sorted(values.items()):
         ref = next((vals[k] for k in REFERENCE_ORDER if k in vals), next(iter(vals.values())))
         tol = rtol * (10 if dtype == "bf16" else 1)
         bad = {k: x for k, x in vals.items() if not abs(x - ref) <= tol * abs(ref) + 1e-6}
         if bad:
             listed = ", ".join(f"{k} {x:.6g}" for k, x in vals.items())
-            out.append(f"N={n} V={v} {dtype}: the loss values disagree ({listed}); "
+            where = f"N={n} V={v} {dtype}" + (f" option {option}" if option != "default" else "")
+            out.append(f"{where}: the loss values disagree ({listed}); "
                        f"{', '.join(bad)} computes a different loss, so its time is not comparable")
     return out
 
@@ -162,7 +178,7 @@ def tables(doc: dict) -> str:
     if parts:
         parts.append("")
     notes: dict[str, int] = {}
-    for dtype in dtypes:
+    for dtype in dtypes if variants else ():
         for p in passes:
             rows = [[str(n), str(v)] + [_cell_time(by.get((var, n, v, dtype, p)), notes) for var in variants] for n, v in shapes]
             parts.append(f"**{dtype}, {PASS_TITLES[p]}**: median time · GB/s over the minimal bytes (% of copy bandwidth)\n")
@@ -179,12 +195,107 @@ def tables(doc: dict) -> str:
             parts.append(f"**{dtype}, {PASS_TITLES[p]}**: peak memory above the inputs (in logits tensors of the input dtype)\n")
             parts.append(table(["N", "V"] + names, rows, align))
             parts.append("")
+    parts += option_tables(doc, notes)
+    parts += topk_tables(doc, notes)
     if notes:
         parts.append("Notes:\n")
         for text, k in notes.items():
             parts.append(f"[{k}] {text}  ")
         parts.append("")
     return "\n".join(parts)
+
+
+def _by_option(doc: dict) -> dict:
+    return {(r["variant"], r["n"], r["v"], r["dtype"], r["pass"], option_of(r)): r for r in doc["results"]}
+
+
+def _loss_passes(doc: dict, records: list[dict]) -> list[str]:
+    return [p for p in PASS_ORDER if any(r["pass"] == p for r in records)]
+
+
+def has_options(doc: dict) -> bool:
+    return any(option_of(r) != "default" for r in doc["results"])
+
+
+def _ok(r: dict | None) -> bool:
+    return bool(r) and r["status"] == "ok" and r["median_s"] > 0
+
+
+def option_tables(doc: dict, notes: dict) -> list[str]:
+    """Markdown lines: per dtype and pass, each salt_kernels variant's median time per option and
+    its ratio to the default option (same variant, N, V, dtype and pass, measured in the same
+    run); a variant whose backend does not compute an option shows it skipped, with the reason
+    in the notes. Nothing for a run without options."""
+    if not has_options(doc):
+        return []
+    res = [r for r in doc["results"] if salt_variant(r["variant"])]
+    options = [o for o in OPTIONS if any(option_of(r) == o for r in res)]
+    keys = _ordered((r["variant"], r["n"], r["v"]) for r in res)
+    by = _by_option(doc)
+    parts = []
+    for dtype in _ordered(r["dtype"] for r in res):
+        for p in _loss_passes(doc, res):
+            rows = []
+            for var, n, v in keys:
+                base = by.get((var, n, v, dtype, p, "default"))
+                cells = [title(var), str(n), str(v)]
+                for o in options:
+                    r = by.get((var, n, v, dtype, p, o))
+                    if _ok(r):
+                        ratio = f" ({r['median_s'] / base['median_s']:.2f}×)" if _ok(base) else ""
+                        cells.append(fmt_time(r["median_s"]) + ratio)
+                    else:
+                        cells.append(_cell_time(r, notes))
+                rows.append(cells)
+            parts.append(f"**{dtype}, {PASS_TITLES[p]}: distillation options**: median time (the option's time ÷ "
+                         "the default option's, same variant, N, V, dtype and pass)\n")
+            parts.append(table(["variant", "N", "V"] + [OPTION_TITLES[o] for o in options], rows,
+                               ["l", "r", "r"] + ["r"] * len(options)))
+            parts.append("")
+    return parts
+
+
+def topk_tables(doc: dict, notes: dict) -> list[str]:
+    """Markdown lines: per dtype and pass, topk_salt_loss (the teacher's top k) against each
+    salt_kernels variant with the full teacher on the same inputs and option: times, the ratio
+    top-k ÷ full teacher, and both loss values. Nothing for a run without the topk variant."""
+    res = doc["results"]
+    tops = [r for r in res if r["variant"] == TOPK]
+    if not tops:
+        return []
+    fulls = _ordered(r["variant"] for r in res if salt_variant(r["variant"]) and r["variant"] != TOPK)
+    by = _by_option(doc)
+    ks = _ordered(r.get("k") for r in tops)
+    parts = []
+    for dtype in _ordered(r["dtype"] for r in tops):
+        for p in _loss_passes(doc, tops):
+            rows = []
+            for n, v, o in _ordered((r["n"], r["v"], option_of(r)) for r in tops
+                                    if r["dtype"] == dtype and option_of(r) in TOPK_OPTIONS):
+                t = by.get((TOPK, n, v, dtype, p, o))
+                cells = [str(n), str(v), OPTION_TITLES.get(o, o), str(t.get("k")) if t else "—"]
+                cells.append(fmt_time(t["median_s"]) + f" ({t.get('backend')})" if _ok(t) else _cell_time(t, notes))
+                full_value = None
+                for fv in fulls:
+                    f = by.get((fv, n, v, dtype, p, o))
+                    if _ok(f):
+                        ratio = f" ({t['median_s'] / f['median_s']:.2f}×)" if _ok(t) else ""
+                        cells.append(fmt_time(f["median_s"]) + ratio)
+                    else:
+                        cells.append(_cell_time(f, notes))
+                    if full_value is None and _ok(f) and f.get("loss_value") is not None:
+                        full_value = f["loss_value"]
+                top_value = t.get("loss_value") if _ok(t) else None
+                cells.append(" vs ".join("—" if x is None else f"{x:.5g}" for x in (top_value, full_value)))
+                rows.append(cells)
+            parts.append(f"**{dtype}, {PASS_TITLES[p]}: top-k teacher (k = {', '.join(map(str, ks))}) against "
+                         "the full teacher**: median time (in brackets: topk_salt_loss's backend; for salt_loss, "
+                         "top-k time ÷ its time)\n")
+            head = (["N", "V", "option", "k", "topk_salt_loss"] + [f"salt_loss {fv}, full teacher" for fv in fulls]
+                    + ["loss: top-k vs full teacher"])
+            parts.append(table(head, rows, ["r", "r", "l", "r", "r"] + ["r"] * len(fulls) + ["r"]))
+            parts.append("")
+    return parts
 
 
 def header(doc: dict) -> str:
@@ -204,6 +315,21 @@ def header(doc: dict) -> str:
         f"Copy bandwidth (torch copy_, read + write, same run): {gbs(bw.get('bytes_per_s'))} "
         f"(start {gbs(bw.get('start_bytes_per_s'))}, end {gbs(bw.get('end_bytes_per_s'))}).",
     ]
+    options = [o for o in OPTIONS if any(option_of(r) == o for r in doc["results"])]
+    if options != ["default"] and options:
+        v = max(r["v"] for r in doc["results"])
+        kws = "; ".join(f"{o}: {', '.join(f'{k}={x!r}' for k, x in option_kwargs(o, v).items())}"
+                        for o in options if o != "default")
+        lines[-1] += "  "
+        lines.append(f"Options (salt_loss keywords; kd_vocab = V - 128, at V = {v}): {kws}.  ")
+        lines.append("The baselines compute the plain SALT loss and run the default option only.")
+    if any(r["variant"] == TOPK for r in doc["results"]):
+        lines[-1] += "  " if not lines[-1].endswith("  ") else ""
+        lines.append(
+            f"Top-k teacher: topk_salt_loss(student, teacher_indices, teacher_logprobs, labels, kd_weight, temperature) "
+            f"with k = {cfg.get('topk_k')}, tail \"bucket\"; indices and log-probs are torch.topk of log_softmax of "
+            "the same teacher logits the full-teacher variants get (then freed); its minimal bytes read the "
+            "student's logits and that [N x k] teacher.")
     warning = busy_warning(m)
     if warning:
         lines.append("")
@@ -240,6 +366,8 @@ def plot(doc: dict, out_dir: str, prefix: str) -> list[str]:
     variants, shapes, dtypes, passes, by = _index(doc)
     ns = _ordered(n for n, _ in shapes)
     vs = sorted(_ordered(v for _, v in shapes))
+    if len(vs) < 2:  # a line against V needs two V at least; the tables hold the rest
+        return []
     os.makedirs(out_dir, exist_ok=True)
     written = []
     m = doc["machine"]
@@ -325,6 +453,18 @@ def write_results_md(md_path: str, body: str, marker: str = "bench") -> None:
         f.write(text)
 
 
+def _heading_topics(doc: dict) -> str:
+    """What a grid adds to the plain loss tables, for its heading (", option grid, ...")."""
+    topics = []
+    if any(r["pass"] == "fwd_nograd" for r in doc["results"]):
+        topics.append("forward under no_grad")
+    if has_options(doc):
+        topics.append("distillation options")
+    if any(r["variant"] == TOPK for r in doc["results"]):
+        topics.append("top-k teacher")
+    return "".join(f", {t}" for t in topics)
+
+
 def render(json_paths: list[str], md_path: str | None, plots_dir: str | None) -> dict:
     """Render result files into md_path and PNGs in plots_dir: a fixed-size run (a document with
     a "section") between its own markers, the grids and profiles together between the bench
@@ -348,7 +488,7 @@ def render(json_paths: list[str], md_path: str | None, plots_dir: str | None) ->
         prefix = os.path.splitext(os.path.basename(path))[0]
         pngs = plot(doc, plots_dir, prefix) if plots_dir else []
         all_pngs += pngs
-        heading = f"Loss microbenchmarks: {m['name']} ({m['device']}), {m['date']}"
+        heading = f"Loss microbenchmarks{_heading_topics(doc)}: {m['name']} ({m['device']}), {m['date']}"
         grid_sections.append(section(doc, pngs, md_path or "RESULTS.md", heading))
     if md_path and grid_sections:
         intro = (
@@ -385,8 +525,8 @@ def fixed_report(doc: dict, base: str | None = None) -> str:
     last pass's time and peak memory against `base` (default: the first variant)."""
     cfg, m = doc["config"], doc["machine"]
     op = cfg.get("op", "loss")
-    by = {(r["variant"], r["pass"]): r for r in doc["results"]}
-    passes = [p for p in ("fwd", "bwd", "fwdbwd") if p in cfg["passes"]]
+    by = {(r["variant"], r["pass"]): r for r in doc["results"] if option_of(r) == "default"}
+    passes = [p for p in ("fwd", "fwd_nograd", "bwd", "fwdbwd") if p in cfg["passes"]]
     last = passes[-1]
     base = base if base in cfg["variants"] else cfg["variants"][0]
     any_rec = doc["results"][0] if doc["results"] else {}

@@ -12,14 +12,21 @@ Document (schema 2):
 
 Bench record, one per (case, pass):
     {"variant", "n", "v", "dtype", "op": "loss" | "linear", "d_s", "d_t" (linear's hidden sizes),
-     "pass": "fwd" | "bwd" | "fwdbwd", "status": "ok" | "skipped" | "failed", "reason",
+     "option" (the distillation option of the grid, cases.OPTIONS; "default" is the plain SALT
+     loss; absent in older files, meaning "default"), "k" (topk: the teacher's top k, else None),
+     "backend" (the salt_kernels backend that ran it, topk's as "auto" picked it; None for the
+     baselines), "pass": "fwd" | "fwd_nograd" | "bwd" | "fwdbwd",
+     "status": "ok" | "skipped" | "failed", "reason",
      "median_s", "min_s", "max_s", "times_s" (per-call seconds, one per timed block), "repeats"
      (calls timed), "first_call_s", "peak_bytes" (the peak above the inputs, the gradient
      included), "output_bytes" (the gradients the pass returns), "logits_bytes" (one [N x V]
      tensor in the input dtype), "peak_logits" (peak_bytes in those), "estimated_bytes",
      "bytes" (the least traffic of the pass; None for linear), "gb_per_s" (bytes / median),
      "copy_fraction" (that over the copy bandwidth of the same run), "loss_value" (the variant's
-     loss on the case's inputs, the same inputs for every variant), "note"}
+     loss on the case's inputs, the same inputs for every variant; topk: with the top k of the
+     same teacher), "note"}
+The bench config holds the run's settings, among them "passes", "loss_options" (the option grid)
+and "topk_k".
 A salt_kernels backend's "bwd" gets no GB/s: its gradient was written in the forward ("note").
 
 Profile document: also "student_parameters", "teacher_parameters", "tokens_per_step",

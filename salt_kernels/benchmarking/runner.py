@@ -117,8 +117,8 @@ def run_bench(
     """Run the cases and return the results document, written to out_path (when given) after
     every case."""
     for p in passes:
-        if p not in C.PASSES:
-            raise ValueError(f"unknown pass {p!r}; choose from {', '.join(C.PASSES)}")
+        if p not in C.ALL_PASSES:
+            raise ValueError(f"unknown pass {p!r}; choose from {', '.join(C.ALL_PASSES)}")
 
     def distinct(key):
         return sorted({getattr(c, key) for c in cases}, key=str)
@@ -129,6 +129,8 @@ def run_bench(
         "v": distinct("v"), "dtypes": list(dict.fromkeys(c.dtype for c in cases)),
         "variants": list(dict.fromkeys(c.variant for c in cases)), "d_s": cases[0].d_s if cases else None,
         "d_t": cases[0].d_t if cases else None, "options": options, "threads": threads, "isolated": isolate,
+        "loss_options": list(dict.fromkeys(c.option for c in cases)),
+        "topk_k": next((c.k for c in cases if c.variant == C.TOPK), None),
     }
     doc = results.new_document("salt-kernels-bench", device, command, config, copy_bandwidth={},
                                **({"section": section} if section else {}))
@@ -154,6 +156,13 @@ def run_bench(
         for case in cases:
             label = case.label()
             pbar.set_postfix_str(label)
+            ok, why = C.case_status(case, device)
+            if not ok:  # e.g. a backend that does not compute the case's option: its reason
+                pbar.write(f"skip {label}: {why}")
+                doc["results"] += [results.record(case, p, status="skipped", reason=why) for p in passes]
+                pbar.update(1)
+                save()
+                continue
             need = case.estimated_bytes()
             avail = available_bytes(device)
             if need > memory_fraction * avail:
@@ -179,7 +188,7 @@ def run_bench(
                 doc["results"] += [results.record(case, p, status="failed", reason=why) for p in passes]
             else:
                 doc["results"] += [results.record(case, p, status="ok", reason="", loss_value=res["loss_value"],
-                                                  **res["passes"][p]) for p in passes]
+                                                  backend=res.get("backend"), **res["passes"][p]) for p in passes]
             pbar.update(1)
             save()
     doc["machine"]["load_average_end"] = load_average()

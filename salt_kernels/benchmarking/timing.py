@@ -1,14 +1,16 @@
 """The timer of every benchmark: one pass of a case's function, its peak memory, and the
 machine's copy bandwidth.
 
-A pass is one call: fwd = the loss under no_grad; fwdbwd = the loss and
+A pass is one call: fwd = the loss under no_grad, inputs that need no gradient; fwd_nograd =
+the loss under torch.no_grad() with inputs that require grad (an evaluation step of a model in
+training: the losses skip all gradient work, no gradient buffer); fwdbwd = the loss and
 torch.autograd.grad of it (a fresh gradient per call, nothing accumulates); bwd = that
 autograd.grad alone, after an untimed forward before each call.
 
-CPU: torch.utils.benchmark.Timer.blocked_autorange for fwd and fwdbwd, for at least
+CPU: torch.utils.benchmark.Timer.blocked_autorange for fwd, fwd_nograd and fwdbwd, for at least
 `min_time` seconds and at least `repeats` calls (a second blocked_autorange tops up when one
 call outlasts the blocks); the peak resident set over the timed calls. GPU:
-triton.testing.do_bench (L2 flushed before each call, median) for fwd and fwdbwd; the peak
+triton.testing.do_bench (L2 flushed before each call, median) for those passes; the peak
 allocated memory of one call, measured alone. bwd needs an untimed forward before every call,
 which neither timer has: it is timed call by call (perf_counter on CPU, CUDA events with the L2
 flushed on GPU), the peak taken while the backward runs (the forward's saved tensors count).
@@ -43,9 +45,9 @@ def summary(times: list[float], calls: int) -> dict:
 
 def pass_calls(fn, inputs, grad_inputs, pass_):
     """(prepare, call) for a pass: prepare, when not None, runs untimed before each call."""
-    if pass_ == "fwd":
-        for t in grad_inputs:
-            t.requires_grad_(False)
+    if pass_ in ("fwd", "fwd_nograd"):
+        for t in grad_inputs:  # fwd_nograd: grad mode alone tells the loss that no gradient is wanted
+            t.requires_grad_(pass_ == "fwd_nograd")
 
         def call():
             with torch.no_grad():

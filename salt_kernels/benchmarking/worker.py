@@ -3,10 +3,11 @@ no allocator or compiler state carries over between variants:
 
     python -m salt_kernels.benchmarking.worker SPEC.json RESULT.json
 
-SPEC: the case's fields (cases.Case) and {"passes", "device", "repeats", "warmup", "min_time",
+SPEC: the case's fields (cases.Case, its option and top k included) and {"passes", "device", "repeats", "warmup", "min_time",
 "kd_weight", "temperature", "threads" (None: torch's default), "options" (linear: "backend",
 "chunk_size"), "seed"}. RESULT gets {"loss_value", "passes": {pass: the measurements of
-timing.measure_pass}} or {"error", "traceback"}.
+timing.measure_pass}, "backend" (the salt_kernels backend that ran it, None for a baseline)}
+or {"error", "traceback"}.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import json
 import sys
 import traceback
 
-CASE_FIELDS = ("variant", "n", "v", "dtype", "op", "d_s", "d_t")
+CASE_FIELDS = ("variant", "n", "v", "dtype", "op", "d_s", "d_t", "option", "k")
 
 
 def run_case(spec: dict) -> dict:
     import torch
 
-    from .cases import Case, case_fn, case_inputs
+    from .cases import Case, case_backend, case_fn, case_inputs
     from .timing import measure_passes
 
     if spec.get("threads"):
@@ -30,7 +31,7 @@ def run_case(spec: dict) -> dict:
     case = Case(**{k: spec[k] for k in CASE_FIELDS if k in spec})
     fn = case_fn(case, spec["kd_weight"], spec["temperature"], device, spec.get("options"))
     inputs, grad_inputs = case_inputs(case, device, spec.get("seed", 0))
-    out = {}
+    out = {"backend": case_backend(case, device)}
     # The loss value on these inputs (the same for every variant): the report checks that all
     # variants agree, so that a wrong variant does not pass for a fast one.
     with torch.no_grad():

@@ -17,7 +17,8 @@ def register(subparsers) -> None:
         description=(
             "Loss microbenchmarks: every usable salt_kernels backend and the baselines (PyTorch eager,\n"
             "torch.compile of the same function, Liger-Kernel's CE + KL on CUDA when installed) for\n"
-            "forward, backward and forward + backward. Each case runs in its own process (unless\n"
+            "forward, backward and forward + backward (and, with --passes, the forward under no_grad\n"
+            "with inputs that require grad). Each case runs in its own process (unless\n"
             "--in-process); per case it reports the median time, GB/s over the minimal bytes (read\n"
             "student and teacher logits once, write the gradient once), that as a fraction of the copy\n"
             "bandwidth measured in the same run, and the peak memory above the inputs. Cases whose\n"
@@ -27,6 +28,11 @@ def register(subparsers) -> None:
             "runs the whole grid there too (eager at 16384 x 256000 fp32 needs ~180 GB). Every case costs a\n"
             "process, and for torch.compile a compilation: choose a subset with --n/--v/--dtype/--backends\n"
             "when time is short.\n\n"
+            "Option grid: --options runs each salt_kernels variant once per distillation option of\n"
+            "salt_loss (a backend that does not compute an option is recorded as skipped, with its\n"
+            "reason); the tables then show each option's time and its ratio to the default option.\n"
+            "Top-k teacher: --backends ...,topk adds topk_salt_loss with the top --topk-k tokens of the\n"
+            "same teacher, compared with salt_loss on the full teacher.\n\n"
             "Render the JSON into benchmarks/RESULTS.md and PNG plots with --markdown/--plots here, or\n"
             "later with `python benchmarks/report.py RESULT.json`."
         ),
@@ -43,12 +49,25 @@ def register(subparsers) -> None:
                    help="logit dtypes, comma-separated, from fp32,bf16 (default: fp32,bf16)")
     p.add_argument("--backends", metavar="B[,B...]",
                    help="variants to run, comma-separated, from cpu,triton,cuda,reference (salt_kernels "
-                        "backends), eager,compile,liger (baselines), or a triton launch plan "
+                        "backends), eager,compile,liger (baselines), topk (topk_salt_loss with the top "
+                        "--topk-k of the same teacher, backend auto), or a triton launch plan "
                         "triton-<fused|split|sync>[-b<block>-w<warps>]. Default: every usable one except "
-                        "reference (the slow plain-PyTorch oracle)")
+                        "reference (the slow plain-PyTorch oracle) and topk")
     p.add_argument("--passes", default="fwd,bwd,fwdbwd", metavar="P[,P...]",
-                   help="passes, comma-separated, from fwd (loss only, no gradient), bwd (backward alone "
-                        "after an untimed forward), fwdbwd (default: all three)")
+                   help="passes, comma-separated, from fwd (loss only under no_grad, inputs that need no "
+                        "gradient), fwd_nograd (the forward under torch.no_grad() with inputs that require "
+                        "grad: the losses then skip all gradient work), bwd (backward alone after an untimed "
+                        "forward), fwdbwd (forward + backward) (default: fwd,bwd,fwdbwd)")
+    p.add_argument("--options", default="default", metavar="O[,O...]",
+                   help="distillation options to run each salt_kernels variant with, comma-separated, from "
+                        "default (the plain SALT loss), softcap (softcap=30.0), label_smoothing "
+                        "(label_smoothing=0.1), z_loss (z_loss=1e-4), kd_vocab (kd_vocab=V-128, the teacher "
+                        "keeps its V columns), reverse_kl (divergence='reverse_kl'), jsd (divergence='jsd', "
+                        "beta=0.5). A backend that does not compute an option is recorded as skipped with "
+                        "its reason; the baselines run the default option only (default: default)")
+    p.add_argument("--topk-k", type=int, default=64, metavar="K",
+                   help="k of the topk variant: its teacher is the k most likely tokens (torch.topk of "
+                        "log_softmax of the teacher logits) (default: 64)")
     p.add_argument("--repeats", type=int, default=3,
                    help="timed calls per pass at least; the median is reported (default: 3). On CPU "
                         "torch.utils.benchmark's blocked_autorange repeats fast cases until --min-time; on "
@@ -115,8 +134,16 @@ def run(args) -> int:
             if d not in C.DTYPES:
                 raise ValueError(f"--dtype: unknown dtype {d!r}; choose from {', '.join(C.DTYPES)}")
         for p_ in passes:
-            if p_ not in C.PASSES:
-                raise ValueError(f"--passes: unknown pass {p_!r}; choose from {', '.join(C.PASSES)}")
+            if p_ not in C.ALL_PASSES:
+                raise ValueError(f"--passes: unknown pass {p_!r}; choose from {', '.join(C.ALL_PASSES)}")
+        options = list(dict.fromkeys(C.parse_list(args.options) or []))
+        if not options:
+            raise ValueError(f"--options: give at least one of {', '.join(C.OPTIONS)}")
+        for o in options:
+            if o not in C.OPTIONS:
+                raise ValueError(f"--options: unknown option {o!r}; choose from {', '.join(C.OPTIONS)}")
+        if args.topk_k < 1:
+            raise ValueError("--topk-k must be at least 1")
         if any(x < 1 for x in ns + vs):
             raise ValueError("--n and --v must be positive")
         if args.threads is not None and args.threads < 1:
@@ -129,6 +156,10 @@ def run(args) -> int:
     except ValueError as exc:
         print(f"salt-kernels bench: {exc}", file=sys.stderr)
         return 2
+    if "default" not in options:  # the baselines compute the plain SALT loss only (make_cases)
+        baselines = [v for v in variants if not C.salt_variant(v)]
+        variants = [v for v in variants if C.salt_variant(v)]
+        left_out += [(v, "computes the plain SALT loss only, and --options has no default") for v in baselines]
     if not variants:
         print("salt-kernels bench: none of the requested backends is usable here:\n"
               + "\n".join(f"  {v}: {why}" for v, why in left_out), file=sys.stderr)
@@ -145,12 +176,12 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        return _run(args, device, variants, left_out, ns, vs, dtypes, passes)
+        return _run(args, device, variants, left_out, ns, vs, dtypes, passes, options)
     finally:  # the command may run inside a longer-lived process (tests, notebooks)
         torch.set_num_threads(threads_before)
 
 
-def _run(args, device, variants, left_out, ns, vs, dtypes, passes) -> int:
+def _run(args, device, variants, left_out, ns, vs, dtypes, passes, options) -> int:
     from ..benchmarking import cases as C
     from ..benchmarking import render
     from ..benchmarking.machine import available_bytes
@@ -160,17 +191,19 @@ def _run(args, device, variants, left_out, ns, vs, dtypes, passes) -> int:
     warmup = args.warmup if args.warmup is not None else (3 if device.type == "cuda" else 1)
     min_time = args.min_time if args.min_time is not None else (0.1 if device.type == "cuda" else 1.0)
 
+    cases = C.make_cases(variants, ns, vs, dtypes, options=options, k=args.topk_k)
     if args.dry_run:
         avail = available_bytes(device)
         rows = []
-        for case in C.make_cases(variants, ns, vs, dtypes):
+        for case in cases:
             need = case.estimated_bytes()
-            fits = need <= args.memory_fraction * avail
-            rows.append([case.variant, str(case.n), str(case.v), case.dtype, render.fmt_bytes(need),
-                         "run" if fits else "skip (memory)"])
+            ok, why = C.case_status(case, device)
+            plan = ("run" if need <= args.memory_fraction * avail else "skip (memory)") if ok else f"skip: {why}"
+            rows.append([case.variant + (f" k={case.k}" if case.k else ""), case.option, str(case.n), str(case.v),
+                         case.dtype, render.fmt_bytes(need), plan])
         print(f"{len(rows)} cases on {device.type} ({render.fmt_bytes(avail)} free), passes {','.join(passes)}:")
-        print(render.table(["backend", "N", "V", "dtype", "est. peak", "plan"], rows,
-                           ["l", "r", "r", "l", "r", "l"]))
+        print(render.table(["backend", "option", "N", "V", "dtype", "est. peak", "plan"], rows,
+                           ["l", "l", "r", "r", "l", "r", "l"]))
         for v, why in left_out:
             print(f"not run: {v}: {why}")
         return 0
@@ -181,6 +214,10 @@ def _run(args, device, variants, left_out, ns, vs, dtypes, passes) -> int:
         f"--v {','.join(map(str, vs))} --dtype {','.join(dtypes)} --backends {','.join(variants)} "
         f"--passes {','.join(passes)} --repeats {args.repeats} --warmup {warmup} --min-time {min_time:g}"
     )
+    if options != ["default"]:
+        command += f" --options {','.join(options)}"
+    if C.TOPK in variants:
+        command += f" --topk-k {args.topk_k}"
     if args.threads:
         command += f" --threads {args.threads}"
     if (args.kd_weight, args.temperature) != (0.5, 2.0):
@@ -189,7 +226,7 @@ def _run(args, device, variants, left_out, ns, vs, dtypes, passes) -> int:
         command += " --in-process"
     doc = run_bench(
         device=device,
-        cases=C.make_cases(variants, ns, vs, dtypes),
+        cases=cases,
         left_out=left_out,
         passes=passes,
         out_path=out,

@@ -14,10 +14,12 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="the SALT recipe end to end: teacher, baseline and SALT student, comparison report",
-        description="Train a small teacher, then a 3x larger student twice from the same "
+        description="Train a small teacher, then a 3x larger student twice per seed from the same "
         "initialization and data order (baseline: cross-entropy; SALT: KD from the teacher for "
-        "n_KD steps, then cross-entropy), and write RUNS_DIR/NAME/report.md, curves.png and "
-        "summary.json. The defaults are sized for a CPU.",
+        "the first n_KD steps, then cross-entropy), time a CE-only and a SALT step alternately in "
+        "one process for the wall-clock accounting, and write RUNS_DIR/NAME/report.md, curves.png "
+        "and summary.json. The defaults are sized for a CPU. A run stopped by SIGTERM saves a "
+        "checkpoint and the demo exits with status 143; rerun with --resume.",
     )
     add_dataclass_arguments(parser, DemoConfig)
     parser.set_defaults(func=run)
@@ -50,14 +52,17 @@ def run(args: argparse.Namespace) -> int:
 
     from salt_kernels.train.config import ConfigError
     from salt_kernels.train.demo import DemoConfig, run_demo
+    from salt_kernels.train.runtime import exit_status
 
     dc = DemoConfig()
     for f in fields(DemoConfig):
         if hasattr(args, f.name):
             setattr(dc, f.name, getattr(args, f.name))
     try:
-        run_demo(dc, command=command_line(dc))
+        result = run_demo(dc, command=command_line(dc))
     except ConfigError as exc:
         print(f"salt-kernels demo: error: {exc}", file=sys.stderr)
         return 2
-    return 0  # also after a SIGTERM: the runs saved checkpoints; rerun with --resume
+    if result.status == "interrupted":  # the run saved a checkpoint (logged); not a success
+        return exit_status(result.signal)
+    return 0

@@ -1,5 +1,7 @@
 """`salt-kernels profile`: end-to-end training-step throughput, CE-only against SALT stage 1 and
-plain-PyTorch loss against the fused ones, plus SALT's wall-clock accounting for a demo run."""
+plain-PyTorch loss against the fused ones; with --accounting RUN, SALT's wall-clock accounting of
+a demo, from the interleaved step times the demo measured and stored in RUN/summary.json (the
+same numbers as its report.md)."""
 
 from __future__ import annotations
 
@@ -32,8 +34,12 @@ def register(subparsers) -> None:
             "Defaults: on CPU student-s + teacher-s, vocabulary 32000, 8 x 128 tokens, fp32; on CUDA\n"
             "student-m + teacher-m, vocabulary 128256, 8 x 1024 tokens, bf16 autocast. With\n"
             "--accounting RUN the model, batch and loss settings default to that\n"
-            "demo's (RUN/salt/config.json), and the projected wall-clock of SALT against the baseline\n"
-            "is printed from the measured step times and the demo's steps-to-match."
+            "--accounting RUN prints the wall-clock accounting of a demo: the CE-only and SALT\n"
+            "stage-1 step times the demo measured interleaved at its end (RUN/summary.json), times\n"
+            "the step counts of its runs; the same numbers as RUN/report.md. It measures nothing\n"
+            "itself (`salt-kernels demo --name NAME --resume` measures again). For a summary.json of\n"
+            "an older demo, without that measurement, it profiles the demo's model, batch and loss\n"
+            "settings (RUN/salt/config.json) and projects from these step times."
         ),
     )
     p.add_argument("--student", help="student: a model preset (tiny, student-s, student-m, student-l, ...) or "
@@ -68,8 +74,9 @@ def register(subparsers) -> None:
                         "(open in chrome://tracing or https://ui.perfetto.dev)")
     p.add_argument("--trace-steps", type=int, default=2, help="steps recorded in each trace (default: 2)")
     p.add_argument("--accounting", metavar="RUN",
-                   help="a finished demo (runs/<name> with summary.json): print SALT's projected wall-clock "
-                        "against the baseline from the measured step times and the demo's steps-to-match")
+                   help="a finished demo (runs/<name> with summary.json): print SALT's wall-clock "
+                        "against the baseline from the step times the demo measured interleaved and "
+                        "its steps-to-match (the numbers of its report.md)")
     p.add_argument("--out", default=DEFAULT_OUT,
                    help="JSON result file (default: benchmarks/results/profile_<device>.json); "
                         "benchmarks/report.py renders it into RESULTS.md")
@@ -107,11 +114,62 @@ def _demo_settings(run: str) -> dict:
     return out
 
 
+# The defaults of the flags that set up a measurement: with --accounting of a demo that stored its
+# own measurement, giving any of them is an error (they would change nothing).
+MEASUREMENT_DEFAULTS = {"student": None, "teacher": None, "vocab_size": None, "batch_size": None,
+                        "seq_len": None, "device": "auto", "amp": "auto", "losses": "torch,fused,linear",
+                        "backend": "auto", "steps": 5, "warmup": 2, "kd_weight": None,
+                        "temperature": None, "threads": None, "seed": 0, "peak_tflops": None,
+                        "trace": None, "trace_steps": 2, "out": DEFAULT_OUT}
+
+
+def _stored_accounting(args, summary: dict, path: str) -> int:
+    """--accounting of a demo that measured its step times: print its accounting, computed by
+    the function behind its report.md from its summary.json."""
+    from ..benchmarking import accounting as acc
+
+    given = [f"--{k.replace('_', '-')}" for k, v in MEASUREMENT_DEFAULTS.items() if getattr(args, k) != v]
+    if given:
+        print(f"salt-kernels profile: error: --accounting {args.accounting} prints the accounting of "
+              f"the step times the demo measured and stored (summary.json); {', '.join(given)} "
+              "would set up a new measurement: drop --accounting to profile, or measure the demo's "
+              "step times again with `salt-kernels demo --name NAME --resume`", file=sys.stderr)
+        return 2
+    result = acc.demo_accounting(summary)
+    print(f"SALT wall-clock accounting for {path}")
+    print(result["text"])
+    return 0
+
+
+def _model_spec(spec: str, flag: str) -> str:
+    """A preset name, or the model directory that `spec` names (a run folder: its final/);
+    ConfigError naming `flag` otherwise."""
+    from ..train.checkpoint import resolve_model_dir
+    from ..train.models import MODEL_PRESETS, check_model_spec
+
+    if spec in MODEL_PRESETS:
+        return spec
+    if os.path.isdir(spec):
+        return resolve_model_dir(spec, flag)
+    check_model_spec(spec, flag)
+    return spec
+
+
 def run(args) -> int:
     import torch
 
     from ..benchmarking import accounting as acc
     from ..benchmarking.profiling import LOSSES, ProfileConfig
+    from ..train.config import ConfigError
+
+    if args.accounting:
+        try:
+            summary, summary_path = acc.load_summary(args.accounting)
+        except ValueError as exc:
+            print(f"salt-kernels profile: error: {exc}", file=sys.stderr)
+            return 2
+        if summary.get("step_times"):
+            return _stored_accounting(args, summary, summary_path)
 
     if args.device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -122,15 +180,13 @@ def run(args) -> int:
     else:
         device = args.device
 
-    summary = summary_path = None
     demo = {}
-    if args.accounting:
-        try:
-            summary, summary_path = acc.load_summary(args.accounting)
-        except ValueError as exc:
-            print(f"salt-kernels profile: {exc}", file=sys.stderr)
-            return 2
+    if args.accounting:  # an older demo: measure now, with its settings
         demo = _demo_settings(args.accounting)
+        print(f"{summary_path} holds no interleaved step-time measurement (written by an older "
+              "demo): measuring the step times now with the demo's settings", file=sys.stderr)
+    else:
+        summary = summary_path = None
 
     d_student, d_teacher, d_vocab, d_batch, d_seq = DEFAULTS[device]
 
@@ -164,6 +220,12 @@ def run(args) -> int:
         seed=args.seed,
         peak_tflops=args.peak_tflops,
     )
+    try:
+        cfg.student = _model_spec(cfg.student, "--student")
+        cfg.teacher = _model_spec(cfg.teacher, "--teacher")
+    except ConfigError as exc:
+        print(f"salt-kernels profile: error: {exc}", file=sys.stderr)
+        return 2
     problems = []
     for name in ("vocab_size", "batch_size", "seq_len", "steps"):
         if getattr(cfg, name) < 1:
@@ -177,7 +239,7 @@ def run(args) -> int:
     if args.threads is not None and args.threads < 1:
         problems.append("--threads must be at least 1")
     if problems:
-        print("salt-kernels profile: " + "; ".join(problems), file=sys.stderr)
+        print("salt-kernels profile: error: " + "; ".join(problems), file=sys.stderr)
         return 2
     threads_before = torch.get_num_threads()
     if args.threads:

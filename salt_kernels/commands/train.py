@@ -9,6 +9,8 @@ EPILOG = """examples:
   salt-kernels train --role teacher --model teacher-s --steps 1500 --out-dir runs/t
   salt-kernels train --role baseline --model student-s --steps 1000 --tokenizer runs/t/final --out-dir runs/b
   salt-kernels train --role salt --teacher runs/t/final --n-kd 300 --steps 1000 --out-dir runs/s
+  salt-kernels train --role salt --teacher runs/t/final --divergence jsd --beta 0.3 --z-loss 1e-4 --out-dir runs/j
+  salt-kernels train --role salt --teacher gemma-small/ --model gemma-big/ --kd-vocab 256000 ...
   salt-kernels train --config my_run.toml --resume
   torchrun --nproc_per_node=2 -m salt_kernels train --role salt --teacher runs/t/final ...
 """
@@ -31,6 +33,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from salt_kernels.train.config import ConfigError, config_from_args
+    from salt_kernels.train.runtime import exit_status
 
     try:
         cfg = config_from_args(args)
@@ -40,4 +43,6 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"salt-kernels train: error: {exc}", file=sys.stderr)
         return 2
-    return 0 if result.status in ("finished", "interrupted") else 1
+    if result.status == "interrupted":  # checkpoint saved (the log says where): not a success
+        return exit_status(result.signal)
+    return 0 if result.status == "finished" else 1

@@ -38,11 +38,11 @@ from .models import (
     model_dir_vocab_size,
 )
 from .runtime import Dist
-from .step import SaltStep, StudentLoss, plain_projection
+from .step import SaltStep, StudentLoss, final_logit_softcap, plain_projection, resolve_kd_vocab
 
 # Keys that may differ between a run and its resumption.
 RESUME_FREE_KEYS = {"resume", "overwrite", "progress", "device", "backend", "log_interval",
-                    "ckpt_interval", "eval_interval", "threads"}
+                    "ckpt_interval", "ckpt_minutes", "eval_interval", "threads"}
 RUN_ARTIFACTS = ("metrics.jsonl", "checkpoint.pt", "summary.json", "config.json", "selection.pt",
                  "final", "tokenizer")
 
@@ -67,12 +67,8 @@ def validate_inputs(cfg: TrainConfig) -> list[str]:
     documents (read once here) so a bad --data fails before anything is built."""
     check_config(cfg)
     check_model_spec(cfg.model_spec(), "--model")
-    if cfg.run.role == "salt":
-        teacher = cfg.salt.teacher
-        if not is_model_dir(teacher):
-            raise ConfigError(f"--teacher {teacher!r} is not a local Hugging Face model directory "
-                              "(with config.json); train one with --role teacher and pass its "
-                              "final/ folder")
+    if cfg.run.role == "salt":  # a run folder stands for its final/ model
+        cfg.salt.teacher = ckpt.resolve_model_dir(cfg.salt.teacher, "--teacher")
     if cfg.data.tokenizer:
         load_tokenizer(cfg.data.tokenizer)  # raises a ConfigError for a bad path
     docs = load_documents(cfg.data.data)
@@ -81,23 +77,26 @@ def validate_inputs(cfg: TrainConfig) -> list[str]:
 
 
 def check_vocabularies(cfg: TrainConfig, tokenizer) -> int:
-    """The model vocabulary size to use; ConfigError when teacher, student and tokenizer disagree."""
+    """The student's vocabulary size; ConfigError when the tokenizer does not fit the models.
+    A preset student gets the teacher's vocabulary size; a student directory keeps its own, which
+    may differ from the teacher's (vocabularies padded differently: the KD then compares the
+    tokenizer's tokens, see resolve_kd_vocab)."""
     n_tok = len(tokenizer)
     student_vocab = model_dir_vocab_size(cfg.model_spec()) if is_model_dir(cfg.model_spec()) else None
     if cfg.run.role == "salt":
         teacher_dir = cfg.salt.teacher
         teacher_vocab = model_dir_vocab_size(teacher_dir)
-        if student_vocab is not None and student_vocab != teacher_vocab:
-            raise ConfigError(f"teacher and student vocabularies differ: teacher {teacher_dir!r} has "
-                              f"vocab_size {teacher_vocab}, student {cfg.model_spec()!r} has "
-                              f"{student_vocab}. SALT needs one shared tokenizer.")
+        if n_tok > teacher_vocab:
+            raise ConfigError(f"the tokenizer has {n_tok} tokens but the teacher {teacher_dir!r} has "
+                              f"vocab_size {teacher_vocab}: SALT needs the tokenizer the teacher was trained with")
         if has_tokenizer(teacher_dir):
             teacher_tok = load_tokenizer(teacher_dir)
             if teacher_tok.get_vocab() != tokenizer.get_vocab():
                 raise ConfigError(f"the tokenizer of this run differs from the teacher's "
                                   f"({teacher_dir!r}): drop --tokenizer to use the teacher's, or "
                                   "pass the tokenizer the teacher was trained with")
-        student_vocab = teacher_vocab
+        if student_vocab is None:
+            student_vocab = teacher_vocab
     vocab = student_vocab if student_vocab is not None else n_tok
     if n_tok > vocab:
         raise ConfigError(f"the tokenizer has {n_tok} tokens but the model's vocab_size is {vocab}")
@@ -215,7 +214,7 @@ def build_run(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, 
                 plain_projection(net)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
-    salt = cfg.salt_step()
+    salt = _resolve_step(cfg, model, teacher, tokenizer, d)
     module = StudentLoss(model, salt)
     if d.world > 1:
         module = torch.nn.parallel.DistributedDataParallel(
@@ -237,15 +236,41 @@ def build_run(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, 
                stage1_sampler=stage1_sampler, device=device)
 
 
+def _resolve_step(cfg: TrainConfig, model, teacher, tokenizer, d: Dist) -> SaltStep:
+    """The run's SaltStep for these models: kd_vocab resolved (the tokenizer's length when the
+    output layers differ in size, said once in the log) and the softcaps checked against the
+    loss path, so that a bad combination fails before the first step."""
+    salt = cfg.salt_step()
+    try:
+        kd_vocab, note = resolve_kd_vocab(model, teacher, salt.kd_vocab, len(tokenizer), option="--kd-vocab")
+        salt = salt.replace(kd_vocab=kd_vocab)
+        salt.loss_softcap(model, "student")
+        if teacher is not None:
+            salt.loss_softcap(teacher, "teacher")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if note and d.main:
+        log(note)
+    return salt
+
+
 def describe(cfg: TrainConfig, run: Run, d: Dist) -> str:
     """The run's first log line."""
     r, s = cfg.run, cfg.salt
+    options = [run.salt.describe_options()] if run.salt.describe_options() else []
+    for name, net, given in (("softcap", run.model, run.salt.softcap),
+                             ("teacher_softcap", run.teacher, run.salt.teacher_softcap)):
+        own = final_logit_softcap(net) if net is not None and given is None else None
+        if own is not None:
+            options.append(f"{name} {own} (model config)")
+    options = ", ".join(options)
     stage = (f", distillation for {run.n_kd} steps (w={s.kd_weight}, tau={s.temperature}, "
              f"{s.transition})") if run.n_kd else ""
     return (f"[{r.role}] {cfg.model_spec()}: {count_parameters(run.model) / 1e6:.2f}M parameters, "
             f"vocab {run.vocab}, {len(run.data.train)} train / {len(run.data.val)} val sequences of "
             f"{cfg.data.seq_len} tokens, {r.steps} steps x {r.batch_size} sequences on "
-            f"{d.world} x {run.device.type}, loss path {r.loss}{stage}")
+            f"{d.world} x {run.device.type}, loss path {r.loss}{stage}"
+            + (f", loss options: {options}" if options else ""))
 
 
 def _teacher_dtype(name: str, device: torch.device):

@@ -81,3 +81,41 @@ def restore_run(state: dict, model, optimizer, counters: dict, d) -> int:
     set_rng_state(state["rng"][d.rank])
     counters.update(state["counters"])
     return state["step"]
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """A training run's output folder (what --out-dir names): its config.json is a run config,
+    or it holds metrics.jsonl / checkpoint.pt."""
+    path = Path(path)
+    if (path / CHECKPOINT).exists() or (path / "metrics.jsonl").exists():
+        return True
+    try:
+        import json
+
+        return "run" in json.loads((path / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def resolve_model_dir(path: str, flag: str = "--teacher") -> str:
+    """The Hugging Face model directory that PATH names: PATH itself, or PATH/final when PATH is
+    the folder of a finished training run (one log line says so). Anything else raises a
+    ConfigError with one hint."""
+    from .config import ConfigError
+    from .metrics import log
+    from .models import is_model_dir
+
+    p = Path(path)
+    if is_run_folder(p):
+        final = p / "final"
+        if is_model_dir(str(final)):
+            log(f"{flag} {path} is a training run folder: using its model, {final}")
+            return str(final)
+        raise ConfigError(f"{flag} {path!r} is the folder of a training run that has not finished "
+                          f"(no final/ model in it): finish it (rerun its command with --resume), "
+                          f"then pass {path} or {final}")
+    if is_model_dir(str(p)):
+        return str(p)
+    raise ConfigError(f"{flag} {path!r} is not a local Hugging Face model directory (a folder "
+                      "with config.json, such as the final/ folder of a finished training run, or "
+                      "that run's folder itself)")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from ..backends.base import DIVERGENCES
 from ..backends.registry import BACKEND_NAMES
 from .schedule import TRANSITIONS
 from .step import FUSED_PATHS as LOSS_PATHS
@@ -33,9 +34,11 @@ class ConfigError(ValueError):
     """Bad user input (config, flags, data, paths): reported as one clear message, no traceback."""
 
 
-def opt(default: Any = None, help: str = "", choices: tuple | None = None, factory=None):
-    """A config field with its --help text (and allowed values) attached."""
-    meta = {"help": help, "choices": choices}
+def opt(default: Any = None, help: str = "", choices: tuple | None = None, factory=None,
+        default_help: str | None = None):
+    """A config field with its --help text (and allowed values) attached; default_help says what
+    the default means when its value alone does not (e.g. None: read from the model)."""
+    meta = {"help": help, "choices": choices, "default_help": default_help}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -94,6 +97,28 @@ class SaltConfig:
     select_top_k: int = opt(10, "data selection: a token counts if its true next token is in the "
                             "teacher's top-k")
     select_fraction: float = opt(0.5, "data selection: fraction of training sequences kept")
+    divergence: str = opt("forward_kl", "the divergence D in KD = tau^2 * D: forward_kl (SALT's, "
+                          "KL(teacher || student)), reverse_kl (KL(student || teacher)) or jsd "
+                          "(generalized Jensen-Shannon with teacher weight --beta)", DIVERGENCES)
+    beta: float = opt(0.5, "--divergence jsd: the teacher's weight in the mixture "
+                      "beta * p + (1 - beta) * q, strictly between 0 and 1 (unused otherwise)")
+    softcap: float | None = opt(None, "final-logit softcap c of the student's logits, "
+                                "c * tanh(logits / c), as Gemma 2/3 cap theirs; a value overrides "
+                                "the model's own (with --loss logits only for a model that has none)",
+                                default_help="the model config's final_logit_softcapping (Gemma 2/3), "
+                                "none when it has none")
+    teacher_softcap: float | None = opt(None, "final-logit softcap of the teacher's logits, as "
+                                        "--softcap is the student's",
+                                        default_help="the teacher config's final_logit_softcapping, "
+                                        "none when it has none")
+    label_smoothing: float = opt(0.0, "label smoothing eps of the CE term (torch's definition), "
+                                 "in [0, 1]")
+    z_loss: float = opt(0.0, "z-loss weight: adds z_loss * logsumexp(logits)^2 per token "
+                        "(keeps the student's logits from drifting; e.g. 1e-4)")
+    kd_vocab: int | None = opt(None, "compare teacher and student over the first K vocabulary "
+                               "entries only (models whose vocabularies are padded differently)",
+                               default_help="all of it; the tokenizer's length when the teacher's "
+                               "and the student's output layers differ in size")
 
 
 @dataclass
@@ -106,6 +131,9 @@ class RunConfig:
     seed: int = opt(0, "seed of the initialization and of the data order")
     eval_interval: int = opt(50, "evaluate validation loss every this many steps")
     ckpt_interval: int = opt(200, "write a checkpoint every this many steps (0: only at the end)")
+    ckpt_minutes: float = opt(5.0, "also write a checkpoint at the first log step after this many "
+                              "minutes of wall-clock since the last one, so a SIGKILL loses at most "
+                              "that much (0: by steps only)")
     log_interval: int = opt(10, "every this many steps: read the losses back from the device, write "
                             "a training row to metrics.jsonl (time per step averaged over the "
                             "interval) and act on a SIGTERM/SIGINT")
@@ -165,11 +193,16 @@ class TrainConfig:
         return self.salt.n_kd if self.salt.n_kd > 0 else self.run.steps // 2
 
     def salt_step(self) -> SaltStep:
-        """The run's loss: SALT's settings (kd_weight 0 is CE alone), its loss path and backend.
-        Raises ValueError/TypeError for a kd_weight, temperature, ... the losses would refuse."""
+        """The run's loss: SALT's settings (kd_weight 0 is CE alone), the distillation options,
+        its loss path and backend. softcap / teacher_softcap None read the models' own caps;
+        kd_vocab None is resolved against the models by build_run. Raises ValueError/TypeError
+        for a kd_weight, temperature, ... the losses would refuse."""
         s = self.salt
         return SaltStep(kd_weight=s.kd_weight, temperature=s.temperature, n_kd=self.n_kd_steps(),
-                        transition=s.transition, path=self.run.loss, backend=self.run.backend)
+                        transition=s.transition, path=self.run.loss, backend=self.run.backend,
+                        softcap=s.softcap, teacher_softcap=s.teacher_softcap, kd_vocab=s.kd_vocab,
+                        divergence=s.divergence, beta=s.beta, label_smoothing=s.label_smoothing,
+                        z_loss=s.z_loss)
 
 
 # --------------------------------------------------------------------------- field lookup
@@ -293,7 +326,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, klass, title: str |
         flag = "--" + f.name.replace("_", "-")
         tp = str(hints[f.name])
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
+        shown = f.metadata.get("default_help") or repr(default)
+        help_text = f"{f.metadata.get('help', '')} (default: {shown})"
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if "bool" in tp:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -340,11 +374,12 @@ def check_config(cfg: TrainConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     for name, value in {"ckpt_interval": r.ckpt_interval, "warmup_steps": o.warmup_steps,
                         "n_kd": s.n_kd, "eval_sequences": d.eval_sequences,
-                        "weight_decay": o.weight_decay, "grad_clip": o.grad_clip}.items():
+                        "weight_decay": o.weight_decay, "grad_clip": o.grad_clip,
+                        "ckpt_minutes": r.ckpt_minutes}.items():
         if value < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
     try:
-        cfg.salt_step()  # kd_weight, temperature: the checks of the losses themselves
+        cfg.salt_step()  # kd_weight, temperature, options: the checks of the losses themselves
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     if not 0.0 < s.select_fraction <= 1.0:
@@ -364,5 +399,8 @@ def check_config(cfg: TrainConfig) -> None:
         if s.n_kd > r.steps:
             raise ConfigError(f"--n-kd {s.n_kd} is beyond the total --steps {r.steps}: the "
                               f"distillation stage must fit in the run (use --n-kd <= {r.steps})")
+    elif s.n_kd:
+        raise ConfigError(f"--n-kd {s.n_kd} needs --role salt: a {r.role} run does not distill "
+                          "(drop --n-kd, or use --role salt with --teacher)")
     elif s.select_data:
         raise ConfigError("--select-data needs --role salt (the teacher scores the sequences)")

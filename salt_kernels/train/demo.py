@@ -1,20 +1,28 @@
 """`salt-kernels demo`: the whole SALT recipe on a CPU in minutes.
 
 1. train a small teacher from scratch;
-2. train a student (about 3x the teacher's parameters) twice, from the same initialization and
-   data order: baseline (cross-entropy only) and SALT (KD from the frozen teacher for n_KD steps,
-   then cross-entropy only);
-3. write runs/<name>/report.md, curves.png and summary.json comparing the two.
+2. train a student (about 3x the teacher's parameters) twice per seed, from the same
+   initialization and data order: baseline (cross-entropy only) and SALT (KD from the frozen
+   teacher for the first n_KD steps, then cross-entropy only); --seeds N repeats this pair for N
+   seeds (one teacher);
+3. time a CE-only step and a SALT stage-1 step of the student interleaved in this process (the
+   profiler's method), for the wall-clock accounting;
+4. write runs/<name>/report.md, curves.png and summary.json comparing the runs.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig, opt
-from .config import LOSS_PATHS, DEVICES, BACKENDS, TRANSITIONS
+from .config import BACKENDS, DEVICES, LOSS_PATHS, TRANSITIONS, ConfigError, TrainConfig, opt
+
+# the profiler's name of each loss path (salt_kernels.benchmarking.profiling.STEP_PATHS)
+PROFILE_LOSS = {"linear": "linear", "logits": "fused"}
+MEASURE_WARMUP = 2  # untimed rounds before the measured ones
 
 
 @dataclass
@@ -26,11 +34,13 @@ class DemoConfig:
     student_model: str = opt("student-s", "student preset (or local model directory)")
     teacher_steps: int = opt(500, "teacher training steps")
     steps: int = opt(600, "student training steps (baseline and SALT each)")
-    n_kd: int = opt(300, "SALT distillation steps (stage 1)")
+    n_kd: int = opt(120, "SALT distillation steps (stage 1), at most --steps")
     kd_weight: float = opt(0.5, "w in (1 - w) * CE + w * KD during stage 1")
     temperature: float = opt(1.0, "distillation temperature")
     transition: str = opt("step", "how w ends at n_KD: step or linear", TRANSITIONS)
     select_data: bool = opt(False, "SALT data selection during stage 1 (teacher-scored top half)")
+    seeds: int = opt(1, "seeds of the baseline/SALT pair (--seed, --seed + 1, ...; one teacher): "
+                     "with 2 or more the report gives the mean and spread of each result")
     batch_size: int = opt(16, "sequences per step")
     seq_len: int = opt(128, "tokens per sequence")
     vocab_size: int = opt(2048, "BPE vocabulary size")
@@ -38,85 +48,232 @@ class DemoConfig:
     warmup_steps: int = opt(50, "warmup steps")
     eval_interval: int = opt(25, "evaluate every this many steps")
     seed: int = opt(0, "seed: initialization and data order, shared by baseline and SALT")
+    measure_steps: int = opt(20, "rounds of one CE-only and one SALT stage-1 step, timed alternately "
+                             "at the end for the wall-clock accounting (0: no wall-clock figure)")
+    ckpt_minutes: float = opt(5.0, "checkpoint at least every this many minutes of wall-clock, "
+                              "besides every 100 steps (0: by steps only)")
     device: str = opt("auto", "auto, cpu or cuda", DEVICES)
     threads: int = opt(0, "CPU threads (0: torch's default); 1 on a machine shared with other jobs")
     backend: str = opt("auto", "salt_loss backend", BACKENDS)
     loss: str = opt("linear", "linear (fused projection + loss) or logits (salt_loss on logits)",
                     LOSS_PATHS)
-    resume: bool = opt(False, "continue an interrupted demo (finished runs are kept)")
+    resume: bool = opt(False, "continue an interrupted demo (finished runs are kept; the step "
+                       "times are measured again and the report rewritten)")
     overwrite: bool = opt(False, "start over if RUNS_DIR/NAME already holds a demo")
     progress: bool = opt(True, "show progress bars")
 
 
+@dataclass
+class DemoResult:
+    status: str  # "finished" or "interrupted"
+    summary: dict | None = None
+    signal: str = ""  # the signal that interrupted a run
+    checkpoint: Path | None = None  # where the interrupted run saved its state
+
+
+def seed_runs(dc: DemoConfig) -> list[dict]:
+    """[{"seed", "baseline": folder, "salt": folder}] of the demo's seeds, in order."""
+    from .report import seed_dirs
+
+    out = []
+    for i in range(dc.seeds):
+        seed = dc.seed + i
+        b, s = seed_dirs(seed, first=i == 0)
+        out.append({"seed": seed, "baseline": b, "salt": s})
+    return out
+
+
 def run_configs(dc: DemoConfig) -> dict[str, TrainConfig]:
-    """The three runs of the demo as ordinary train configs (what `salt-kernels train` would get)."""
+    """The runs of the demo, by folder name, as ordinary train configs (what `salt-kernels
+    train` would get): the teacher, then baseline and SALT of each seed."""
     root = Path(dc.runs_dir) / dc.name
     common = dict(data=list(dc.data), batch_size=dc.batch_size, seq_len=dc.seq_len,
                   vocab_size=dc.vocab_size, lr=dc.lr, warmup_steps=dc.warmup_steps,
-                  eval_interval=dc.eval_interval, seed=dc.seed, device=dc.device, threads=dc.threads,
+                  eval_interval=dc.eval_interval, device=dc.device, threads=dc.threads,
                   backend=dc.backend, loss=dc.loss, resume=dc.resume, overwrite=dc.overwrite,
-                  progress=dc.progress, ckpt_interval=100)
+                  progress=dc.progress, ckpt_interval=100, ckpt_minutes=dc.ckpt_minutes)
     teacher_final = str(root / "teacher" / "final")
-    teacher = TrainConfig().replace(role="teacher", model=dc.teacher_model, steps=dc.teacher_steps,
-                                    out_dir=str(root / "teacher"), **common)
-    student = dict(model=dc.student_model, steps=dc.steps, **common)
-    baseline = TrainConfig().replace(role="baseline", tokenizer=teacher_final,
-                                     out_dir=str(root / "baseline"), **student)
-    salt = TrainConfig().replace(role="salt", teacher=teacher_final, n_kd=dc.n_kd,
-                                 kd_weight=dc.kd_weight, temperature=dc.temperature,
-                                 transition=dc.transition, select_data=dc.select_data,
-                                 out_dir=str(root / "salt"), **student)
-    return {"teacher": teacher, "baseline": baseline, "salt": salt}
+    configs = {"teacher": TrainConfig().replace(role="teacher", model=dc.teacher_model,
+                                                steps=dc.teacher_steps, seed=dc.seed,
+                                                out_dir=str(root / "teacher"), **common)}
+    for r in seed_runs(dc):
+        student = dict(model=dc.student_model, steps=dc.steps, seed=r["seed"], **common)
+        configs[r["baseline"]] = TrainConfig().replace(
+            role="baseline", tokenizer=teacher_final, out_dir=str(root / r["baseline"]), **student)
+        configs[r["salt"]] = TrainConfig().replace(
+            role="salt", teacher=teacher_final, n_kd=dc.n_kd, kd_weight=dc.kd_weight,
+            temperature=dc.temperature, transition=dc.transition, select_data=dc.select_data,
+            out_dir=str(root / r["salt"]), **student)
+    return configs
 
 
 def check_demo(dc: DemoConfig) -> None:
-    if dc.n_kd > dc.steps:
-        raise ConfigError(f"--n-kd {dc.n_kd} is beyond the student's --steps {dc.steps}")
-    if dc.n_kd < 1:
-        raise ConfigError("--n-kd must be at least 1 (SALT distills for the first n_KD steps)")
+    """Every check that needs no training, each error naming the demo's own flag."""
+    for name in ("teacher_steps", "steps", "seeds", "batch_size", "seq_len", "eval_interval"):
+        if getattr(dc, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(dc, name)}")
+    for name in ("warmup_steps", "measure_steps", "threads", "ckpt_minutes"):
+        if getattr(dc, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(dc, name)}")
+    if not 1 <= dc.n_kd <= dc.steps:
+        raise ConfigError(f"--n-kd must be between 1 and the student's --steps ({dc.steps}), got "
+                          f"{dc.n_kd}: SALT distills for the first n_KD of the student's steps")
+    if not 0 < dc.kd_weight <= 1:
+        raise ConfigError(f"--kd-weight must be in (0, 1], got {dc.kd_weight}")
+    if not dc.temperature > 0:
+        raise ConfigError(f"--temperature must be positive, got {dc.temperature}")
+    from .config import check_config
+    from .models import check_model_spec
+
+    for name, cfg in run_configs(dc).items():
+        # the SALT configs name a teacher that does not exist yet: check the rest of them
+        check_config(cfg)
+        check_model_spec(cfg.model_spec(), "--teacher-model" if name == "teacher" else "--student-model")
     root = Path(dc.runs_dir) / dc.name
     if (root / "teacher").exists() and not (dc.resume or dc.overwrite):
         raise ConfigError(f"{str(root)!r} already holds a demo: pass --resume to continue it, "
                           "--overwrite to start over, or choose another --name")
-    from .config import check_config
     from .data import load_documents
-    from .models import check_model_spec
-    from .build import ensure_writable
 
-    for cfg in run_configs(dc).values():
-        # the SALT config names a teacher that does not exist yet: check the rest of it
-        check_config(cfg)
-        check_model_spec(cfg.model_spec(), "--teacher-model" if cfg.run.role == "teacher" else "--student-model")
     load_documents(dc.data)
-    ensure_writable(root)
 
 
-def run_demo(dc: DemoConfig, command: str = "salt-kernels demo") -> dict | None:
-    """Train teacher, baseline and SALT in turn, then write the report. Returns the summary, or
-    None when a run was interrupted (rerun with --resume)."""
-    from .report import write_report
+def measure_step_times(dc: DemoConfig, teacher_dir: str) -> dict | None:
+    """Median times of a CE-only step and of a SALT stage-1 step of the demo's student, measured
+    alternately in this process (salt_kernels.benchmarking.profiling, the profiler's method):
+    --measure-steps rounds of one step of each, the order rotating, after MEASURE_WARMUP untimed
+    rounds, on batches of the demo's shape, so that the machine's load hits both alike."""
+    import torch
+
+    from ..benchmarking.profiling import ProfileConfig, run_profile
     from .metrics import log
-    from .trainer import train
+    from .models import model_dir_vocab_size
+
+    device = dc.device if dc.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    loss = PROFILE_LOSS[dc.loss]
+    vocab = model_dir_vocab_size(teacher_dir)
+    cfg = ProfileConfig(student=dc.student_model, teacher=teacher_dir, vocab_size=vocab,
+                        batch_size=dc.batch_size, seq_len=dc.seq_len, device=device,
+                        amp="bf16" if device == "cuda" else "none", steps=dc.measure_steps,
+                        warmup=MEASURE_WARMUP, kd_weight=dc.kd_weight, temperature=dc.temperature,
+                        backend=dc.backend, losses=[loss], seed=dc.seed)
+    command = (f"salt-kernels profile --device {device} --student {dc.student_model} --teacher "
+               f"{teacher_dir} --vocab-size {vocab} --batch-size {dc.batch_size} --seq-len "
+               f"{dc.seq_len} --losses {loss} --backend {dc.backend} --steps {dc.measure_steps} "
+               f"--warmup {MEASURE_WARMUP} --kd-weight {dc.kd_weight:g} --temperature "
+               f"{dc.temperature:g}" + (f" --threads {dc.threads}" if dc.threads else ""))
+    log(f"==== step times: {dc.measure_steps} rounds of one CE-only and one SALT stage-1 step, "
+        "alternating (for the wall-clock accounting)")
+    try:
+        doc = run_profile(cfg, progress=dc.progress, command=command, log=log, interleave=True)
+    except (ValueError, RuntimeError) as exc:
+        log(f"step times not measured: {exc}")
+        return None
+    by = {(r["kind"], r["loss"]): r for r in doc["results"]}
+    ce, kd = by.get(("ce", loss)), by.get(("salt", loss))
+    if ce is None or kd is None:
+        log(f"step times not measured: {doc['left_out']}")
+        return None
+    machine = doc["machine"]
+    return {
+        "method": "interleaved",
+        "statistic": "median",
+        "rounds": dc.measure_steps,
+        "warmup_rounds": MEASURE_WARMUP,
+        "t_ce_s": ce["step_s"],
+        "t_kd_s": kd["step_s"],
+        "ce_step_times_s": ce["step_times_s"],
+        "kd_step_times_s": kd["step_times_s"],
+        "loss_path": dc.loss,
+        "batch_size": dc.batch_size,
+        "seq_len": dc.seq_len,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m_start": machine.get("load_average_start"),
+        "load_avg_1m_end": machine.get("load_average_end"),
+        "date": machine.get("date"),
+        "command": command,
+    }
+
+
+def _clear_old_report(root: Path, dc: DemoConfig) -> None:
+    """--overwrite: the previous demo's report, and the folders of seeds this demo does not run."""
+    keep = set(run_configs(dc))
+    for name in ("summary.json", "report.md", "curves.png"):
+        (root / name).unlink(missing_ok=True)
+    if root.is_dir():
+        from .report import SEED_DIR
+
+        for p in root.iterdir():
+            if p.is_dir() and SEED_DIR.match(p.name) and p.name not in keep:
+                shutil.rmtree(p)
+
+
+def run_demo(dc: DemoConfig, command: str = "salt-kernels demo") -> DemoResult:
+    """Train the teacher, then baseline and SALT per seed, measure the step times and write the
+    report. A run stopped by SIGTERM/SIGINT saves its checkpoint and the demo returns
+    "interrupted" (rerun with --resume). A demo that fails before any run trained leaves no
+    folder behind."""
+    from .runtime import remove_if_failed_start
 
     check_demo(dc)
     root = Path(dc.runs_dir) / dc.name
+    with remove_if_failed_start(root):
+        from .build import ensure_writable
+
+        ensure_writable(root)
+        if dc.overwrite:
+            _clear_old_report(root, dc)
+        return _run(dc, root, command)
+
+
+def _run(dc: DemoConfig, root: Path, command: str) -> DemoResult:
+    from .checkpoint import CHECKPOINT
+    from .metrics import log
+    from .report import write_report
+    from .trainer import train
+
     t0 = time.perf_counter()
     for name, cfg in run_configs(dc).items():
         log(f"==== {name}: {cfg.run.steps} steps -> {cfg.run.out_dir}")
         result = train(cfg)
         if result.status != "finished":
-            log(f"demo stopped during the {name} run; continue with: {command} --resume")
-            return None
-    summary = None
-    import torch.distributed as dist
+            ckpt = Path(cfg.run.out_dir) / CHECKPOINT
+            log(f"demo stopped by {result.signal or 'a stop request'} during the {name} run; its "
+                f"checkpoint is {ckpt}; continue with: {command} --resume")
+            return DemoResult("interrupted", signal=result.signal, checkpoint=ckpt)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return DemoResult("finished")
+    step_times = None
+    if dc.measure_steps:
+        step_times = measure_step_times(dc, str(root / "teacher" / "final"))
+    summary = write_report(root, command, seed_runs(dc), step_times)
+    log(f"==== done in {time.perf_counter() - t0:.0f}s: " + headline(summary)
+        + f"\nreport: {root / 'report.md'}  curves: {root / 'curves.png'}")
+    return DemoResult("finished", summary)
 
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        summary = write_report(root, command)
-        b, s = summary["baseline"], summary["salt"]
+
+def headline(summary: dict) -> str:
+    """The demo's result in a line: final losses, steps-to-match, wall-clock."""
+    b, s, a = summary["baseline"], summary["salt"], summary["across_seeds"]
+    n = len(summary["per_seed"])
+    if n == 1:
         stm = summary["steps_to_match"]
-        log(f"==== done in {time.perf_counter() - t0:.0f}s: final val loss baseline "
-            f"{b['final_val_loss']:.4f}, SALT {s['final_val_loss']:.4f}; SALT matches the baseline "
-            + (f"at step {stm}/{b['steps']} ({summary['steps_to_match_fraction']:.0%})" if stm is not None
-               else "nowhere within its steps")
-            + f"\nreport: {root / 'report.md'}  curves: {root / 'curves.png'}")
-    return summary
+        line = (f"final val loss baseline {b['final_val_loss']:.4f}, SALT {s['final_val_loss']:.4f}; "
+                "SALT matches the baseline "
+                + (f"at step {stm}/{b['steps']} ({summary['steps_to_match_fraction']:.0%})"
+                   if stm is not None else "nowhere within its steps"))
+    else:
+        bl, sl, k = a["baseline_final_val_loss"], a["salt_final_val_loss"], a["steps_to_match"]
+        line = (f"over {n} seeds, final val loss baseline {bl['mean']:.4f} ± {bl['std']:.4f}, SALT "
+                f"{sl['mean']:.4f} ± {sl['std']:.4f}; SALT matches the baseline in "
+                f"{a['seeds_matched']} of {n} seeds"
+                + (f", at step {k['mean']:.0f} on average" if k else ""))
+    acc = summary.get("accounting")
+    if acc and acc["saving_mean"] is not None:
+        from ..benchmarking.accounting import verdict
+
+        line += (f"; wall-clock (interleaved step times, t_kd/t_ce {acc['kd_step_overhead']:+.0%}): "
+                 f"{verdict(acc['saving_mean'])}")
+    return line

@@ -140,12 +140,14 @@ class Pace:
 
 
 def train_row(step: int, loss, parts, w: float, lr: float, pace: Pace, d: Dist) -> dict:
-    """A log step's row: this step's loss, CE and KD averaged over the processes (the loop's one
-    read-back of them), and the tokens per second and time per step over the log interval."""
-    values = torch.stack([loss.detach(), parts.ce, parts.kd]).float().tolist()
-    lval, ce, kd = (v / d.world for v in d.sum(values))
+    """A log step's row: this step's loss, CE, KD, z-loss and next-token accuracy averaged over
+    the processes (the loop's one read-back of them), and the tokens per second and time per
+    step over the log interval."""
+    values = torch.stack([loss.detach(), parts.ce, parts.kd, parts.z_loss, parts.accuracy]).float().tolist()
+    lval, ce, kd, z_loss, accuracy = (v / d.world for v in d.sum(values))
     tokens_per_s, step_time_s = pace.take_interval()
-    return {"step": step, "split": "train", "loss": lval, "ce": ce, "kd": kd, "w": w, "lr": lr,
+    return {"step": step, "split": "train", "loss": lval, "ce": ce, "kd": kd, "z_loss": z_loss,
+            "accuracy": accuracy, "w": w, "lr": lr,
             "tokens": pace.counters["tokens"], "tokens_per_s": tokens_per_s,
             "step_time_s": step_time_s, "train_time_s": round(pace.counters["train_time_s"], 4)}
 

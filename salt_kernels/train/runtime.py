@@ -1,11 +1,16 @@
-"""The processes of a run: torchrun's process group, the device, and SIGTERM/SIGINT handling."""
+"""The processes of a run: torchrun's process group, the device, SIGTERM/SIGINT handling, the
+wall-clock checkpoint clock, the exit status of a stopped run and the clean-up of a failed start."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -106,3 +111,65 @@ class StopOnSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         return False
+
+
+def exit_status(signal_name: str) -> int:
+    """The exit status of a run stopped by a signal, as a shell reports a process killed by it
+    (128 + the signal's number: 143 for SIGTERM, 130 for SIGINT), so that a scheduler does not
+    read a stopped run as a success."""
+    try:
+        return 128 + signal.Signals[signal_name].value
+    except KeyError:
+        return 1
+
+
+class CheckpointClock:
+    """Checkpoints by wall-clock: due() is true at a log step once `minutes` have passed since
+    the last save (or the start), so a SIGKILL loses at most that much work. All processes call
+    it at the same steps and agree (one collective); minutes <= 0 turns it off."""
+
+    def __init__(self, minutes: float, d: Dist):
+        self.seconds = minutes * 60.0
+        self.d = d
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        if self.seconds <= 0:
+            return False
+        return self.d.any(time.monotonic() - self.last >= self.seconds)
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
+
+
+TRAINING_STATE = ("metrics.jsonl", "checkpoint.pt")
+
+
+def _holds_training_state(path: Path) -> bool:
+    return any(p.name in TRAINING_STATE for p in path.rglob("*"))
+
+
+@contextmanager
+def remove_if_failed_start(out_dir: str | os.PathLike):
+    """A run (or demo) that fails before it trained anything leaves no folder behind: on an
+    exception, OUT_DIR is removed, with the empty parents made for it, when it did not exist
+    before and holds no metrics.jsonl or checkpoint.pt (only what the start wrote: config.json,
+    tokenizer/). With torchrun only rank 0 removes."""
+    path = Path(out_dir).absolute()
+    created = []  # the folders this run may create, deepest first
+    p = path
+    while not p.exists() and p != p.parent:
+        created.append(p)
+        p = p.parent
+    try:
+        yield
+    except BaseException:
+        if created and int(os.environ.get("RANK", "0")) == 0 and path.is_dir() \
+                and not _holds_training_state(path):
+            shutil.rmtree(path, ignore_errors=True)
+            for parent in created[1:]:
+                try:
+                    parent.rmdir()  # only when empty
+                except OSError:
+                    break
+        raise

@@ -6,8 +6,11 @@
 
 Every loss is a SaltStep (step.py): by default the fused output projection + loss
 (linear_salt_loss, which never materializes logits), or with --loss logits the model's logits +
-salt_loss. Baseline and teacher runs use the same step with kd_weight 0 and no teacher. Under
-torchrun, every process trains on its own shard of the data with DistributedDataParallel.
+salt_loss, with the run's distillation options (--divergence, --beta, --softcap,
+--teacher-softcap, --label-smoothing, --z-loss, --kd-vocab; build.py resolves the defaults that
+depend on the models). Baseline and teacher runs use the same step with kd_weight 0 and no
+teacher. Under torchrun, every process trains on its own shard of the data with
+DistributedDataParallel.
 
 Between two log steps the loop only queues work on the device: it synchronizes, reads the losses
 back, reduces them over the processes and looks for a stop request at the log steps (every
@@ -34,7 +37,8 @@ from .config import ConfigError, TrainConfig
 from .metrics import (Metrics, Pace, Progress, eval_line, eval_row, fmt_time, load_average, log,
                       run_summary, train_row)
 from .models import count_parameters, save_model_dir
-from .runtime import Dist, StopOnSignal, init_distributed, resolve_device
+from .runtime import (CheckpointClock, Dist, StopOnSignal, init_distributed,
+                      remove_if_failed_start, resolve_device)
 
 
 @dataclass
@@ -43,6 +47,7 @@ class RunResult:
     step: int
     out_dir: Path
     summary: dict = field(default_factory=dict)
+    signal: str = ""  # "interrupted": the signal that stopped it (runtime.exit_status gives the status)
 
 
 def train(cfg: TrainConfig, *, on_step: Callable[[int, dict], None] | None = None) -> RunResult:
@@ -51,16 +56,17 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, dict], None] | None = Non
     on_step(step, row): called after each completed step (for tests and notebooks); row is the
     step's training row on log steps, else {"step", "w"} (losses are read back at log steps only).
     """
-    docs = validate_inputs(cfg)  # every user error surfaces here, before anything is trained
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    device = resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
-    d = init_distributed(device.type)
-    try:
-        return _train(cfg, docs, device, d, on_step)
-    finally:
-        if d.started_here:
-            dist.destroy_process_group()
+    with remove_if_failed_start(cfg.run.out_dir):  # a failed start leaves no folder behind
+        docs = validate_inputs(cfg)  # every user error surfaces here, before anything is trained
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        device = resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
+        d = init_distributed(device.type)
+        try:
+            return _train(cfg, docs, device, d, on_step)
+        finally:
+            if d.started_here:
+                dist.destroy_process_group()
 
 
 def _train(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, on_step) -> RunResult:
@@ -92,6 +98,7 @@ def _train(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, on_
                       d, run.sampler)
 
     load_start = load_average()
+    clock = CheckpointClock(r.ckpt_minutes, d)  # checkpoints by wall-clock too (--ckpt-minutes)
     step, status = start, "finished"
     with StopOnSignal() as stop, Progress(r, start, d) as bar:
         pace.start()
@@ -117,7 +124,8 @@ def _train(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, on_
             done, row = step + 1, {"step": step + 1, "w": w}
             at_log = done % r.log_interval == 0 or done == r.steps
             at_eval = done % r.eval_interval == 0 or done == r.steps
-            at_ckpt = r.ckpt_interval > 0 and done % r.ckpt_interval == 0 and done < r.steps
+            at_ckpt = done < r.steps and ((r.ckpt_interval > 0 and done % r.ckpt_interval == 0)
+                                          or (at_log and clock.due()))
             if at_log or at_eval or at_ckpt or done == run.n_kd:
                 pace.lap("stage1" if step < run.n_kd else "stage2")
                 if at_log:
@@ -129,6 +137,7 @@ def _train(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, on_
                                   time_s=pace.counters["train_time_s"]))
                 if at_ckpt:
                     save(done)
+                    clock.saved()
                 pace.start()
             if on_step is not None:
                 on_step(done, row)
@@ -142,7 +151,7 @@ def _train(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, on_
         save(step)
         log(f"stopped by {stop.signal_name} after step {step}/{r.steps}; checkpoint saved to "
             f"{out / ckpt.CHECKPOINT}. Continue with the same command plus --resume.")
-        return RunResult("interrupted", step, out)
+        return RunResult("interrupted", step, out, signal=stop.signal_name)
     save(r.steps)
     summary = run_summary(cfg, out, pace.counters, count_parameters(model), run.n_kd, d, device,
                           load_start)

@@ -67,10 +67,14 @@ def build() -> ctypes.CDLL:
     for path in _inputs():
         with open(path, "rb") as f:
             key.update(path.encode() + b"\0" + f.read())
-    out = os.path.join(CACHE_DIR, f"salt_cuda_emulator-{key.hexdigest()[:16]}.so")
+    cache_dir = CACHE_DIR
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+    except OSError:  # a read-only checkout: build for this run only
+        cache_dir = tempfile.mkdtemp(prefix="salt_cuda_emulator-")
+    out = os.path.join(cache_dir, f"salt_cuda_emulator-{key.hexdigest()[:16]}.so")
     if not os.path.isfile(out):
-        os.makedirs(CACHE_DIR, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=CACHE_DIR)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir)
         os.close(fd)
         try:
             proc = subprocess.run([*cmd, "-o", tmp], capture_output=True, text=True)
@@ -80,6 +84,12 @@ def build() -> ctypes.CDLL:
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+        for stale in glob.glob(os.path.join(cache_dir, "salt_cuda_emulator-*.so")):
+            if stale != out:  # builds of older sources (a process that loaded one keeps its mapping)
+                try:
+                    os.remove(stale)
+                except OSError:
+                    pass
     lib = ctypes.CDLL(out)
     lib.salt_emulate_rows.restype = ctypes.c_int
     lib.salt_emulate_rows.argtypes = [

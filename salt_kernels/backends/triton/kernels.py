@@ -66,17 +66,16 @@ DIV_FORWARD_KL = 0
 DIV_REVERSE_KL = 1
 DIV_JSD = 2
 # Workspace floats per (row, slice). Plain kernel: m_z, s_z, s_zt, m_u, s_u, acc (2 spare); the
-# options kernel adds m_t, sum_z, best value, best index (int32 bits), KL(p || m), KL(q || m).
+# options kernel adds m_t, sum_z, miss (accuracy), KL(p || m), KL(q || m).
 WS_FIELDS = 8
 WS_FIELDS_OPTIONS = 16
 DIVERGENCES = {"forward_kl": DIV_FORWARD_KL, "reverse_kl": DIV_REVERSE_KL, "jsd": DIV_JSD}
 
 _F_MT = tl.constexpr(6)
 _F_SUM = tl.constexpr(7)
-_F_BEST_V = tl.constexpr(8)
-_F_BEST_I = tl.constexpr(9)
-_F_KL_PM = tl.constexpr(10)
-_F_KL_QM = tl.constexpr(11)
+_F_MISS = tl.constexpr(8)
+_F_KL_PM = tl.constexpr(9)
+_F_KL_QM = tl.constexpr(10)
 
 
 @triton.jit
@@ -107,36 +106,84 @@ def _softcap(x, cap, inv_cap):
 
 
 @triton.jit
-def _argmax_reduce(v, i):
-    """(value, index) of the maximum of v, the lowest index among ties; a NaN counts as larger
-    than everything (torch.argmax)."""
-    nan = v != v
-    any_nan = tl.max(nan.to(tl.int32), 0) > 0
-    top = tl.max(tl.where(nan, float("-inf"), v), 0)
-    hit = tl.where(any_nan, nan, v == top)
-    idx = tl.min(tl.where(hit, i, 2147483647), 0)
-    return tl.where(any_nan, float("nan"), top), idx
+def _stats_block(m_z, vs_z, vs_zt, m_u, vs_u, vacc, vsum, vmiss, z_row, u_row, cols, mask, y, zy, c_t,
+                 cap, inv_cap, tcap, inv_tcap,
+                 HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr, EVICT: tl.constexpr,
+                 SOFTCAP: tl.constexpr, TEACHER_SOFTCAP: tl.constexpr, DIVERGENCE: tl.constexpr,
+                 SMOOTHING: tl.constexpr, ACCURACY: tl.constexpr):
+    """One block of the online statistics (see _slice_stats)."""
+    NEG_INF: tl.constexpr = float("-inf")
+    C_Z: tl.constexpr = 1.4426950408889634
+    # Padding lanes read -inf: no mass, no KD term, never a new maximum.
+    z = tl.load(z_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
+    if SOFTCAP:
+        z = tl.where(mask, _softcap(z, cap, inv_cap), NEG_INF)  # the cap maps -inf to -cap
+    if SMOOTHING:
+        vsum += tl.where(mask, z, 0.0)
+    if ACCURACY:
+        # z_j beats the label's logit zy if larger, or equal at a lower index; a NaN counts as
+        # larger than everything and the first NaN wins (torch.argmax).
+        nan = z != z
+        beats = tl.where(cols < y, (z >= zy) | nan, tl.where(zy == zy, (cols > y) & ((z > zy) | nan), False))
+        vmiss = vmiss | (beats & mask)
+    m_new = tl.maximum(m_z, tl.max(z, 0))
+    # An all -inf prefix keeps the maximum at -inf; shift by 0 then so that no -inf - -inf
+    # appears (exp(-inf - 0) = 0 is the right answer for every term).
+    m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)
+    d = z - m_safe
+    dm = m_z - m_safe
+    # e_t = exp((z - m) / tau) and its rescale factor a_t: the reverse KL's cross term uses them.
+    if TAU_MODE == 1:
+        vs_z = vs_z * tl.exp2(dm * C_Z) + tl.exp2(d * C_Z)
+        if DIVERGENCE == 1:
+            a_t = tl.exp2(dm * C_Z)  # the same exps: merged by the compiler
+            e_t = tl.exp2(d * C_Z)
+    elif TAU_MODE == 0:
+        vs_z = vs_z * tl.exp2(dm * C_Z) + tl.exp2(d * C_Z)
+        a_t = tl.exp2(dm * c_t)
+        e_t = tl.exp2(d * c_t)
+        vs_zt = vs_zt * a_t + e_t
+    else:
+        e_t = tl.exp2(d * c_t)
+        a_t = tl.exp2(dm * c_t)
+        vs_zt = vs_zt * a_t + e_t
+        vs_z = vs_z * tl.exp2(dm * C_Z) + _tau_pow(e_t, TAU_MODE)
+    m_z = m_new
+    if HAS_TEACHER:
+        u = tl.load(u_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
+        if TEACHER_SOFTCAP:
+            u = tl.where(mask, _softcap(u, tcap, inv_tcap), NEG_INF)
+        mu_new = tl.maximum(m_u, tl.max(u, 0))
+        mu_safe = tl.where(mu_new == NEG_INF, 0.0, mu_new)
+        alpha = tl.exp2((m_u - mu_safe) * c_t)
+        e_u = tl.exp2((u - mu_safe) * c_t)
+        if DIVERGENCE == 0:
+            # kd_term of salt_math.h: p_j == 0 adds 0; z == -inf under teacher mass adds +inf.
+            term = tl.where(u == NEG_INF, 0.0, tl.where(z == NEG_INF, float("inf"), e_u * (u - z)))
+            vs_u = vs_u * alpha + e_u
+            vacc = vacc * alpha + term
+        else:
+            vs_u = vs_u * alpha + e_u
+            if DIVERGENCE == 1:
+                # The mirror image: q_j == 0 adds 0; u == -inf under student mass adds +inf.
+                term = tl.where(z == NEG_INF, 0.0, tl.where(u == NEG_INF, float("inf"), e_t * (z - u)))
+                vacc = vacc * a_t + term
+        m_u = mu_new
+    return m_z, vs_z, vs_zt, m_u, vs_u, vacc, vsum, vmiss
 
 
 @triton.jit
-def _argmax_pick(v1, i1, v2, i2):
-    """The argmax of two (value, index) candidates, the second one's indices all larger."""
-    take = ((v2 > v1) | (v2 != v2)) & (v1 == v1)
-    return tl.where(take, v2, v1), tl.where(take, i2, i1)
-
-
-@triton.jit
-def _slice_stats(z_row, u_row, start, lo, end, inv_tau, cap, inv_cap, tcap, inv_tcap,
+def _slice_stats(z_row, u_row, start, end, edge_lo, edge_hi, y, zy, inv_tau, cap, inv_cap, tcap, inv_tcap,
                  BLOCK_V: tl.constexpr, HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr,
                  EVICT: tl.constexpr, SOFTCAP: tl.constexpr, TEACHER_SOFTCAP: tl.constexpr,
                  DIVERGENCE: tl.constexpr, SMOOTHING: tl.constexpr, ACCURACY: tl.constexpr,
-                 MASK_LO: tl.constexpr):
-    """Online statistics of z[lo:end] (and u[lo:end]), iterating from the block-aligned `start`
-    (lo == start unless MASK_LO): (m_z, s_z, s_zt, m_u, s_u, acc, sum_z, best_v, best_i).
-    EVICT is the L2 policy of the loads: "evict_last" when this program reads the same entries
-    again, so they are still in L2 then."""
-    NEG_INF: tl.constexpr = float("-inf")
-    C_Z: tl.constexpr = 1.4426950408889634
+                 EDGE: tl.constexpr):
+    """Online statistics of z[start:end] (and u[start:end]): (m_z, s_z, s_zt, m_u, s_u, acc,
+    sum_z, miss), miss = 1 when some entry beats the label's logit zy (ACCURACY). EDGE adds the
+    entries [edge_lo, edge_hi) (at most one block, any alignment) after the block-aligned loop,
+    so that only that block gives up vector loads (the order of the entries does not matter). EVICT is the L2 policy of
+    the loads: "evict_last" when this program reads the same entries again, so they are still in
+    L2 then."""
     c_t = inv_tau * 1.4426950408889634
     m_z = float("-inf")
     m_u = float("-inf")
@@ -145,65 +192,20 @@ def _slice_stats(z_row, u_row, start, lo, end, inv_tau, cap, inv_cap, tcap, inv_
     vs_u = tl.zeros([BLOCK_V], dtype=tl.float32)
     vacc = tl.zeros([BLOCK_V], dtype=tl.float32)
     vsum = tl.zeros([BLOCK_V], dtype=tl.float32)
-    vbest = tl.full([BLOCK_V], NEG_INF, dtype=tl.float32)
-    vidx = start + tl.arange(0, BLOCK_V)
+    vmiss = tl.zeros([BLOCK_V], dtype=tl.int1)
     for off in range(start, end, BLOCK_V):
         cols = off + tl.arange(0, BLOCK_V)
-        if MASK_LO:
-            mask = (cols >= lo) & (cols < end)
-        else:
-            mask = cols < end
-        # Padding lanes read -inf: no mass, no KD term, never a new maximum.
-        z = tl.load(z_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
-        if SOFTCAP:
-            z = tl.where(mask, _softcap(z, cap, inv_cap), NEG_INF)  # the cap maps -inf to -cap
-        if SMOOTHING:
-            vsum += tl.where(mask, z, 0.0)
-        if ACCURACY:
-            # Per lane the first index of its largest value (a NaN wins and stays).
-            take = ((z > vbest) | (z != z)) & (vbest == vbest)
-            vbest = tl.where(take, z, vbest)
-            vidx = tl.where(take, cols, vidx)
-        m_new = tl.maximum(m_z, tl.max(z, 0))
-        # An all -inf prefix keeps the maximum at -inf; shift by 0 then so that no -inf - -inf
-        # appears (exp(-inf - 0) = 0 is the right answer for every term).
-        m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)
-        d = z - m_safe
-        dm = m_z - m_safe
-        # e_t = exp((z - m) / tau) and its rescale factor a_t, for the reverse KL's cross term.
-        if TAU_MODE == 1:
-            a_t = tl.exp2(dm * C_Z)
-            e_t = tl.exp2(d * C_Z)
-            vs_z = vs_z * a_t + e_t
-        elif TAU_MODE == 0:
-            vs_z = vs_z * tl.exp2(dm * C_Z) + tl.exp2(d * C_Z)
-            a_t = tl.exp2(dm * c_t)
-            e_t = tl.exp2(d * c_t)
-            vs_zt = vs_zt * a_t + e_t
-        else:
-            e_t = tl.exp2(d * c_t)
-            a_t = tl.exp2(dm * c_t)
-            vs_zt = vs_zt * a_t + e_t
-            vs_z = vs_z * tl.exp2(dm * C_Z) + _tau_pow(e_t, TAU_MODE)
-        m_z = m_new
-        if HAS_TEACHER:
-            u = tl.load(u_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
-            if TEACHER_SOFTCAP:
-                u = tl.where(mask, _softcap(u, tcap, inv_tcap), NEG_INF)
-            mu_new = tl.maximum(m_u, tl.max(u, 0))
-            mu_safe = tl.where(mu_new == NEG_INF, 0.0, mu_new)
-            alpha = tl.exp2((m_u - mu_safe) * c_t)
-            e_u = tl.exp2((u - mu_safe) * c_t)
-            vs_u = vs_u * alpha + e_u
-            if DIVERGENCE == 0:
-                # kd_term of salt_math.h: p_j == 0 adds 0; z == -inf under teacher mass adds +inf.
-                term = tl.where(u == NEG_INF, 0.0, tl.where(z == NEG_INF, float("inf"), e_u * (u - z)))
-                vacc = vacc * alpha + term
-            elif DIVERGENCE == 1:
-                # The mirror image: q_j == 0 adds 0; u == -inf under student mass adds +inf.
-                term = tl.where(z == NEG_INF, 0.0, tl.where(u == NEG_INF, float("inf"), e_t * (z - u)))
-                vacc = vacc * a_t + term
-            m_u = mu_new
+        m_z, vs_z, vs_zt, m_u, vs_u, vacc, vsum, vmiss = _stats_block(
+            m_z, vs_z, vs_zt, m_u, vs_u, vacc, vsum, vmiss, z_row, u_row, cols, cols < end, y, zy, c_t,
+            cap, inv_cap, tcap, inv_tcap, HAS_TEACHER, TAU_MODE, EVICT, SOFTCAP, TEACHER_SOFTCAP,
+            DIVERGENCE, SMOOTHING, ACCURACY)
+    if EDGE:
+        for off in range(edge_lo, edge_hi, BLOCK_V):
+            cols = off + tl.arange(0, BLOCK_V)
+            m_z, vs_z, vs_zt, m_u, vs_u, vacc, vsum, vmiss = _stats_block(
+                m_z, vs_z, vs_zt, m_u, vs_u, vacc, vsum, vmiss, z_row, u_row, cols, cols < edge_hi, y, zy, c_t,
+                cap, inv_cap, tcap, inv_tcap, HAS_TEACHER, TAU_MODE, EVICT, SOFTCAP, TEACHER_SOFTCAP,
+                DIVERGENCE, SMOOTHING, ACCURACY)
     s_z = tl.sum(vs_z, 0)
     if TAU_MODE == 1:
         s_zt = s_z
@@ -212,56 +214,86 @@ def _slice_stats(z_row, u_row, start, lo, end, inv_tau, cap, inv_cap, tcap, inv_
     sum_z = 0.0
     if SMOOTHING:
         sum_z = tl.sum(vsum, 0)
-    best_v = 0.0
-    best_i = 0
+    miss = 0
     if ACCURACY:
-        best_v, best_i = _argmax_reduce(vbest, vidx)
-    return m_z, s_z, s_zt, m_u, tl.sum(vs_u, 0), tl.sum(vacc, 0), sum_z, best_v, best_i
+        miss = tl.max(vmiss.to(tl.int32), 0)
+    return m_z, s_z, s_zt, m_u, tl.sum(vs_u, 0), tl.sum(vacc, 0), sum_z, miss
 
 
 @triton.jit
-def _row_stats(z_row, u_row, start, end, kd_vocab, inv_tau, cap, inv_cap, tcap, inv_tcap,
+def _kd_bounds(start, end, kd_vocab, BLOCK_V: tl.constexpr):
+    """The pieces of [start, end) around k = kd_vocab: [start, a1) and [e_lo1, e_hi1) below k,
+    [e_lo2, e_hi2) and [a2, end) from k on, where a1 <= k <= a2 are k rounded down and up to a
+    block and e_* are the (at most one-block) edges, so that the loops over whole blocks keep
+    aligned, vectorizable bounds whatever k is."""
+    k_dn = (kd_vocab // BLOCK_V) * BLOCK_V
+    k_up = ((kd_vocab + BLOCK_V - 1) // BLOCK_V) * BLOCK_V
+    a1 = tl.minimum(end, k_dn)
+    e_lo1 = tl.maximum(start, k_dn)
+    e_hi1 = tl.minimum(end, kd_vocab)
+    e_lo2 = tl.maximum(start, kd_vocab)
+    e_hi2 = tl.minimum(end, k_up)
+    a2 = tl.maximum(start, k_up)
+    return a1, e_lo1, e_hi1, e_lo2, e_hi2, a2
+
+
+@triton.jit
+def _row_stats(z_row, u_row, start, end, kd_vocab, y, zy, inv_tau, cap, inv_cap, tcap, inv_tcap,
                BLOCK_V: tl.constexpr, HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr,
                EVICT: tl.constexpr, SOFTCAP: tl.constexpr, TEACHER_SOFTCAP: tl.constexpr,
                KD_VOCAB: tl.constexpr, DIVERGENCE: tl.constexpr, SMOOTHING: tl.constexpr,
                ACCURACY: tl.constexpr):
-    """Statistics of z[start:end] (and u): (m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_v,
-    best_i), where m_t is the maximum the KD side's s_zt and reverse-KL acc are relative to."""
+    """Statistics of z[start:end] (and u): (m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, miss),
+    where m_t is the maximum the KD side's s_zt (and reverse-KL acc) are relative to."""
     if KD_VOCAB:
-        # [start, min(end, k)) with the KD side, then the rest for the cross-entropy side only,
-        # from a block-aligned start (vector loads) with the entries below k masked off.
-        end1 = tl.minimum(end, kd_vocab)
-        m1, s1, s_zt, m_u, s_u, acc, sum1, bv1, bi1 = _slice_stats(
-            z_row, u_row, start, start, end1, inv_tau, cap, inv_cap, tcap, inv_tcap, BLOCK_V, HAS_TEACHER,
-            TAU_MODE, EVICT, SOFTCAP, TEACHER_SOFTCAP, DIVERGENCE, SMOOTHING, ACCURACY, False)
-        lo2 = tl.maximum(start, end1)
-        m2, s2, _s2t, _mu2, _su2, _acc2, sum2, bv2, bi2 = _slice_stats(
-            z_row, u_row, (lo2 // BLOCK_V) * BLOCK_V, lo2, end, inv_tau, cap, inv_cap, tcap, inv_tcap, BLOCK_V,
+        # The entries below k with the KD side, then the rest for the cross-entropy side only.
+        a1, e_lo1, e_hi1, e_lo2, e_hi2, a2 = _kd_bounds(start, end, kd_vocab, BLOCK_V)
+        m1, s1, s_zt, m_u, s_u, acc, sum1, miss1 = _slice_stats(
+            z_row, u_row, start, a1, e_lo1, e_hi1, y, zy, inv_tau, cap, inv_cap, tcap, inv_tcap, BLOCK_V,
+            HAS_TEACHER, TAU_MODE, EVICT, SOFTCAP, TEACHER_SOFTCAP, DIVERGENCE, SMOOTHING, ACCURACY, True)
+        m2, s2, _s2t, _mu2, _su2, _acc2, sum2, miss2 = _slice_stats(
+            z_row, u_row, a2, end, e_lo2, e_hi2, y, zy, inv_tau, cap, inv_cap, tcap, inv_tcap, BLOCK_V,
             False, 1, EVICT, SOFTCAP, False, 0, SMOOTHING, ACCURACY, True)
         m_z = tl.maximum(m1, m2)
         ms = tl.where(m_z == float("-inf"), 0.0, m_z)
         s_z = s1 * tl.exp2((m1 - ms) * 1.4426950408889634) + s2 * tl.exp2((m2 - ms) * 1.4426950408889634)
         m_t = m1
         sum_z = sum1 + sum2
-        best_v = bv1
-        best_i = bi1
-        if ACCURACY:
-            best_v, best_i = _argmax_pick(bv1, bi1, bv2, bi2)
+        miss = tl.maximum(miss1, miss2)
     else:
-        m_z, s_z, s_zt, m_u, s_u, acc, sum_z, best_v, best_i = _slice_stats(
-            z_row, u_row, start, start, end, inv_tau, cap, inv_cap, tcap, inv_tcap, BLOCK_V, HAS_TEACHER,
-            TAU_MODE, EVICT, SOFTCAP, TEACHER_SOFTCAP, DIVERGENCE, SMOOTHING, ACCURACY, False)
+        m_z, s_z, s_zt, m_u, s_u, acc, sum_z, miss = _slice_stats(
+            z_row, u_row, start, end, start, start, y, zy, inv_tau, cap, inv_cap, tcap, inv_tcap, BLOCK_V,
+            HAS_TEACHER, TAU_MODE, EVICT, SOFTCAP, TEACHER_SOFTCAP, DIVERGENCE, SMOOTHING, ACCURACY, False)
         m_t = m_z
-    return m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_v, best_i
+    return m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, miss
 
 
 @triton.jit
-def _jsd_sums(z_row, u_row, start, end, m_t, s_zt, m_u, s_u, inv_tau, beta, cap, inv_cap, tcap, inv_tcap,
-              BLOCK_V: tl.constexpr, SOFTCAP: tl.constexpr, TEACHER_SOFTCAP: tl.constexpr,
-              EVICT: tl.constexpr):
-    """(KL(p || m), KL(q || m)) summed over [start, end), m = beta p + (1 - beta) q, with the
-    row's normalizers known; a term of zero mass adds 0."""
+def _jsd_block(vpm, vqm, z_row, u_row, cols, mask, m_t, l_zt, m_u, l_u, c_t, beta, cap, inv_cap, tcap, inv_tcap,
+               SOFTCAP: tl.constexpr, TEACHER_SOFTCAP: tl.constexpr, EVICT: tl.constexpr):
     NEG_INF: tl.constexpr = float("-inf")
+    z = tl.load(z_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
+    u = tl.load(u_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
+    if SOFTCAP:
+        z = tl.where(mask, _softcap(z, cap, inv_cap), NEG_INF)
+    if TEACHER_SOFTCAP:
+        u = tl.where(mask, _softcap(u, tcap, inv_tcap), NEG_INF)
+    a = (z - m_t) * c_t - l_zt  # log2 q
+    b = (u - m_u) * c_t - l_u  # log2 p
+    q = tl.exp2(a)
+    p = tl.exp2(b)
+    lm = tl.log2(beta * p + (1.0 - beta) * q)
+    vpm += tl.where(p == 0.0, 0.0, p * (b - lm))
+    vqm += tl.where(q == 0.0, 0.0, q * (a - lm))
+    return vpm, vqm
+
+
+@triton.jit
+def _jsd_sums(z_row, u_row, start, end, edge_lo, edge_hi, m_t, s_zt, m_u, s_u, inv_tau, beta,
+              cap, inv_cap, tcap, inv_tcap, BLOCK_V: tl.constexpr, SOFTCAP: tl.constexpr,
+              TEACHER_SOFTCAP: tl.constexpr, EVICT: tl.constexpr):
+    """(KL(p || m), KL(q || m)) summed over [start, end) and [edge_lo, edge_hi),
+    m = beta p + (1 - beta) q, with the row's normalizers known; a term of zero mass adds 0."""
     c_t = inv_tau * 1.4426950408889634
     l_zt = tl.log2(s_zt)
     l_u = tl.log2(s_u)
@@ -269,20 +301,12 @@ def _jsd_sums(z_row, u_row, start, end, m_t, s_zt, m_u, s_u, inv_tau, beta, cap,
     vqm = tl.zeros([BLOCK_V], dtype=tl.float32)
     for off in range(start, end, BLOCK_V):
         cols = off + tl.arange(0, BLOCK_V)
-        mask = cols < end
-        z = tl.load(z_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
-        u = tl.load(u_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
-        if SOFTCAP:
-            z = tl.where(mask, _softcap(z, cap, inv_cap), NEG_INF)
-        if TEACHER_SOFTCAP:
-            u = tl.where(mask, _softcap(u, tcap, inv_tcap), NEG_INF)
-        a = (z - m_t) * c_t - l_zt  # log2 q
-        b = (u - m_u) * c_t - l_u  # log2 p
-        q = tl.exp2(a)
-        p = tl.exp2(b)
-        lm = tl.log2(beta * p + (1.0 - beta) * q)
-        vpm += tl.where(p == 0.0, 0.0, p * (b - lm))
-        vqm += tl.where(q == 0.0, 0.0, q * (a - lm))
+        vpm, vqm = _jsd_block(vpm, vqm, z_row, u_row, cols, cols < end, m_t, l_zt, m_u, l_u, c_t, beta,
+                              cap, inv_cap, tcap, inv_tcap, SOFTCAP, TEACHER_SOFTCAP, EVICT)
+    for off in range(edge_lo, edge_hi, BLOCK_V):
+        cols = off + tl.arange(0, BLOCK_V)
+        vpm, vqm = _jsd_block(vpm, vqm, z_row, u_row, cols, cols < edge_hi, m_t, l_zt, m_u, l_u, c_t, beta,
+                              cap, inv_cap, tcap, inv_tcap, SOFTCAP, TEACHER_SOFTCAP, EVICT)
     LN2: tl.constexpr = 0.6931471805599453
     return LN2 * tl.sum(vpm, 0), LN2 * tl.sum(vqm, 0)
 
@@ -305,6 +329,7 @@ def _merge_partials(ws_row, inv_tau, SPLIT: tl.constexpr, SPLIT_POW2: tl.constex
     d = mz - tl.where(m_z == NEG_INF, 0.0, m_z)  # empty slices: exp(-inf) = 0
     s_z = tl.sum(sz * tl.exp2(d * C_Z), 0)
     if KD_VOCAB:
+        # The KD side is relative to its own maximum m_t.
         mt = tl.load(p + _F_MT, mask=ok, other=NEG_INF, volatile=VOLATILE)
         m_t = tl.max(mt, 0)
         dt = mt - tl.where(m_t == NEG_INF, 0.0, m_t)
@@ -324,27 +349,24 @@ def _merge_partials(ws_row, inv_tau, SPLIT: tl.constexpr, SPLIT_POW2: tl.constex
     if HAS_TEACHER:
         mu = tl.load(p + 3, mask=ok, other=NEG_INF, volatile=VOLATILE)
         su = tl.load(p + 4, mask=ok, other=0.0, volatile=VOLATILE)
+        if DIVERGENCE != 2:
+            au = tl.load(p + 5, mask=ok, other=0.0, volatile=VOLATILE)
         m_u = tl.max(mu, 0)
         f = tl.exp2((mu - tl.where(m_u == NEG_INF, 0.0, m_u)) * c_t)
         s_u = tl.sum(su * f, 0)
         if DIVERGENCE == 0:
-            au = tl.load(p + 5, mask=ok, other=0.0, volatile=VOLATILE)
             # A slice with no teacher mass has acc == 0 and f == 0: 0, not NaN.
             acc = tl.sum(tl.where(f == 0.0, 0.0, au * f), 0)
         elif DIVERGENCE == 1:
-            au = tl.load(p + 5, mask=ok, other=0.0, volatile=VOLATILE)
             ft = tl.exp2(dt * c_t)  # the reverse KL's cross term goes with s_zt
             acc = tl.sum(tl.where(ft == 0.0, 0.0, au * ft), 0)
     sum_z = 0.0
     if SMOOTHING:
         sum_z = tl.sum(tl.load(p + _F_SUM, mask=ok, other=0.0, volatile=VOLATILE), 0)
-    best_v = 0.0
-    best_i = 0
+    miss = 0.0
     if ACCURACY:
-        bv = tl.load(p + _F_BEST_V, mask=ok, other=NEG_INF, volatile=VOLATILE)
-        bi = tl.load(p + _F_BEST_I, mask=ok, other=0.0, volatile=VOLATILE).to(tl.int32, bitcast=True)
-        best_v, best_i = _argmax_reduce(bv, tl.where(ok, bi, 2147483647))
-    return m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_v, best_i
+        miss = tl.max(tl.load(p + _F_MISS, mask=ok, other=0.0, volatile=VOLATILE), 0)
+    return m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, miss
 
 
 @triton.jit
@@ -359,7 +381,7 @@ def _merge_jsd(ws_row, SPLIT: tl.constexpr, SPLIT_POW2: tl.constexpr, VOLATILE: 
 
 
 @triton.jit
-def _store_partials(ws_row, m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_v, best_i,
+def _store_partials(ws_row, m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, miss,
                     KD_VOCAB: tl.constexpr, SMOOTHING: tl.constexpr, ACCURACY: tl.constexpr):
     tl.store(ws_row + 0, m_z)
     tl.store(ws_row + 1, s_z)
@@ -372,12 +394,21 @@ def _store_partials(ws_row, m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_v, b
     if SMOOTHING:
         tl.store(ws_row + _F_SUM, sum_z)
     if ACCURACY:
-        tl.store(ws_row + _F_BEST_V, best_v)
-        tl.store(ws_row + _F_BEST_I, best_i.to(tl.float32, bitcast=True))
+        tl.store(ws_row + _F_MISS, miss.to(tl.float32))
 
 
 @triton.jit
-def _finish_row(z_row, y, V, row, m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_i, kl_pm, kl_qm,
+def _label_logit(z_row, y, V, cap, inv_cap, SOFTCAP: tl.constexpr):
+    """(z[y] as fp32, capped with SOFTCAP, and whether y is in [0, V))."""
+    in_range = (y >= 0) & (y < V)
+    z_y = tl.load(z_row + tl.where(in_range, y, 0)).to(tl.float32)
+    if SOFTCAP:
+        z_y = _softcap(z_y, cap, inv_cap)
+    return z_y, in_range
+
+
+@triton.jit
+def _finish_row(z_row, y, V, row, m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, miss, kl_pm, kl_qm,
                 loss_ptr, ce_ptr, kd_ptr, lse_ptr, accuracy_ptr, kd_weight, tau, inv_tau,
                 cap, inv_cap, beta, smoothing, z_loss,
                 HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr, SOFTCAP: tl.constexpr,
@@ -389,11 +420,8 @@ def _finish_row(z_row, y, V, row, m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, bes
         lse_zt = lse_z
     else:
         lse_zt = m_t * inv_tau + tl.log(s_zt)
-    in_range = (y >= 0) & (y < V)
     # A label outside [0, V) (only possible with validate=False) gives NaN, as the CPU kernel.
-    z_y = tl.load(z_row + tl.where(in_range, y, 0)).to(tl.float32)
-    if SOFTCAP:
-        z_y = _softcap(z_y, cap, inv_cap)
+    z_y, in_range = _label_logit(z_row, y, V, cap, inv_cap, SOFTCAP)
     if SMOOTHING:
         # (1 - eps) * (lse - z_y) + eps * (lse - mean_j z_j)
         ce = lse_z - (1.0 - smoothing) * tl.where(in_range, z_y, float("nan")) - smoothing * (sum_z / V)
@@ -424,7 +452,7 @@ def _finish_row(z_row, y, V, row, m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, bes
     tl.store(lse_ptr + row * 3 + 1, lse_zt)
     tl.store(lse_ptr + row * 3 + 2, lse_u)
     if ACCURACY:
-        tl.store(accuracy_ptr + row, tl.where(best_i.to(tl.int64) == y, 1.0, 0.0))
+        tl.store(accuracy_ptr + row, tl.where(in_range & (miss == 0), 1.0, 0.0))
 
 
 @triton.jit
@@ -440,20 +468,87 @@ def _store_ignored_row(row, loss_ptr, ce_ptr, kd_ptr, lse_ptr, accuracy_ptr, ACC
 
 
 @triton.jit
-def _grad_slice(z_row, u_row, g_row, start, lo, end, y, V, m_z, s_z, m_t, s_zt, m_u, s_u, scale,
-                kd_weight, tau, inv_tau, c_zloss, kd_shift, cap, inv_cap, tcap, inv_tcap, beta, smoothing,
+def _grad_block(z_row, u_row, g_row, cols, mask, y, m_z, l_z, m_t, l_zt, m_u, l_u, c_z, c_y, c_unif, c_kd,
+                c_t, inv_tau, kd_shift, cap, inv_cap, tcap, inv_tcap, beta,
+                HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr, SOFTCAP: tl.constexpr,
+                TEACHER_SOFTCAP: tl.constexpr, KD_VOCAB: tl.constexpr, DIVERGENCE: tl.constexpr,
+                SMOOTHING: tl.constexpr):
+    """One block of the gradient (see _grad_slice)."""
+    C_Z: tl.constexpr = 1.4426950408889634
+    # Last use of these entries: let them leave L2 first.
+    z = tl.load(z_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    if SOFTCAP:
+        z = _softcap(z, cap, inv_cap)
+    d = z - m_z
+    if KD_VOCAB:
+        dt = z - m_t
+    else:
+        dt = d
+    # q = softmax(z / tau) over the KD entries, a = log2 q.
+    if TAU_MODE == 0:
+        g = c_z * tl.exp2(d * C_Z - l_z)
+        if HAS_TEACHER:
+            a = dt * c_t - l_zt
+            q = tl.exp2(a)
+            if DIVERGENCE == 0:
+                g += c_kd * q
+    elif TAU_MODE == 1:
+        sm = tl.exp2(d * C_Z - l_z)
+        g = c_z * sm
+        if HAS_TEACHER:
+            if KD_VOCAB:
+                a = dt * C_Z - l_zt
+                q = tl.exp2(a)
+                if DIVERGENCE == 0:
+                    g += c_kd * q
+            else:
+                a = d * C_Z - l_z
+                q = sm  # forward KL: already in c_z
+    else:
+        a = dt * c_t - l_zt
+        q = tl.exp2(a)
+        g = c_z * _tau_pow(q, TAU_MODE)
+        if HAS_TEACHER:
+            if DIVERGENCE == 0:
+                g += c_kd * q
+    if HAS_TEACHER:
+        u = tl.load(u_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        if TEACHER_SOFTCAP:
+            u = _softcap(u, tcap, inv_tcap)
+        if DIVERGENCE == 0:
+            g -= c_kd * tl.exp2((u - m_u) * c_t - l_u)
+        elif DIVERGENCE == 1:
+            # tau * q_j * (log q_j - log p_j - D) = q_j * (z_j - u_j - E_q[z - u]), q_j == 0 adds 0
+            g += (c_kd * inv_tau) * tl.where(q == 0.0, 0.0, q * (z - u - kd_shift))
+        else:
+            # tau * (1 - beta) * q_j * (log(q_j / m_j) - KL(q || m)), the logs in base 2
+            b = (u - m_u) * c_t - l_u
+            lm = tl.log2(beta * tl.exp2(b) + (1.0 - beta) * q)
+            g += (c_kd * (1.0 - beta) * 0.6931471805599453) * tl.where(q == 0.0, 0.0, q * (a - lm - kd_shift))
+    g = tl.where(cols == y, g - c_y, g)
+    if SMOOTHING:
+        g -= c_unif
+    if SOFTCAP:
+        zc = z * inv_cap
+        g = g * (1.0 - zc * zc)  # d(cap * tanh(x / cap)) / dx at the capped value
+    tl.store(g_row + cols, g.to(g_row.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _grad_slice(z_row, u_row, g_row, start, end, edge_lo, edge_hi, y, V, m_z, s_z, m_t, s_zt, m_u, s_u,
+                scale, kd_weight, tau, inv_tau, c_zloss, kd_shift, cap, inv_cap, tcap, inv_tcap, beta, smoothing,
                 BLOCK_V: tl.constexpr, HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr,
                 SOFTCAP: tl.constexpr, TEACHER_SOFTCAP: tl.constexpr, KD_VOCAB: tl.constexpr,
                 DIVERGENCE: tl.constexpr, SMOOTHING: tl.constexpr, Z_LOSS: tl.constexpr,
-                MASK_LO: tl.constexpr):
+                EDGE: tl.constexpr):
     """g = scale * ((1 - w) * (softmax(z) - onehot(y)) + w * tau * (softmax(z/tau) - softmax(u/tau)))
-    over z[lo:end] (iterating from the block-aligned start), each probability taken as
-    exp2((x - m) * c - log2 s): the large shift m is removed exactly first, so the exponent
-    rounds on its own size only. Options (module docstring): z_loss adds c_zloss * softmax(z)
-    (c_zloss = scale * 2 * z_loss * lse_z), label smoothing scales the one-hot by 1 - eps and
-    subtracts eps / V everywhere, the KD term follows DIVERGENCE (kd_shift: E_q[z - u] for the
-    reverse KL, log2(e) * KL(q || m) for JSD), and a soft cap multiplies the whole gradient by
-    1 - (z / cap)^2 at the capped z."""
+    over z[start:end] (and [edge_lo, edge_hi) with EDGE, as in _slice_stats), each probability
+    taken as exp2((x - m) * c - log2 s): the large shift m is removed exactly first, so the
+    exponent rounds on its own size only. Options (module docstring): z_loss adds
+    c_zloss * softmax(z) (c_zloss = scale * 2 * z_loss * lse_z), label smoothing scales the
+    one-hot by 1 - eps and subtracts eps / V everywhere, the KD term follows DIVERGENCE
+    (kd_shift: E_q[z - u] for the reverse KL, log2(e) * KL(q || m) for JSD), and a soft cap
+    multiplies the whole gradient by 1 - (z / cap)^2 at the capped z."""
     C_Z: tl.constexpr = 1.4426950408889634
     c_t = inv_tau * 1.4426950408889634
     c_label = scale * (1.0 - kd_weight)
@@ -485,67 +580,15 @@ def _grad_slice(z_row, u_row, g_row, start, lo, end, y, V, m_z, s_z, m_t, s_zt, 
         l_u = tl.log2(s_u)
     for off in range(start, end, BLOCK_V):
         cols = off + tl.arange(0, BLOCK_V)
-        if MASK_LO:
-            mask = (cols >= lo) & (cols < end)
-        else:
-            mask = cols < end
-        # Last use of these entries: let them leave L2 first.
-        z = tl.load(z_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        if SOFTCAP:
-            z = _softcap(z, cap, inv_cap)
-        d = z - m_z
-        if KD_VOCAB:
-            dt = z - m_t
-        else:
-            dt = d
-        # q = softmax(z / tau) over the KD entries, a its log2.
-        if TAU_MODE == 0:
-            g = c_z * tl.exp2(d * C_Z - l_z)
-            if HAS_TEACHER:
-                a = dt * c_t - l_zt
-                q = tl.exp2(a)
-                if DIVERGENCE == 0:
-                    g += c_kd * q
-        elif TAU_MODE == 1:
-            sm = tl.exp2(d * C_Z - l_z)
-            g = c_z * sm
-            if HAS_TEACHER:
-                if KD_VOCAB:
-                    a = dt * C_Z - l_zt
-                    q = tl.exp2(a)
-                    if DIVERGENCE == 0:
-                        g += c_kd * q
-                else:
-                    a = d * C_Z - l_z
-                    q = sm
-        else:
-            a = dt * c_t - l_zt
-            q = tl.exp2(a)
-            g = c_z * _tau_pow(q, TAU_MODE)
-            if HAS_TEACHER:
-                if DIVERGENCE == 0:
-                    g += c_kd * q
-        if HAS_TEACHER:
-            u = tl.load(u_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-            if TEACHER_SOFTCAP:
-                u = _softcap(u, tcap, inv_tcap)
-            if DIVERGENCE == 0:
-                g -= c_kd * tl.exp2((u - m_u) * c_t - l_u)
-            elif DIVERGENCE == 1:
-                # tau * q_j * (log q_j - log p_j - D) = q_j * (z_j - u_j - E_q[z - u])
-                g += (c_kd * inv_tau) * tl.where(q == 0.0, 0.0, q * (z - u - kd_shift))
-            else:
-                # tau * (1 - beta) * q_j * (log(q_j / m_j) - KL(q || m)), in log2 units
-                b = (u - m_u) * c_t - l_u
-                lm = tl.log2(beta * tl.exp2(b) + (1.0 - beta) * q)
-                g += (c_kd * (1.0 - beta) * 0.6931471805599453) * tl.where(q == 0.0, 0.0, q * (a - lm - kd_shift))
-        g = tl.where(cols == y, g - c_y, g)
-        if SMOOTHING:
-            g -= c_unif
-        if SOFTCAP:
-            zc = z * inv_cap
-            g = g * (1.0 - zc * zc)
-        tl.store(g_row + cols, g.to(g_row.dtype.element_ty), mask=mask)
+        _grad_block(z_row, u_row, g_row, cols, cols < end, y, m_z, l_z, m_t, l_zt, m_u, l_u, c_z, c_y, c_unif,
+                    c_kd, c_t, inv_tau, kd_shift, cap, inv_cap, tcap, inv_tcap, beta, HAS_TEACHER, TAU_MODE,
+                    SOFTCAP, TEACHER_SOFTCAP, KD_VOCAB, DIVERGENCE, SMOOTHING)
+    if EDGE:
+        for off in range(edge_lo, edge_hi, BLOCK_V):
+            cols = off + tl.arange(0, BLOCK_V)
+            _grad_block(z_row, u_row, g_row, cols, cols < edge_hi, y, m_z, l_z, m_t, l_zt, m_u, l_u, c_z, c_y,
+                        c_unif, c_kd, c_t, inv_tau, kd_shift, cap, inv_cap, tcap, inv_tcap, beta, HAS_TEACHER,
+                        TAU_MODE, SOFTCAP, TEACHER_SOFTCAP, KD_VOCAB, DIVERGENCE, SMOOTHING)
 
 
 @triton.jit
@@ -556,15 +599,15 @@ def _zero_slice(g_row, start, end, BLOCK_V: tl.constexpr):
 
 
 @triton.jit
-def _wait_row(cnt_row, target):
+def _wait_row(cnt_ptr, row, target):
     """Adds this program to its row's counter, then spins until `target` programs have. The
     barrier before orders this program's workspace stores before the release; after the acquire
     loop and a second barrier every thread reads the other slices' partials (volatile: from L2,
     never a stale L1 line)."""
     tl.debug_barrier()
-    seen = tl.atomic_add(cnt_row, 1) + 1
+    seen = tl.atomic_add(cnt_ptr + 1 + row, 1) + 1
     while seen < target:
-        seen = tl.atomic_add(cnt_row, 0)
+        seen = tl.atomic_add(cnt_ptr + 1 + row, 0)
     tl.debug_barrier()
 
 
@@ -607,7 +650,7 @@ def _rows(
     used = y != ignore_index
     if used:
         if MODE == 2 or MODE == 4:
-            m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_v, best_i = _merge_partials(
+            m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, miss = _merge_partials(
                 ws_row, inv_tau, SPLIT, SPLIT_POW2, HAS_TEACHER, TAU_MODE, False, FIELDS,
                 KD_VOCAB, DIVERGENCE, SMOOTHING, ACCURACY)
         else:
@@ -616,16 +659,20 @@ def _rows(
                 EVICT: tl.constexpr = "evict_last"
             else:
                 EVICT: tl.constexpr = "evict_first"
-            m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_v, best_i = _row_stats(
-                z_row, u_row, start, end, kd_vocab, inv_tau, softcap, inv_cap, teacher_softcap, inv_tcap,
+            zy = 0.0
+            if ACCURACY:
+                zy, _in_range = _label_logit(z_row, y, V, softcap, inv_cap, SOFTCAP)
+            # Compared with 32-bit column indices (an out-of-range label scores 0 in any case).
+            m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, miss = _row_stats(
+                z_row, u_row, start, end, kd_vocab, y.to(tl.int32), zy, inv_tau, softcap, inv_cap, teacher_softcap, inv_tcap,
                 BLOCK_V, HAS_TEACHER, TAU_MODE, EVICT, SOFTCAP, TEACHER_SOFTCAP, KD_VOCAB, DIVERGENCE,
                 SMOOTHING, ACCURACY)
             if MODE != 0:
-                _store_partials(ws_row + part * FIELDS, m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_v,
-                                best_i, KD_VOCAB, SMOOTHING, ACCURACY)
+                _store_partials(ws_row + part * FIELDS, m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, miss,
+                                KD_VOCAB, SMOOTHING, ACCURACY)
             if MODE == 3:
-                _wait_row(cnt_ptr + 1 + row, SPLIT)
-                m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_v, best_i = _merge_partials(
+                _wait_row(cnt_ptr, row, SPLIT)
+                m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, miss = _merge_partials(
                     ws_row, inv_tau, SPLIT, SPLIT_POW2, HAS_TEACHER, TAU_MODE, True, FIELDS,
                     KD_VOCAB, DIVERGENCE, SMOOTHING, ACCURACY)
         kl_pm = 0.0
@@ -639,23 +686,25 @@ def _rows(
                     else:
                         JSD_EVICT: tl.constexpr = "evict_first"
                     if KD_VOCAB:
-                        kd_end = tl.minimum(end, kd_vocab)
+                        a1, e_lo1, e_hi1, _e_lo2, _e_hi2, _a2 = _kd_bounds(start, end, kd_vocab, BLOCK_V)
+                        kl_pm, kl_qm = _jsd_sums(z_row, u_row, start, a1, e_lo1, e_hi1, m_t, s_zt, m_u, s_u,
+                                                 inv_tau, beta, softcap, inv_cap, teacher_softcap, inv_tcap,
+                                                 BLOCK_V, SOFTCAP, TEACHER_SOFTCAP, JSD_EVICT)
                     else:
-                        kd_end = end
-                    kl_pm, kl_qm = _jsd_sums(z_row, u_row, start, kd_end, m_t, s_zt, m_u, s_u, inv_tau, beta,
-                                             softcap, inv_cap, teacher_softcap, inv_tcap, BLOCK_V, SOFTCAP,
-                                             TEACHER_SOFTCAP, JSD_EVICT)
+                        kl_pm, kl_qm = _jsd_sums(z_row, u_row, start, end, start, start, m_t, s_zt, m_u, s_u,
+                                                 inv_tau, beta, softcap, inv_cap, teacher_softcap, inv_tcap,
+                                                 BLOCK_V, SOFTCAP, TEACHER_SOFTCAP, JSD_EVICT)
                     if MODE != 0:
                         tl.store(ws_row + part * FIELDS + _F_KL_PM, kl_pm)
                         tl.store(ws_row + part * FIELDS + _F_KL_QM, kl_qm)
                     if MODE == 3:
-                        _wait_row(cnt_ptr + 1 + row, 2 * SPLIT)
+                        _wait_row(cnt_ptr, row, 2 * SPLIT)
                         kl_pm, kl_qm = _merge_jsd(ws_row, SPLIT, SPLIT_POW2, True, FIELDS)
                 else:
                     kl_pm, kl_qm = _merge_jsd(ws_row, SPLIT, SPLIT_POW2, False, FIELDS)
         if MODE != 1 and MODE != 4:
             if part == 0:
-                _finish_row(z_row, y, V, row, m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, best_i, kl_pm, kl_qm,
+                _finish_row(z_row, y, V, row, m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, miss, kl_pm, kl_qm,
                             loss_ptr, ce_ptr, kd_ptr, lse_ptr, accuracy_ptr, kd_weight, tau, inv_tau,
                             softcap, inv_cap, beta, smoothing, z_loss,
                             HAS_TEACHER, TAU_MODE, SOFTCAP, KD_VOCAB, DIVERGENCE, SMOOTHING, Z_LOSS, ACCURACY)
@@ -671,20 +720,19 @@ def _rows(
                     elif DIVERGENCE == 2:
                         kd_shift = kl_qm * 1.4426950408889634
                 if KD_VOCAB:
-                    end1 = tl.minimum(end, kd_vocab)
-                    lo2 = tl.maximum(start, end1)
-                    _grad_slice(z_row, u_row, g_row, start, start, end1, y, V, m_z, s_z, m_t, s_zt, m_u, s_u,
-                                scale, kd_weight, tau, inv_tau, c_zloss, kd_shift, softcap, inv_cap,
+                    a1, e_lo1, e_hi1, e_lo2, e_hi2, a2 = _kd_bounds(start, end, kd_vocab, BLOCK_V)
+                    _grad_slice(z_row, u_row, g_row, start, a1, e_lo1, e_hi1, y, V, m_z, s_z, m_t, s_zt, m_u,
+                                s_u, scale, kd_weight, tau, inv_tau, c_zloss, kd_shift, softcap, inv_cap,
                                 teacher_softcap, inv_tcap, beta, smoothing, BLOCK_V, HAS_TEACHER, TAU_MODE,
-                                SOFTCAP, TEACHER_SOFTCAP, KD_VOCAB, DIVERGENCE, SMOOTHING, Z_LOSS, False)
-                    # The entries past k: cross-entropy side only.
-                    _grad_slice(z_row, u_row, g_row, (lo2 // BLOCK_V) * BLOCK_V, lo2, end, y, V, m_z, s_z,
-                                m_t, s_zt, m_u, s_u, scale, kd_weight, tau, inv_tau, c_zloss, kd_shift,
-                                softcap, inv_cap, teacher_softcap, inv_tcap, beta, smoothing, BLOCK_V,
-                                False, 1, SOFTCAP, False, False, 0, SMOOTHING, Z_LOSS, True)
+                                SOFTCAP, TEACHER_SOFTCAP, KD_VOCAB, DIVERGENCE, SMOOTHING, Z_LOSS, True)
+                    # The entries from k on: cross-entropy side only.
+                    _grad_slice(z_row, u_row, g_row, a2, end, e_lo2, e_hi2, y, V, m_z, s_z, m_t, s_zt, m_u,
+                                s_u, scale, kd_weight, tau, inv_tau, c_zloss, kd_shift, softcap, inv_cap,
+                                teacher_softcap, inv_tcap, beta, smoothing, BLOCK_V, False, 1, SOFTCAP, False,
+                                False, 0, SMOOTHING, Z_LOSS, True)
                 else:
-                    _grad_slice(z_row, u_row, g_row, start, start, end, y, V, m_z, s_z, m_t, s_zt, m_u, s_u,
-                                scale, kd_weight, tau, inv_tau, c_zloss, kd_shift, softcap, inv_cap,
+                    _grad_slice(z_row, u_row, g_row, start, end, start, start, y, V, m_z, s_z, m_t, s_zt, m_u,
+                                s_u, scale, kd_weight, tau, inv_tau, c_zloss, kd_shift, softcap, inv_cap,
                                 teacher_softcap, inv_tcap, beta, smoothing, BLOCK_V, HAS_TEACHER, TAU_MODE,
                                 SOFTCAP, TEACHER_SOFTCAP, KD_VOCAB, DIVERGENCE, SMOOTHING, Z_LOSS, False)
     else:
