@@ -39,10 +39,12 @@ def test_ops_are_registered():
         assert hasattr(OPS, name), name
 
 
-# Triton runs under the interpreter here (slow): one reduction covers its op path.
+# Triton runs under the interpreter here (slow, about 10 s per case unloaded): one reduction,
+# behind --runslow; test_options and test_contract cover its results through the op.
 @pytest.mark.parametrize(
     "backend, reduction",
-    [(b, r) for b in USABLE for r in ("mean", "sum", "none") if b != "triton" or r == "none"],
+    [pytest.param(b, r, marks=[pytest.mark.slow] if b == "triton" else []) for b in USABLE
+     for r in ("mean", "sum", "none") if b != "triton" or r == "none"],
 )
 def test_opcheck_salt_loss(backend, reduction, gen):
     z, u, y = _salt_inputs(gen)

@@ -230,32 +230,6 @@ def test_bench_help_and_no_gpu_exit():
         assert res.returncode == 2 and "no CUDA device" in res.stderr
 
 
-@pytest.mark.slow  # about 18 s; test_bench_help_and_no_gpu_exit keeps the script's entry covered
-def test_bench_dry_run_and_summary(tmp_path):
-    """Every code path of the benchmark once on tiny CPU shapes, then the check's summary of it."""
-    import json
-
-    out = tmp_path / "bench_loss_gpu.json"
-    res = _run([sys.executable, BENCH, "--dry-run", "--dtype", "bf16", "--variants", "triton", "triton-sync", "eager",
-                "compile", "--sweep", "--json", str(out)])
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    doc = json.loads(out.read_text())
-    rows = {(r["variant"], r["pass_"]): r for r in doc["results"]}
-    for variant in ("triton", "triton-sync", "eager"):
-        for pass_name in ("fwd", "fwd+bwd"):
-            r = rows[(variant, pass_name)]
-            assert r["status"] == "ok" and r["ms"] > 0, r
-            elem = 2  # bf16
-            want_bytes = 4 * 1000 * elem * (3 if pass_name == "fwd+bwd" else 2)
-            assert r["minimal_bytes"] == want_bytes
-            assert abs(r["gbps"] - want_bytes / (r["ms"] * 1e-3) / 1e9) <= 1e-9 * r["gbps"] + 1e-12
-    assert rows[("compile", "fwd")]["status"] == "skipped"
-    assert len([r for r in doc["results"] if r["note"] == "sweep" and r["status"] == "ok"]) == 18
-    assert any(s.startswith("best plan") for s in doc["summary"])
-    res = _run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu", "summarize.py"), str(tmp_path)])
-    assert res.returncode == 0 and "triton-sync" in res.stdout and "eager" in res.stdout, res.stdout + res.stderr
-
-
 def test_kernels_compile_for_the_gpu_without_one():
     """The interpreter cannot tell whether the kernels compile for a GPU: compile two
     specializations for sm_90 ahead of time (triton's bundled ptxas), in a process without

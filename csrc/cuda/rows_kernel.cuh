@@ -24,7 +24,7 @@
 // teacher has mass gives +inf, NaN anywhere in the row makes the row's statistics NaN, and with
 // kd_weight == 0 the teacher pointer is never touched (TEACHER == false).
 //
-// SALT_CUDA_EMULATION (tests only, see emulation.h): the same source compiled by a host compiler,
+// SALT_CUDA_EMULATION (tests only, see tests/cuda_emulator/emulation.h): the same source compiled by a host compiler,
 // each CUDA thread a host thread, so that indexing, barriers, shuffles, the cluster exchange and
 // every global access (bounds and alignment) are checked on machines without a GPU.
 #pragma once
