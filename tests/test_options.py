@@ -216,3 +216,14 @@ def test_padded_teacher_without_kd_vocab_suggests_it(gen):
     h, w, wt = torch.randn(24, 4), torch.randn(VOCAB, 4), torch.randn(TEACHER_VOCAB, 3)
     with pytest.raises(ValueError, match=r"teacher_weight.*kd_vocab="):
         sk.linear_salt_loss(h, w, torch.randn(24, 3), wt, y)
+
+
+def test_accuracy_is_a_share_for_mean_and_sum(gen):
+    z, u, y = _inputs(gen, {})
+    y = z.argmax(-1)
+    y[::3] = -100  # the rest match the argmax: accuracy 1 over non-ignored rows
+    for reduction in ("mean", "sum"):
+        _, parts = sk.salt_loss(z, u, y, reduction=reduction, return_parts=True)
+        assert float(parts.accuracy) == 1.0
+    _, parts = sk.salt_loss(z, u, y, reduction="none", return_parts=True)
+    assert torch.equal(parts.accuracy, (y != -100).float())

@@ -22,6 +22,14 @@ def n_valid_rows(labels: Tensor, ignore_index: int) -> Tensor:
     return (labels != ignore_index).sum().clamp_(min=1).to(torch.float32)
 
 
+ACCURACY = 4  # position of the accuracy among the parts (loss, ce, kd, z_loss, accuracy)
+
+
+def part_reduction(reduction: str, position: int) -> str:
+    """The reduction of a part: the loss's, except that accuracy is a share for "sum" too."""
+    return "mean" if position == ACCURACY and reduction == "sum" else reduction
+
+
 def reduce_rows(rows: Tensor, reduction: str, n_valid: Tensor) -> Tensor:
     if reduction == "none":
         return rows
@@ -157,7 +165,7 @@ def forward_rows(rows, student: Tensor, labels: Tensor, ignore_index: int, reduc
     per_row = (out.loss, out.ce, out.kd, z_loss_rows(out, z_loss),
                accuracy_rows(out, student, labels, ignore_index, want_accuracy))
     out_shape = shape if reduction == "none" else ()
-    parts = [reduce_rows(x, reduction, n_valid).reshape(out_shape) for x in per_row]
+    parts = [reduce_rows(x, part_reduction(reduction, i), n_valid).reshape(out_shape) for i, x in enumerate(per_row)]
     return (*parts, student.new_empty(0) if grad is None else grad)
 
 

@@ -47,6 +47,7 @@ from .common import (
     no_context,
     no_second_order,
     once_differentiable,
+    part_reduction,
     reduce_rows,
     z_loss_rows,
 )
@@ -327,7 +328,7 @@ def _linear_forward(h_s, w_s, b_s, h_t, w_t, b_t, labels, plan: LinearPlan, want
         if reduction == "none":
             parts = [_scatter_rows(x, ch).reshape(shape) for x in parts]
         else:
-            parts = [reduce_rows(x, reduction, ch.n_valid_t) for x in parts]
+            parts = [reduce_rows(x, part_reduction(reduction, i), ch.n_valid_t) for i, x in enumerate(parts)]
         grads = _finish_grads(ch, h_s, w_s, b_s, gh, gw, gb)
     return (*parts, *grads)
 

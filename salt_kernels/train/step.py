@@ -217,7 +217,8 @@ def resolve_kd_vocab(student: torch.nn.Module, teacher: torch.nn.Module | None, 
     v_s = output_rows(student)
     v_t = output_rows(teacher) if teacher is not None else None
     sizes = f"lm_head rows: teacher {v_t}, student {v_s}"
-    smallest = min(v for v in (v_s, v_t) if v is not None) if (v_s or v_t) else None
+    known = [v for v in (v_s, v_t) if v is not None]
+    smallest = min(known) if known else None
     if kd_vocab is not None:
         if smallest is not None and kd_vocab > smallest:
             where = f"the smaller vocabulary ({sizes})" if v_t is not None else f"the student's vocabulary ({v_s})"
