@@ -71,6 +71,47 @@ def _divergence(log_p: torch.Tensor, log_q: torch.Tensor, options: LossOptions):
     return d, torch.where(q == 0, torch.zeros_like(q), q * (g - (1 - beta) * kl_qm[:, None]))
 
 
+def _student_terms(z: torch.Tensor, y: torch.Tensor, ignore_index: int, eps: float):
+    """valid rows, safe labels, lse_z, CE (with label smoothing) and the accuracy of capped z."""
+    valid = y != ignore_index
+    y_safe = torch.where(valid, y, torch.zeros_like(y))
+    lse_z = torch.logsumexp(z, dim=-1)
+    ce = lse_z - z.gather(1, y_safe[:, None])[:, 0]
+    if eps > 0:
+        ce = (1 - eps) * ce + eps * (lse_z - z.mean(dim=-1))
+    return valid, y_safe, lse_z, ce, (z.argmax(dim=-1) == y_safe).to(z.dtype)
+
+
+def _store(out: RowOutputs, r0: int, r1: int, valid, loss, ce, kd, accuracy, lse3) -> None:
+    """One chunk's rows into the outputs, zeros on ignored rows."""
+    zero = torch.zeros_like(loss)
+    out.loss[r0:r1] = torch.where(valid, loss, zero)
+    out.ce[r0:r1] = torch.where(valid, ce, zero)
+    out.kd[r0:r1] = torch.where(valid, kd, zero)
+    out.accuracy[r0:r1] = torch.where(valid, accuracy, zero)
+    out.lse[r0:r1] = torch.where(valid[:, None], torch.stack(lse3, dim=1), zero[:, None])
+
+
+def _student_grad(z, y_safe, lse_z, kd_weight: float, options: LossOptions) -> torch.Tensor:
+    """d loss / d z of the CE (label smoothing) and z-loss terms, before the softcap chain factor."""
+    eps, lam = options.label_smoothing, options.z_loss
+    softmax = (z - lse_z[:, None]).exp()
+    g = (1 - kd_weight) * softmax
+    g.scatter_add_(1, y_safe[:, None], torch.full_like(z[:, :1], -(1 - kd_weight) * (1 - eps)))
+    if eps > 0:
+        g -= (1 - kd_weight) * eps / z.shape[1]
+    if lam > 0:
+        g += (2 * lam) * lse_z[:, None] * softmax
+    return g
+
+
+def _finish_grad(g, z, valid, options: LossOptions, grad_scale, n: int, r0: int, r1: int, grad) -> None:
+    if options.softcap is not None:
+        g *= 1 - (z / options.softcap) ** 2  # d(c tanh(x / c)) / dx at the capped value
+    scale = grad_scale.to(z.dtype).expand(n)[r0:r1]
+    grad[r0:r1].copy_(torch.where(valid[:, None], g * scale[:, None], torch.zeros_like(g)))
+
+
 def rows(
     student: torch.Tensor,
     teacher: torch.Tensor | None,
@@ -96,14 +137,7 @@ def rows(
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
         z = _cap(student[r0:r1].to(math_dtype), options.softcap)
-        y = labels[r0:r1].long()
-        valid = y != ignore_index
-        y_safe = torch.where(valid, y, torch.zeros_like(y))
-        lse_z = torch.logsumexp(z, dim=-1)
-        ce = lse_z - z.gather(1, y_safe[:, None])[:, 0]
-        if eps > 0:
-            ce = (1 - eps) * ce + eps * (lse_z - z.mean(dim=-1))
-        accuracy = (z.argmax(dim=-1) == y_safe).to(math_dtype)
+        valid, y_safe, lse_z, ce, accuracy = _student_terms(z, labels[r0:r1].long(), ignore_index, eps)
         if use_teacher:
             zt = z[:, :k] / tau if tau != 1 else z[:, :k]
             ut = _cap(teacher[r0:r1, :k].to(math_dtype), options.teacher_softcap) / tau
@@ -116,30 +150,14 @@ def rows(
             lse_u = torch.zeros_like(lse_z)
             kd = torch.zeros_like(ce)
         loss = combine_loss(ce, kd, kd_weight)
-        if lam > 0:
+        if lam > 0:  # never 0 * inf
             loss = loss + lam * lse_z * lse_z
-        zero = torch.zeros_like(loss)
-        out.loss[r0:r1] = torch.where(valid, loss, zero)
-        out.ce[r0:r1] = torch.where(valid, ce, zero)
-        out.kd[r0:r1] = torch.where(valid, kd, zero)
-        out.accuracy[r0:r1] = torch.where(valid, accuracy, zero)
-        out.lse[r0:r1] = torch.where(valid[:, None], torch.stack([lse_z, lse_zt, lse_u], dim=1), zero[:, None])
-
+        _store(out, r0, r1, valid, loss, ce, kd, accuracy, [lse_z, lse_zt, lse_u])
         if grad is not None:
-            softmax = (z - lse_z[:, None]).exp()
-            g = (1 - kd_weight) * softmax
-            g.scatter_add_(1, y_safe[:, None], torch.full_like(ce[:, None], -(1 - kd_weight) * (1 - eps)))
-            if eps > 0:
-                g -= (1 - kd_weight) * eps / vocab
-            if lam > 0:
-                g += (2 * lam) * lse_z[:, None] * softmax
+            g = _student_grad(z, y_safe, lse_z, kd_weight, options)
             if use_teacher:
                 g[:, :k] += kd_weight * tau * d_grad
-            if options.softcap is not None:
-                g *= 1 - (z / options.softcap) ** 2  # d(c tanh(x / c)) / dx at the capped value
-            scale = grad_scale.to(math_dtype).expand(n)[r0:r1]
-            g = torch.where(valid[:, None], g * scale[:, None], torch.zeros_like(g))
-            grad[r0:r1].copy_(g)
+            _finish_grad(g, z, valid, options, grad_scale, n, r0, r1, grad)
     return out
 
 
@@ -176,14 +194,7 @@ def topk_rows(
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
         z = _cap(student[r0:r1].to(math_dtype), options.softcap)
-        y = labels[r0:r1].long()
-        valid = y != ignore_index
-        y_safe = torch.where(valid, y, torch.zeros_like(y))
-        lse_z = torch.logsumexp(z, dim=-1)
-        ce = lse_z - z.gather(1, y_safe[:, None])[:, 0]
-        if eps > 0:
-            ce = (1 - eps) * ce + eps * (lse_z - z.mean(dim=-1))
-        accuracy = (z.argmax(dim=-1) == y_safe).to(math_dtype)
+        valid, y_safe, lse_z, ce, accuracy = _student_terms(z, labels[r0:r1].long(), ignore_index, eps)
         lse_zt = lse_z
         lse_rest = torch.zeros_like(lse_z)
         kd = torch.zeros_like(ce)
@@ -211,23 +222,11 @@ def topk_rows(
             terms = torch.where(p == 0, torch.zeros_like(p), p * (log_p - log_q))
             kd = tau * tau * terms.sum(dim=-1)
         loss = combine_loss(ce, kd, kd_weight)
-        if lam > 0:
+        if lam > 0:  # never 0 * inf
             loss = loss + lam * lse_z * lse_z
-        zero = torch.zeros_like(loss)
-        out.loss[r0:r1] = torch.where(valid, loss, zero)
-        out.ce[r0:r1] = torch.where(valid, ce, zero)
-        out.kd[r0:r1] = torch.where(valid, kd, zero)
-        out.accuracy[r0:r1] = torch.where(valid, accuracy, zero)
-        out.lse[r0:r1] = torch.where(valid[:, None], torch.stack([lse_z, lse_zt, lse_rest], dim=1), zero[:, None])
-
+        _store(out, r0, r1, valid, loss, ce, kd, accuracy, [lse_z, lse_zt, lse_rest])
         if grad is not None:
-            softmax = (z - lse_z[:, None]).exp()
-            g = (1 - kd_weight) * softmax
-            g.scatter_add_(1, y_safe[:, None], torch.full_like(ce[:, None], -(1 - kd_weight) * (1 - eps)))
-            if eps > 0:
-                g -= (1 - kd_weight) * eps / vocab
-            if lam > 0:
-                g += (2 * lam) * lse_z[:, None] * softmax
+            g = _student_grad(z, y_safe, lse_z, kd_weight, options)
             if use_teacher:
                 # d D / d(z/tau): q_i - p_i on K, q_i - p_rest * q_i / Q_rest elsewhere
                 q = (zt - lse_zt[:, None]).exp()
@@ -235,9 +234,5 @@ def topk_rows(
                 p_k = torch.where(filled, p[:, :-1], torch.zeros_like(p[:, :-1]))
                 d = d.scatter_add(1, idx_safe, -p_k)
                 g += kd_weight * tau * d
-            if options.softcap is not None:
-                g *= 1 - (z / options.softcap) ** 2
-            scale = grad_scale.to(math_dtype).expand(n)[r0:r1]
-            g = torch.where(valid[:, None], g * scale[:, None], torch.zeros_like(g))
-            grad[r0:r1].copy_(g)
+            _finish_grad(g, z, valid, options, grad_scale, n, r0, r1, grad)
     return out
