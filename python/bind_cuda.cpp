@@ -30,7 +30,8 @@ void rows(uintptr_t student, int64_t student_row_stride, int32_t student_dtype, 
           float temperature, int64_t ignore_index, uintptr_t loss, uintptr_t ce, uintptr_t kd,
           uintptr_t lse, uintptr_t grad, int64_t grad_row_stride, uintptr_t grad_scale,
           int64_t grad_scale_stride, uintptr_t stream, int32_t device, int32_t block,
-          int32_t cluster) {
+          int32_t cluster, int64_t kd_vocab, float softcap, float teacher_softcap, int32_t divergence,
+          float beta, float label_smoothing, float z_loss, uintptr_t accuracy) {
   salt::RowsArgs a;
   a.student = as_ptr<const void>(student);
   a.student_row_stride = student_row_stride;
@@ -55,6 +56,14 @@ void rows(uintptr_t student, int64_t student_row_stride, int32_t student_dtype, 
   a.grad_scale = as_ptr<const float>(grad_scale);
   a.grad_scale_stride = grad_scale_stride;
   a.stream = as_ptr<void>(stream);
+  a.kd_vocab = kd_vocab;
+  a.softcap = softcap;
+  a.teacher_softcap = teacher_softcap;
+  a.divergence = divergence;
+  a.beta = beta;
+  a.label_smoothing = label_smoothing;
+  a.z_loss = z_loss;
+  a.accuracy = as_ptr<float>(accuracy);
   const bool uses_teacher = a.teacher != nullptr && a.kd_weight != 0.f;
   const salt::cuda::LaunchConfig cfg =
       config_of(vocab, student_dtype, uses_teacher ? teacher_dtype : -1, block, cluster);
@@ -87,7 +96,11 @@ PYBIND11_MODULE(_salt_cuda, m) {
         py::arg("kd_weight"), py::arg("temperature"), py::arg("ignore_index"), py::arg("loss"),
         py::arg("ce"), py::arg("kd"), py::arg("lse"), py::arg("grad"),
         py::arg("grad_row_stride"), py::arg("grad_scale"), py::arg("grad_scale_stride"),
-        py::arg("stream"), py::arg("device"), py::arg("block") = 0, py::arg("cluster") = 0);
+        py::arg("stream"), py::arg("device"), py::arg("block") = 0, py::arg("cluster") = 0,
+        // distillation options (salt::RowsArgs): the defaults are "off"
+        py::arg("kd_vocab") = int64_t(0), py::arg("softcap") = 0.f, py::arg("teacher_softcap") = 0.f,
+        py::arg("divergence") = int32_t(0), py::arg("beta") = 0.5f, py::arg("label_smoothing") = 0.f,
+        py::arg("z_loss") = 0.f, py::arg("accuracy") = uintptr_t(0));
   m.def("launch_config", &launch_config, py::arg("vocab"), py::arg("student_dtype"),
         py::arg("teacher_dtype") = -1, py::arg("block") = 0, py::arg("cluster") = 0,
         "(mode, threads per row group, cluster) the launcher picks: mode 'warp' (a warp per row) "

@@ -28,7 +28,8 @@ import salt_kernels as sk
 import cuda_emulator
 from oracle import assert_rows_match, make_logits, oracle_reduce, oracle_rows
 from salt_kernels.backends import cuda as cuda_backend
-from salt_kernels.backends.base import RowOutputs
+from salt_kernels.backends import reference
+from salt_kernels.backends.base import DEFAULT_OPTIONS, LossOptions, RowOutputs, compiled_rows_args
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 HAS_GPU = torch.cuda.is_available()
@@ -286,6 +287,162 @@ def test_emulator_reports_out_of_bounds_loads(emulator, gen):
     regions = [[z.data_ptr(), v * 4, (v - 1) * 4, n, 0], [y.data_ptr(), 8, 8, n, 0]]
     rc, err = cuda_emulator.launch(emulator, ia, (0.0, 1.0), regions)
     assert rc == 1 and "out-of-bounds" in err
+
+
+# ---- distillation options (docs/design.md, "Distillation options") ---------------------------------
+# rows_kernel_options against the reference backend with the same options on the same inputs (the
+# reference in float64): loss, ce, kd to 1e-5 of max(|part|, |loss|), the log-sum-exps that are
+# defined, accuracy exactly, the gradient to 1e-5 (fp32) / 1e-2 (16-bit) in relative norm.
+
+OPTION_CASES = {
+    "softcap": dict(softcap=8.0),
+    "teacher_softcap": dict(teacher_softcap=6.0),
+    "kd_vocab": dict(kd_vocab=150),
+    "kd_vocab_1": dict(kd_vocab=1),
+    "reverse_kl": dict(divergence="reverse_kl"),
+    "jsd": dict(divergence="jsd", beta=0.3),
+    "label_smoothing": dict(label_smoothing=0.1),
+    "z_loss": dict(z_loss=1e-3),
+    "forward_all": dict(softcap=8.0, teacher_softcap=6.0, kd_vocab=150, label_smoothing=0.1, z_loss=1e-3),
+    "reverse_combo": dict(divergence="reverse_kl", softcap=8.0, kd_vocab=150, z_loss=1e-4),
+    "jsd_combo": dict(divergence="jsd", beta=0.7, teacher_softcap=6.0, kd_vocab=97, label_smoothing=0.05),
+}
+# (mode, threads per block, cluster): a warp per row, a block per row, a cluster of blocks per row
+OPTION_CONFIGS = [("warp", 256, 1), ("block", 256, 1), ("block", 256, 2)]
+
+
+def _options_case(n, vocab, dz, du, opts, *, gen, teacher_vocab=None, layout="contiguous"):
+    """Inputs for an options run: V = `vocab` (not a multiple of any vector width), a teacher of
+    its own vocabulary when kd_vocab is set, an ignored row, rows whose label is the argmax and
+    rows with a tie for the maximum (lowest index wins)."""
+    vt = teacher_vocab or (vocab if opts.kd_vocab is None else vocab - 22)
+    z = make_logits((n, vocab), torch.float32, generator=gen)
+    u = make_logits((n, vt), torch.float32, generator=gen) if du is not None else None
+    y = torch.randint(0, vocab, (n,), generator=gen)
+    y[0] = int(z[0].argmax())
+    if n > 3:
+        z[2, 7] = z[2, 120] = z[2].max() + 1.0  # tie: argmax is 7
+        y[2] = 120
+        z[3, 11] = z[3, 60] = z[3].max() + 1.0
+        y[3] = 11
+    y[1] = -100
+    z = z.to(dz)
+    u = u.to(du) if u is not None else None
+    if layout == "strided":  # misaligned rows inside wider buffers, each tensor its own stride
+        def embed(x, pad, off):
+            big = torch.full((n, x.shape[1] + pad), 1e4, dtype=x.dtype)
+            big[:, off:off + x.shape[1]] = x
+            return big[:, off:off + x.shape[1]]
+
+        z = embed(z, 5, 1)
+        u = embed(u, 3, 3) if u is not None else None
+        gbuf = torch.full((n, vocab + 6), 777.0, dtype=dz)
+        grad = gbuf[:, 2:2 + vocab]
+    else:
+        gbuf = grad = torch.full((n, vocab), float("nan"), dtype=dz)
+    return z, u, y, grad, gbuf
+
+
+def _check_options(out, grad, ref, ref_grad, dz, with_teacher):
+    loss = ref.loss.abs()
+    for name in ("loss", "ce", "kd"):
+        got, want = getattr(out, name).double(), getattr(ref, name)
+        bound = 1e-5 * torch.maximum(want.abs(), loss) + 1e-7
+        err = (got - want).abs()
+        assert bool((err <= bound).all()), (name, got, want)
+    cols = [0, 1, 2] if with_teacher else [0]
+    lse, want = out.lse.double()[:, cols], ref.lse[:, cols]
+    assert bool(((lse - want).abs() <= 1e-5 * want.abs() + 1e-6).all()), (lse, want)
+    if not with_teacher:
+        assert bool((out.lse[1] == 0).all())
+    assert out.accuracy is not None and torch.equal(out.accuracy.double(), ref.accuracy), (out.accuracy, ref.accuracy)
+    tol = 1e-5 if dz == torch.float32 else 1e-2
+    g = grad.double()
+    assert bool(torch.isfinite(g).all()), "gradient not fully written"
+    assert bool((g[1] == 0).all())
+    rel = float((g - ref_grad).norm() / ref_grad.norm())
+    assert rel <= tol, rel
+
+
+def run_options(lib, opts, dz, du, *, gen, n=5, vocab=203, w=0.5, tau=2.0, layout="contiguous", **launch):
+    z, u, y, grad, gbuf = _options_case(n, vocab, dz, du, opts, gen=gen, layout=layout)
+    scale = torch.rand(n, generator=gen) * 2 - 0.5
+    out = cuda_emulator.rows(lib, z, u, y, kd_weight=w, temperature=tau, ignore_index=-100, grad=grad,
+                             grad_scale=scale, options=opts, **launch)
+    ref_grad = torch.empty(n, vocab, dtype=torch.float64)
+    ref = reference.rows(z.double(), None if u is None else u.double(), y, kd_weight=w, temperature=tau,
+                         ignore_index=-100, grad=ref_grad, grad_scale=scale.double(), options=opts)
+    _check_options(out, grad, ref, ref_grad, dz, u is not None and w > 0)
+    if layout == "strided":  # nothing written outside the gradient's rows
+        pad = torch.ones(gbuf.shape, dtype=torch.bool)
+        pad[:, 2:2 + vocab] = False
+        assert bool((gbuf[pad] == 777.0).all())
+    # Forward only: the same statistics.
+    out2 = cuda_emulator.rows(lib, z, u, y, kd_weight=w, temperature=tau, ignore_index=-100, options=opts, **launch)
+    assert torch.equal(out2.loss, out.loss) and torch.equal(out2.accuracy, out.accuracy)
+
+
+@pytest.mark.parametrize("mode,block,cluster", OPTION_CONFIGS)
+@pytest.mark.parametrize("case", list(OPTION_CASES))
+def test_emulated_options_match_reference(emulator, case, mode, block, cluster, gen):
+    opts = LossOptions(**OPTION_CASES[case])
+    run_options(emulator, opts, torch.float32, torch.float32, gen=gen, mode=mode, block=block, cluster=cluster)
+
+
+@pytest.mark.parametrize("mode,block,cluster", [("warp", 256, 1), ("block", 512, 4)])
+@pytest.mark.parametrize("case", list(OPTION_CASES))
+def test_emulated_options_bf16(emulator, case, mode, block, cluster, gen):
+    # 512-thread choices run the options kernel in 256-thread blocks (as the real launcher does)
+    opts = LossOptions(**OPTION_CASES[case])
+    du = torch.bfloat16 if mode == "warp" else torch.float32
+    run_options(emulator, opts, torch.bfloat16, du, gen=gen, tau=1.0 if mode == "warp" else 3.0, mode=mode,
+                block=block, cluster=cluster)
+
+
+@pytest.mark.parametrize("mode,block,cluster", [("warp", 256, 1), ("block", 256, 2)])
+def test_emulated_options_without_teacher(emulator, mode, block, cluster, gen):
+    """kd_weight 0: no teacher read; softcap, label smoothing, z-loss and accuracy on CE alone."""
+    opts = LossOptions(softcap=8.0, label_smoothing=0.1, z_loss=1e-3)
+    run_options(emulator, opts, torch.float32, None, gen=gen, w=0.0, mode=mode, block=block, cluster=cluster)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_emulated_options_strided_misaligned(emulator, dtype, gen):
+    opts = LossOptions(divergence="jsd", beta=0.4, softcap=8.0, kd_vocab=150, label_smoothing=0.1)
+    run_options(emulator, opts, dtype, dtype, gen=gen, layout="strided", mode="block", block=256, cluster=2)
+
+
+def test_emulated_options_accuracy_alone(emulator, gen):
+    """Default options with an accuracy output run the options kernel: the plain loss and its
+    gradient, plus the accuracy."""
+    n, v = 5, 203
+    z, u, y, grad, _ = _options_case(n, v, torch.float32, torch.float32, DEFAULT_OPTIONS, gen=gen)
+    out = RowOutputs.empty(n, "cpu")
+    out.accuracy = torch.empty(n)
+    scale = torch.ones(n)
+    a = compiled_rows_args(z, u, y, out, kd_weight=0.5, temperature=2.0, ignore_index=-100, grad=grad,
+                           grad_scale=scale, options=DEFAULT_OPTIONS)
+    assert a["accuracy"] != 0
+    ia = [a[k] for k in ("student", "student_row_stride", "student_dtype", "teacher", "teacher_row_stride",
+                         "teacher_dtype", "labels", "labels_stride", "labels_int64", "n_rows", "vocab",
+                         "ignore_index", "loss", "ce", "kd", "lse", "grad", "grad_row_stride", "grad_scale",
+                         "grad_scale_stride")] + [0, 256, 1, 0, 0, a["accuracy"]]
+    regions = [cuda_emulator.region(z, n, v, False), cuda_emulator.region(y, n, 1, False),
+               cuda_emulator.region(u, n, v, False), cuda_emulator.region(grad, n, v, True),
+               cuda_emulator.region(scale, n, 1, False)]
+    rc, err = cuda_emulator.launch(emulator, ia, (0.5, 2.0), regions)
+    assert rc == 0, err
+    ref_grad = torch.empty(n, v, dtype=torch.float64)
+    ref = reference.rows(z.double(), u.double(), y, kd_weight=0.5, temperature=2.0, ignore_index=-100,
+                         grad=ref_grad, grad_scale=scale.double())
+    _check_options(out, grad, ref, ref_grad, torch.float32, True)
+
+
+def test_supports_options_claims_what_the_kernel_computes():
+    for case in OPTION_CASES.values():
+        ok, why = cuda_backend.supports_options(LossOptions(**case))
+        assert ok, why
+    assert cuda_backend.supports_options(DEFAULT_OPTIONS) == (True, "")
 
 
 # ---- on a GPU ------------------------------------------------------------------------------------

@@ -554,6 +554,473 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)
   }
 }
 
+// ---- the distillation options (docs/design.md, "Distillation options") ---------------------------
+//
+// A second kernel, rows_kernel_options, runs a row when any option is on (or the accuracy is
+// asked for); rows_kernel above keeps the plain loss's hot loop unchanged. Same work split and
+// combines; per element it applies the softcaps (salt_math.h's softcap_value), keeps the KD
+// statistics over the first K = kd_vocab entries only (the teacher is never read past K), and
+// tracks the raw argmax (softcapping is increasing) and, for label smoothing, the sum of z.
+// The divergence is a run-time switch (one instance per dtype pair and launch shape):
+//   forward KL: the accumulator a rescales with the teacher's state, as in rows_kernel;
+//   reverse KL: the accumulator b = sum exp(z/tau - m) (z - u) rescales with the state of z/tau;
+//   JSD: the states of z/tau and u/tau also carry the t of salt_math.h's xlogx_combine, giving
+//        sum q log q and sum p log p; one more pass over the first K entries, once the
+//        normalizers are known, gives sum m log m and sum q log m (jsd_log_mix, xlog_term), two
+//        sums merged like the other statistics.
+
+// Per-thread state. Maxima in the raw domain of the (capped) logits: mz of z over [0, V), mzt of z
+// over [0, K), mu of u over [0, K); sums relative to them (szt, su at tau).
+// tzt, tu: JSD only, the t of xlogx_combine (in the domain of z / tau and u / tau).
+struct OScan {
+  float mz, sz, mzt, szt, mu, su, a, tzt, tu, sumz, amax;
+  int aidx;
+  bool nan;
+};
+
+// Combinable form (salt_math.h's (m, s) pairs with m in the domain of z, z / tau, u / tau).
+struct OStats {
+  float mz, sz, mzt, szt, mu, su, a, tzt, tu, sumz, amax;
+  int aidx, nan;
+};
+
+struct JsdSums {
+  float mlogm, qlogm;  // sum_j m_j log m_j, sum_j q_j log m_j over [0, K)
+};
+
+__device__ __forceinline__ OScan oscan_init() {
+  return OScan{-INFINITY, 0.f, -INFINITY, 0.f, -INFINITY, 0.f, 0.f, 0.f, 0.f, 0.f, -INFINITY, 0x7fffffff, false};
+}
+__device__ __forceinline__ OStats ostats_empty() {
+  return OStats{-INFINITY, 0.f, -INFINITY, 0.f, -INFINITY, 0.f, 0.f, 0.f, 0.f, 0.f, -INFINITY, 0x7fffffff, 0};
+}
+
+// Whether (v, i) comes before (bv, bi) in torch's argmax order: the first NaN, else the largest
+// value, lowest index among equal ones.
+__device__ __forceinline__ bool argmax_better(float v, int i, float bv, int bi) {
+  const bool vn = v != v, bn = bv != bv;
+  if (vn || bn) return vn && (!bn || i < bi);
+  return v > bv || (v == bv && i < bi);
+}
+
+// One raw student element z (index j; kd: j < K) and teacher element u into the state.
+template <bool TEACHER>
+__device__ __forceinline__ void opt_accumulate(OScan& s, float z, float u, int j, bool kd, float cap,
+                                               float tcap, bool smooth, int div, float L, float Lt,
+                                               float inv_tau) {
+  s.nan = s.nan || (z != z);
+  if (argmax_better(z, j, s.amax, s.aidx)) {
+    s.amax = z;
+    s.aidx = j;
+  }
+  const float zc = cap > 0.f ? softcap_value(z, cap) : z;
+  if (smooth) s.sumz += zc;
+  if (zc > s.mz) {
+    s.sz *= fast_exp2((s.mz - zc) * L);  // -inf for an empty state: factor 0
+    s.mz = zc;
+  }
+  if (zc != -INFINITY) s.sz += fast_exp2((zc - s.mz) * L);  // NaN lands here
+  if constexpr (TEACHER) {
+    if (kd) {
+      s.nan = s.nan || (u != u);
+      const float uc = tcap > 0.f ? softcap_value(u, tcap) : u;
+      // JSD: t = sum exp(x - m) (x - m) in the domain x = z / tau, rescaled as xlogx_combine
+      // does (an empty state has t = 0); an entry's x - m is clamped at -88 (its exp is 0).
+      if (zc > s.mzt) {
+        const float d = (s.mzt - zc) * inv_tau;
+        const float f = fast_exp2(d * L);
+        if (div == kJSD) s.tzt = s.mzt == -INFINITY ? 0.f : f * (s.tzt + s.szt * d);
+        s.szt *= f;
+        if (div == kReverseKL) s.a *= f;
+        s.mzt = zc;
+      }
+      const float xzt = (zc - s.mzt) * inv_tau;
+      const float ezt = zc == -INFINITY ? 0.f : fast_exp2(xzt * L);
+      s.szt += ezt;
+      if (div == kJSD) s.tzt += ezt * fmaxf(xzt, -88.f);
+      if (uc > s.mu) {
+        const float d = (s.mu - uc) * inv_tau;
+        const float f = fast_exp2(d * L);
+        if (div == kJSD) s.tu = s.mu == -INFINITY ? 0.f : f * (s.tu + s.su * d);
+        s.su *= f;
+        if (div == kForwardKL) s.a *= f;
+        s.mu = uc;
+      }
+      const float xu = (uc - s.mu) * inv_tau;
+      const float eu = uc == -INFINITY ? 0.f : fast_exp2(xu * L);
+      s.su += eu;
+      if (div == kJSD) s.tu += eu * fmaxf(xu, -88.f);
+      if (div == kForwardKL) s.a += kd_term(uc, zc, eu);
+      else if (div == kReverseKL) s.a += reverse_kd_term(zc, uc, ezt);
+    }
+  }
+}
+
+template <bool TEACHER>
+__device__ __forceinline__ OStats to_ostats(const OScan& s, float inv_tau) {
+  OStats t;
+  t.mz = s.mz;
+  t.sz = s.sz;
+  t.mzt = TEACHER ? s.mzt * inv_tau : -INFINITY;
+  t.szt = TEACHER ? s.szt : 0.f;
+  t.mu = TEACHER ? s.mu * inv_tau : -INFINITY;
+  t.su = TEACHER ? s.su : 0.f;
+  t.a = TEACHER ? s.a : 0.f;
+  t.tzt = TEACHER ? s.tzt : 0.f;
+  t.tu = TEACHER ? s.tu : 0.f;
+  t.sumz = s.sumz;
+  t.amax = s.amax;
+  t.aidx = s.aidx;
+  t.nan = s.nan ? 1 : 0;
+  return t;
+}
+
+// Merges y into x. The a-accumulator goes with the teacher's state (forward KL) or the state of
+// z / tau (reverse KL); for the JSD both states carry their t (xlogx_combine).
+struct OCombine {
+  int div;
+  template <bool TEACHER>
+  __device__ __forceinline__ void operator()(OStats& x, const OStats& y) const {
+    lse_combine(x.mz, x.sz, y.mz, y.sz);
+    if constexpr (TEACHER) {
+      if (div == kJSD) {
+        xlogx_combine(x.mzt, x.szt, x.tzt, y.mzt, y.szt, y.tzt);
+        xlogx_combine(x.mu, x.su, x.tu, y.mu, y.su, y.tu);
+      } else if (div == kReverseKL) {
+        kd_combine(x.mzt, x.szt, x.a, y.mzt, y.szt, y.a);
+        lse_combine(x.mu, x.su, y.mu, y.su);
+      } else {
+        lse_combine(x.mzt, x.szt, y.mzt, y.szt);
+        kd_combine(x.mu, x.su, x.a, y.mu, y.su, y.a);
+      }
+    }
+    x.sumz += y.sumz;
+    if (argmax_better(y.amax, y.aidx, x.amax, x.aidx)) {
+      x.amax = y.amax;
+      x.aidx = y.aidx;
+    }
+    x.nan |= y.nan;
+  }
+  template <bool TEACHER>
+  __device__ __forceinline__ void operator()(JsdSums& x, const JsdSums& y) const {
+    x.mlogm += y.mlogm;
+    x.qlogm += y.qlogm;
+  }
+};
+
+// Butterfly all-reduce of a struct of 32-bit words over the 32 lanes (every lane ends with the
+// same value: each pair of partners combines the same two values in the same order... up to the
+// order of the two operands, which the combines above treat symmetrically for the maxima; sums
+// are added as (own + other), the same on both partners since float addition commutes).
+template <bool TEACHER, class St>
+__device__ __forceinline__ void warp_allreduce_any(St& s, const OCombine& comb) {
+  static_assert(sizeof(St) % 4 == 0, "32-bit words");
+  constexpr int kW = int(sizeof(St) / 4);
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    uint32_t wi[kW], wo[kW];
+    memcpy(wi, &s, sizeof(St));
+#pragma unroll
+    for (int i = 0; i < kW; ++i) wo[i] = __shfl_xor_sync(kFull, wi[i], off);
+    St o;
+    memcpy(&o, wo, sizeof(St));
+    comb.template operator()<TEACHER>(s, o);
+  }
+}
+
+// All-reduce of `st` over the row's threads: warp, block (shared memory `warp_part`), cluster
+// (distributed shared memory `block_part`). For a cluster, the arrival that follows the reads of
+// the other blocks' `block_part` is completed (barrier_wait) by the next reduction or at the end
+// of the kernel, so no block leaves while another may still read its shared memory.
+template <bool TEACHER, bool WARP_ROWS, int NWARPS, class St>
+__device__ __forceinline__ void row_allreduce(St& st, const St& empty, const OCombine& comb, St* warp_part,
+                                              St* block_part, int cluster, int lane, int warp,
+                                              bool& cluster_wait) {
+  warp_allreduce_any<TEACHER>(st, comb);
+  if constexpr (!WARP_ROWS) {
+    if (lane == 0) warp_part[warp] = st;
+    __syncthreads();
+    st = lane < NWARPS ? warp_part[lane] : empty;
+    warp_allreduce_any<TEACHER>(st, comb);
+    if (cluster > 1) {
+      cg::cluster_group cl = cg::this_cluster();
+      if (cluster_wait) cl.barrier_wait();
+      if (threadIdx.x == 0) block_part[0] = st;
+      cl.sync();
+      St r = empty;
+      if (lane < cluster) r = *cl.map_shared_rank(&block_part[0], lane);
+      warp_allreduce_any<TEACHER>(r, comb);
+      st = r;
+      cl.barrier_arrive();
+      cluster_wait = true;
+    }
+  }
+}
+
+template <int DZ, int DU, bool TEACHER, int BLOCK, bool WARP_ROWS>
+__global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)
+    rows_kernel_options(const RowsArgs args, const int cluster) {
+  using TZ = typename Elem<DZ>::T;
+  using TU = typename Elem<DU>::T;
+  constexpr int VEC = 16 / int(sizeof(TZ));
+  constexpr int NWARPS = BLOCK / 32;
+  static_assert(NWARPS <= 32, "one warp combines the per-warp partial states");
+  using ZGroup = Group<DZ, VEC>;
+  using UGroup = Group<DU, VEC>;
+
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  int64_t row;
+  int rank = 0;
+  int t;
+  int S;
+  if constexpr (WARP_ROWS) {
+    row = int64_t(blockIdx.x) * NWARPS + warp;
+    if (row >= args.n_rows) return;
+    t = lane;
+    S = 32;
+  } else {
+    row = int64_t(blockIdx.x) / cluster;
+    rank = int(blockIdx.x % unsigned(cluster));
+    t = rank * BLOCK + int(threadIdx.x);
+    S = cluster * BLOCK;
+  }
+  const bool is_writer = WARP_ROWS ? lane == 0 : (rank == 0 && threadIdx.x == 0);
+
+  const int V = int(args.vocab);
+  const int K = TEACHER ? (args.kd_vocab > 0 && args.kd_vocab < args.vocab ? int(args.kd_vocab) : V) : 0;
+  const int64_t label = args.labels_int64
+                            ? __ldg(static_cast<const long long*>(args.labels) + row * args.labels_stride)
+                            : int64_t(__ldg(static_cast<const int*>(args.labels) + row * args.labels_stride));
+  TZ* const grow = args.grad ? static_cast<TZ*>(args.grad) + row * args.grad_row_stride : nullptr;
+  const TZ* const zrow = static_cast<const TZ*>(args.student) + row * args.student_row_stride;
+  const TU* const urow =
+      TEACHER ? static_cast<const TU*>(args.teacher) + row * args.teacher_row_stride : nullptr;
+
+  const uintptr_t zaddr = reinterpret_cast<uintptr_t>(zrow);
+  int h = 0;
+  bool zvec = false;
+  if (zaddr % sizeof(TZ) == 0) {
+    h = int(((16 - zaddr % 16) % 16) / sizeof(TZ));
+    zvec = true;
+  }
+  if (h > V) h = V;
+  const int G = (V - h) / VEC;
+  const int tail0 = h + G * VEC;
+  const int n_scalar = h + (V - tail0);
+  const bool uvec = TEACHER && reinterpret_cast<uintptr_t>(urow + h) % UGroup::kAlign == 0;
+  const bool gvec = grow != nullptr && reinterpret_cast<uintptr_t>(grow + h) % 16 == 0;
+
+  if (label == args.ignore_index) {
+    if (is_writer) {
+      args.loss[row] = args.ce[row] = args.kd[row] = 0.f;
+      args.lse[3 * row] = args.lse[3 * row + 1] = args.lse[3 * row + 2] = 0.f;
+      if (args.accuracy) args.accuracy[row] = 0.f;
+    }
+    if (grow) {
+      float zero[VEC];
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) zero[k] = 0.f;
+      for (int g = t; g < G; g += S) store_group<DZ, VEC>(grow + h + g * VEC, gvec, zero);
+      for (int i = t; i < n_scalar; i += S) store_scalar<DZ>(grow + (i < h ? i : tail0 + (i - h)), 0.f);
+    }
+    return;
+  }
+
+  const float w = TEACHER ? args.kd_weight : 0.f;
+  const float tau = args.temperature;
+  const float inv_tau = 1.f / tau;
+  const float L = kLog2e;
+  const float Lt = kLog2e * inv_tau;
+  const float cap = args.softcap, tcap = args.teacher_softcap;
+  const float eps = args.label_smoothing, lam = args.z_loss, beta = args.beta;
+  const bool smooth = eps != 0.f;
+  const int div = TEACHER ? int(args.divergence) : int(kForwardKL);
+  const OCombine comb{div};
+
+  // Teacher element e of the group starting at j0 (0 past K, where it is never used).
+  auto group_u = [&](float (&uv)[VEC], int j0, bool last_use) {
+    if (j0 + VEC <= K) {
+      UGroup ug;
+      ug.load(urow + j0, uvec, last_use);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) uv[e] = ug.get(e);
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) uv[e] = j0 + e < K ? load_scalar<DU>(urow + j0 + e, last_use) : 0.f;
+    }
+  };
+
+  // ---- pass 1: statistics ----
+  OScan sc = oscan_init();
+  for (int g = t; g < G; g += S) {
+    const int j0 = h + g * VEC;
+    ZGroup zg;
+    zg.load(zrow + j0, zvec, false);
+    float uv[VEC];
+    if constexpr (TEACHER) {
+      if (j0 < K) group_u(uv, j0, false);
+    }
+#pragma unroll
+    for (int e = 0; e < VEC; ++e)
+      opt_accumulate<TEACHER>(sc, zg.get(e), TEACHER ? uv[e] : 0.f, j0 + e, j0 + e < K, cap, tcap, smooth, div,
+                              L, Lt, inv_tau);
+  }
+  for (int i = t; i < n_scalar; i += S) {
+    const int j = i < h ? i : tail0 + (i - h);
+    const float z = load_scalar<DZ>(zrow + j, false);
+    const float u = TEACHER && j < K ? load_scalar<DU>(urow + j, false) : 0.f;
+    opt_accumulate<TEACHER>(sc, z, u, j, j < K, cap, tcap, smooth, div, L, Lt, inv_tau);
+  }
+
+  SALT_SHARED(OStats, warp_part, NWARPS);
+  SALT_SHARED(OStats, block_part, 1);
+  SALT_SHARED(JsdSums, warp_part2, NWARPS);
+  SALT_SHARED(JsdSums, block_part2, 1);
+  bool cluster_wait = false;
+  OStats st = to_ostats<TEACHER>(sc, inv_tau);
+  row_allreduce<TEACHER, WARP_ROWS, NWARPS>(st, ostats_empty(), comb, warp_part, block_part, cluster, lane, warp,
+                                            cluster_wait);
+
+  float lse_z = lse_value(st.mz, st.sz);
+  float lse_zt = TEACHER ? lse_value(st.mzt, st.szt) : lse_z;
+  float lse_u = TEACHER ? lse_value(st.mu, st.su) : 0.f;
+  if (st.nan) lse_z = lse_zt = lse_u = NAN;
+  const float oz = lse_z == -INFINITY ? INFINITY : lse_z;
+  const float ozt = lse_zt == -INFINITY ? INFINITY : lse_zt;
+  const float ou = lse_u == -INFINITY ? INFINITY : lse_u;
+  const float cr = lse_u - lse_zt;  // r_j = log q_j - log p_j = (z_j - u_j) / tau + cr
+
+  // p_j, q_j and log q_j of an entry j < K from its capped logits.
+  auto pq = [&](float zc, float uc, float& p, float& q, float& log_q) {
+    log_q = fmaf(zc, inv_tau, -ozt);
+    q = fast_exp2(log_q * L);
+    p = fast_exp2(fmaf(uc, inv_tau, -ou) * L);
+  };
+
+  // ---- JSD: sum m log m and sum q log m over [0, K) ----
+  float kl_qm = 0.f, kd = 0.f;
+  if constexpr (TEACHER) {
+    if (div == kJSD) {
+      JsdSums js{0.f, 0.f};
+      auto jsd_elem = [&](float z, float u) {
+        const float zc = cap > 0.f ? softcap_value(z, cap) : z;
+        const float uc = tcap > 0.f ? softcap_value(u, tcap) : u;
+        float p, q, log_q;
+        pq(zc, uc, p, q, log_q);
+        const float lm = jsd_log_mix(p, q, beta);
+        js.mlogm += xlog_term(beta * p + (1.f - beta) * q, lm);
+        js.qlogm += xlog_term(q, lm);
+      };
+      for (int g = t; g < G; g += S) {
+        const int j0 = h + g * VEC;
+        if (j0 >= K) break;
+        ZGroup zg;
+        zg.load(zrow + j0, zvec, false);
+        float uv[VEC];
+        group_u(uv, j0, false);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e)
+          if (j0 + e < K) jsd_elem(zg.get(e), uv[e]);
+      }
+      for (int i = t; i < n_scalar; i += S) {
+        const int j = i < h ? i : tail0 + (i - h);
+        if (j < K) jsd_elem(load_scalar<DZ>(zrow + j, false), load_scalar<DU>(urow + j, false));
+      }
+      row_allreduce<TEACHER, WARP_ROWS, NWARPS>(js, JsdSums{0.f, 0.f}, comb, warp_part2, block_part2, cluster,
+                                                lane, warp, cluster_wait);
+      float plogp = xlogx_value(st.mu, st.su, st.tu, lse_u);
+      float qlogq = xlogx_value(st.mzt, st.szt, st.tzt, lse_zt);
+      if (st.nan) plogp = qlogq = js.mlogm = js.qlogm = NAN;
+      kl_qm = qlogq - js.qlogm;
+      kd = jsd_value(plogp, qlogq, js.mlogm, beta, tau);
+    } else if (div == kReverseKL) {
+      kd = reverse_kd_value(st.a, st.szt, lse_u, lse_zt, tau);
+    } else {
+      kd = kd_value(st.a, st.su, lse_u, lse_zt, tau);
+    }
+  }
+
+  if (is_writer) {
+    const bool label_ok = label >= 0 && label < V;
+    float zl = NAN;
+    if (label_ok) {
+      zl = load_scalar<DZ>(zrow + label, false);
+      if (cap > 0.f) zl = softcap_value(zl, cap);
+    }
+    const float ce = label_ok ? smoothed_ce_value(lse_z, zl, st.sumz / float(V), eps) : NAN;
+    args.loss[row] = loss_value(ce, kd, w) + z_loss_value(lse_z, lam);
+    args.ce[row] = ce;
+    args.kd[row] = kd;
+    args.lse[3 * row] = lse_z;
+    args.lse[3 * row + 1] = lse_zt;
+    args.lse[3 * row + 2] = lse_u;
+    if (args.accuracy) args.accuracy[row] = label_ok && int64_t(st.aidx) == label ? 1.f : 0.f;
+  }
+
+  // ---- pass 2: gradient, groups in reverse order ----
+  if (grow) {
+    const float scale = __ldg(args.grad_scale + row * args.grad_scale_stride);
+    const float zlg = lam == 0.f ? 0.f : 2.f * lam * lse_z;
+    const float inv_v = 1.f / float(V);
+    // reverse KL: D = KL(q || p) without the tau^2
+    const float d_rev = TEACHER && div == kReverseKL ? st.a / (tau * st.szt) - lse_zt + lse_u : 0.f;
+    auto grad_elem = [&](float z, float u, int j) -> float {
+      const float zc = cap > 0.f ? softcap_value(z, cap) : z;
+      const float pz = fast_exp2((zc - oz) * L);
+      float kdg = 0.f;
+      if constexpr (TEACHER) {
+        if (j < K) {
+          const float uc = tcap > 0.f ? softcap_value(u, tcap) : u;
+          float p, q, log_q;
+          pq(zc, uc, p, q, log_q);
+          if (div == kForwardKL) {
+            kdg = forward_kd_grad(p, q);
+          } else if (div == kReverseKL) {
+            kdg = reverse_kd_grad(q, (zc - uc) * inv_tau + cr, d_rev);
+          } else {
+            kdg = jsd_grad(q, log_q, jsd_log_mix(p, q, beta), kl_qm, beta);
+          }
+        }
+      }
+      const float cf = cap > 0.f ? softcap_grad_factor(zc, cap) : 1.f;
+      return grad_value_options(pz, kdg, int64_t(j) == label, w, tau, eps, inv_v, zlg, cf, scale);
+    };
+    const int Kg = t < G ? (G - 1 - t) / S + 1 : 0;
+    for (int k = Kg - 1; k >= 0; --k) {
+      const int g = t + k * S;
+      const int j0 = h + g * VEC;
+      ZGroup zg;
+      zg.load(zrow + j0, zvec, true);
+      float uv[VEC];
+      if constexpr (TEACHER) {
+        if (j0 < K) group_u(uv, j0, true);
+      }
+      float out[VEC];
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) out[e] = grad_elem(zg.get(e), TEACHER ? uv[e] : 0.f, j0 + e);
+      store_group<DZ, VEC>(grow + j0, gvec, out);
+    }
+    for (int i = t; i < n_scalar; i += S) {
+      const int j = i < h ? i : tail0 + (i - h);
+      const float z = load_scalar<DZ>(zrow + j, true);
+      const float u = TEACHER && j < K ? load_scalar<DU>(urow + j, true) : 0.f;
+      store_scalar<DZ>(grow + j, grad_elem(z, u, j));
+    }
+  }
+
+  if constexpr (!WARP_ROWS) {
+    if (cluster_wait) cg::this_cluster().barrier_wait();
+  }
+}
+
+// Whether a launch needs rows_kernel_options (an option on, or the accuracy asked for).
+inline bool uses_options(const RowsArgs& a) {
+  if (a.accuracy != nullptr || a.softcap > 0.f || a.label_smoothing != 0.f || a.z_loss != 0.f) return true;
+  const bool teacher = a.teacher != nullptr && a.kd_weight != 0.f;
+  return teacher && (a.teacher_softcap > 0.f || a.divergence != kForwardKL || (a.kd_vocab > 0 && a.kd_vocab < a.vocab));
+}
+
 #if !defined(SALT_CUDA_EMULATION)
 // ---- host side ----------------------------------------------------------------------------------
 
@@ -598,9 +1065,53 @@ cudaError_t launch_typed(const RowsArgs& a, const LaunchConfig& cfg) {
   return cudaGetLastError();
 }
 
+// rows_kernel_options for the chosen configuration: a warp per row, or blocks of 256 threads (a
+// 512-thread choice runs as 256, so the options add two instances per dtype pair, not three),
+// with the configuration's cluster.
+template <int DZ, int DU, bool TEACHER>
+cudaError_t launch_typed_options(const RowsArgs& a, const LaunchConfig& cfg) {
+  cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
+  constexpr int kBlock = 256;
+  if (cfg.mode == kModeWarp) {
+    const int64_t blocks = (a.n_rows + kBlock / 32 - 1) / (kBlock / 32);
+    rows_kernel_options<DZ, DU, TEACHER, kBlock, true><<<unsigned(blocks), kBlock, 0, stream>>>(a, 1);
+    return cudaGetLastError();
+  }
+  const int64_t blocks = a.n_rows * cfg.cluster;
+  if (cfg.cluster == 1) {
+    rows_kernel_options<DZ, DU, TEACHER, kBlock, false><<<unsigned(blocks), kBlock, 0, stream>>>(a, 1);
+    return cudaGetLastError();
+  }
+  cudaLaunchConfig_t lc = {};
+  lc.gridDim = dim3(unsigned(blocks), 1, 1);
+  lc.blockDim = dim3(unsigned(kBlock), 1, 1);
+  lc.dynamicSmemBytes = 0;
+  lc.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = unsigned(cfg.cluster);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  lc.attrs = attr;
+  lc.numAttrs = 1;
+  const cudaError_t err =
+      cudaLaunchKernelEx(&lc, rows_kernel_options<DZ, DU, TEACHER, kBlock, false>, a, int(cfg.cluster));
+  if (err != cudaSuccess) return err;
+  return cudaGetLastError();
+}
+
 template <int DZ>
 cudaError_t launch_student(const RowsArgs& a, const LaunchConfig& cfg) {
-  if (a.teacher == nullptr || a.kd_weight == 0.f) return launch_typed<DZ, kFloat32, false>(a, cfg);
+  const bool teacher = a.teacher != nullptr && a.kd_weight != 0.f;
+  if (uses_options(a)) {
+    if (!teacher) return launch_typed_options<DZ, kFloat32, false>(a, cfg);
+    switch (a.teacher_dtype) {
+      case kBFloat16: return launch_typed_options<DZ, kBFloat16, true>(a, cfg);
+      case kFloat16: return launch_typed_options<DZ, kFloat16, true>(a, cfg);
+      default: return launch_typed_options<DZ, kFloat32, true>(a, cfg);
+    }
+  }
+  if (!teacher) return launch_typed<DZ, kFloat32, false>(a, cfg);
   switch (a.teacher_dtype) {
     case kBFloat16: return launch_typed<DZ, kBFloat16, true>(a, cfg);
     case kFloat16: return launch_typed<DZ, kFloat16, true>(a, cfg);

@@ -60,8 +60,15 @@ def is_available() -> tuple[bool, str]:
     return True, ""
 
 
+# Options rows_kernel_options computes (docs/design.md, "Distillation options"); checked against
+# the reference backend in the CUDA-kernel emulator (tests/test_cuda_backend.py).
+_SUPPORTED_OPTIONS = frozenset(
+    {"softcap", "teacher_softcap", "kd_vocab", "divergence", "beta", "label_smoothing", "z_loss"}
+)
+
+
 def supports_options(options: LossOptions) -> tuple[bool, str]:
-    extra = options.non_default()
+    extra = [name for name in options.non_default() if name not in _SUPPORTED_OPTIONS]
     if extra:
         return False, f"backend {NAME} does not compute {', '.join(extra)} yet"
     return True, ""
@@ -119,6 +126,11 @@ def rows(
     out = RowOutputs.empty(n, device)
     if n == 0:
         return out
+    # With an option on, the options kernel runs and computes the accuracy along the way; the
+    # plain loss keeps its kernel (and leaves the accuracy to the op, when asked for).
+    with_options = bool(options.non_default())
+    if with_options:
+        out.accuracy = torch.empty(n, dtype=torch.float32, device=device)
     index = device.index if device.index is not None else torch.cuda.current_device()
     _salt_cuda.rows(
         **compiled_rows_args(
@@ -131,6 +143,7 @@ def rows(
             ignore_index=ignore_index,
             grad=grad,
             grad_scale=grad_scale,
+            options=options if with_options else None,
         ),
         stream=torch.cuda.current_stream(device).cuda_stream,
         device=index,

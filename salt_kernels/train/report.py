@@ -156,7 +156,7 @@ def plot_curves(root: Path, summary: dict, path: Path) -> None:
         if n > 1:
             label += f", mean of {n} seeds"
             ax.fill_between(steps, [min(vs) for vs in values], [max(vs) for vs in values],
-                            color=color, alpha=0.2, lw=0, label=f"{kind}: min-max over seeds")
+                            color=color, alpha=0.2, lw=0, label=f"{label.split(' (')[0]}: min-max over seeds")
         ax.plot(steps, mean, "-", color=color, label=label)
     n_kd = summary["salt"].get("n_kd")
     if n_kd:

@@ -27,7 +27,7 @@ import tempfile
 import torch
 
 from salt_kernels.backends import cuda as cuda_backend
-from salt_kernels.backends.base import RowOutputs, compiled_rows_args
+from salt_kernels.backends.base import DEFAULT_OPTIONS, RowOutputs, compiled_rows_args
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -103,13 +103,21 @@ def build() -> ctypes.CDLL:
     return lib
 
 
+# Trailing arguments of salt_emulate_rows that a shorter call leaves at their "off" values:
+# ia: kd_vocab, divergence, accuracy; fa: softcap, teacher_softcap, beta, label_smoothing, z_loss.
+_IA_LEN, _FA_DEFAULTS = 26, (0.0, 1.0, 0.0, 0.0, 0.5, 0.0, 0.0)
+
+
 def launch(lib, ia, fa, regions) -> tuple[int, str]:
-    """One raw call of salt_emulate_rows (argument layout in emulate.cpp): (rc, error)."""
+    """One raw call of salt_emulate_rows (argument layout in emulate.cpp): (rc, error). ia and fa
+    may stop after the plain loss's fields (23 and 2); the options then stay off."""
     flat = [int(v) for r in regions for v in r]
     err = ctypes.create_string_buffer(1024)
+    ia = [int(v) for v in ia] + [0] * (_IA_LEN - len(ia))
+    fa = [float(v) for v in fa] + list(_FA_DEFAULTS[len(fa):])
     rc = lib.salt_emulate_rows(
-        (ctypes.c_int64 * len(ia))(*[int(v) for v in ia]),
-        (ctypes.c_double * 2)(*[float(v) for v in fa]),
+        (ctypes.c_int64 * len(ia))(*ia),
+        (ctypes.c_double * len(fa))(*fa),
         (ctypes.c_int64 * max(1, len(flat)))(*flat),
         len(regions),
         err,
@@ -134,18 +142,22 @@ def default_config(vocab: int, student_dtype, teacher_dtype) -> tuple[str, int, 
 
 
 def rows(lib, student, teacher, labels, *, kd_weight, temperature, ignore_index, grad=None, grad_scale=None,
-         mode=None, block=None, cluster=None) -> RowOutputs:
+         options=DEFAULT_OPTIONS, mode=None, block=None, cluster=None) -> RowOutputs:
     """backends/base.py's rows() with the CUDA kernel run by the emulator on CPU tensors. A
     problem the emulator finds (an access outside the declared regions, a misaligned vector
-    access, a deadlock) raises AssertionError."""
+    access, a deadlock) raises AssertionError. With options, the accuracy is computed too (as by
+    the real launcher) and the teacher is declared readable only up to kd_vocab."""
     n, vocab = student.shape
     out = RowOutputs.empty(n, student.device)
     if n == 0:
         return out
+    with_options = bool(options.non_default())
+    if with_options:
+        out.accuracy = torch.empty(n, dtype=torch.float32)
     if grad is not None:
         grad_scale = grad_scale.to(torch.float32).contiguous()  # kept alive for the launch
     a = compiled_rows_args(student, teacher, labels, out, kd_weight=kd_weight, temperature=temperature,
-                           ignore_index=ignore_index, grad=grad, grad_scale=grad_scale)
+                           ignore_index=ignore_index, grad=grad, grad_scale=grad_scale, options=options)
     use_teacher = a["teacher"] != 0
     if mode is None:
         mode, block, cluster = default_config(vocab, student.dtype, teacher.dtype if use_teacher else None)
@@ -153,14 +165,16 @@ def rows(lib, student, teacher, labels, *, kd_weight, temperature, ignore_index,
                          "teacher_dtype", "labels", "labels_stride", "labels_int64", "n_rows", "vocab",
                          "ignore_index", "loss", "ce", "kd", "lse", "grad", "grad_row_stride", "grad_scale",
                          "grad_scale_stride")]
-    ia += [0 if mode == "warp" else 1, block, cluster]
+    ia += [0 if mode == "warp" else 1, block, cluster, a["kd_vocab"], a["divergence"], a["accuracy"]]
     regions = [region(student, n, vocab, False), region(labels, n, 1, False, row_stride=a["labels_stride"])]
     if use_teacher:
-        regions.append(region(teacher, n, vocab, False))
+        regions.append(region(teacher, n, options.kd_vocab or vocab, False))
     if grad is not None:
         regions.append(region(grad, n, vocab, True))
         gs_stride = a["grad_scale_stride"]
         regions.append(region(grad_scale, n if gs_stride else 1, 1, False, row_stride=gs_stride))
-    rc, error = launch(lib, ia, (a["kd_weight"], a["temperature"]), regions)
+    fa = (a["kd_weight"], a["temperature"], a["softcap"], a["teacher_softcap"], a["beta"], a["label_smoothing"],
+          a["z_loss"])
+    rc, error = launch(lib, ia, fa, regions)
     assert rc == 0, error
     return out

@@ -105,7 +105,11 @@ void run_group(Group& g, unsigned first, int nblocks, int block_threads) {
 }
 
 template <int DZ, int DU, bool TEACHER>
-Kernel pick_kernel(int mode, int block) {
+Kernel pick_kernel(int mode, int block, bool options) {
+  if (options) {  // as launch_typed_options: a warp per row or 256-thread blocks
+    if (mode == salt::cuda::kModeWarp) return salt::cuda::rows_kernel_options<DZ, DU, TEACHER, 256, true>;
+    return salt::cuda::rows_kernel_options<DZ, DU, TEACHER, 256, false>;
+  }
   if (mode == salt::cuda::kModeWarp) return salt::cuda::rows_kernel<DZ, DU, TEACHER, 256, true>;
   if (block == 256) return salt::cuda::rows_kernel<DZ, DU, TEACHER, 256, false>;
   return salt::cuda::rows_kernel<DZ, DU, TEACHER, 512, false>;
@@ -113,11 +117,12 @@ Kernel pick_kernel(int mode, int block) {
 
 template <int DZ>
 Kernel pick_teacher(const RowsArgs& a, int mode, int block) {
-  if (a.teacher == nullptr || a.kd_weight == 0.f) return pick_kernel<DZ, salt::kFloat32, false>(mode, block);
+  const bool o = salt::cuda::uses_options(a);
+  if (a.teacher == nullptr || a.kd_weight == 0.f) return pick_kernel<DZ, salt::kFloat32, false>(mode, block, o);
   switch (a.teacher_dtype) {
-    case salt::kBFloat16: return pick_kernel<DZ, salt::kBFloat16, true>(mode, block);
-    case salt::kFloat16: return pick_kernel<DZ, salt::kFloat16, true>(mode, block);
-    default: return pick_kernel<DZ, salt::kFloat32, true>(mode, block);
+    case salt::kBFloat16: return pick_kernel<DZ, salt::kBFloat16, true>(mode, block, o);
+    case salt::kFloat16: return pick_kernel<DZ, salt::kFloat16, true>(mode, block, o);
+    default: return pick_kernel<DZ, salt::kFloat32, true>(mode, block, o);
   }
 }
 
@@ -125,8 +130,9 @@ Kernel pick_teacher(const RowsArgs& a, int mode, int block) {
 
 // ia (int64): student, student_row_stride, student_dtype, teacher, teacher_row_stride,
 //   teacher_dtype, labels, labels_stride, labels_int64, n_rows, vocab, ignore_index, loss, ce, kd,
-//   lse, grad, grad_row_stride, grad_scale, grad_scale_stride, mode, block, cluster
-// fa (double): kd_weight, temperature
+//   lse, grad, grad_row_stride, grad_scale, grad_scale_stride, mode, block, cluster, kd_vocab,
+//   divergence, accuracy
+// fa (double): kd_weight, temperature, softcap, teacher_softcap, beta, label_smoothing, z_loss
 // regions (int64, n_regions x 5): base, row stride in bytes, row bytes, rows, writable
 // Returns 0, or 1 with the first problem found (access, deadlock) in `error`.
 extern "C" int salt_emulate_rows(const int64_t* ia, const double* fa, const int64_t* regions,
@@ -154,6 +160,14 @@ extern "C" int salt_emulate_rows(const int64_t* ia, const double* fa, const int6
   a.grad_scale_stride = ia[19];
   a.kd_weight = a.teacher ? float(fa[0]) : 0.f;
   a.temperature = float(fa[1]);
+  a.kd_vocab = ia[23];
+  a.divergence = int32_t(ia[24]);
+  a.accuracy = reinterpret_cast<float*>(ia[25]);
+  a.softcap = float(fa[2]);
+  a.teacher_softcap = float(fa[3]);
+  a.beta = float(fa[4]);
+  a.label_smoothing = float(fa[5]);
+  a.z_loss = float(fa[6]);
   const int mode = int(ia[20]);
   const int block = ia[21] <= 256 ? 256 : 512;
   const int cluster = mode == salt::cuda::kModeWarp ? 1 : int(ia[22] < 1 ? 1 : ia[22]);

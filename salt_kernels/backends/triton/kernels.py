@@ -35,17 +35,21 @@ block costs one cross-lane reduction (the max) per input. With an integer tau (T
 exp(z - m) = exp((z - m) / tau)^tau: a multiply instead of an exp, which matters because the
 loss is bound by memory only if it spends few exps per element.
 
-Options, per row (z and u below are the soft-capped logits when SOFTCAP / TEACHER_SOFTCAP):
+Options, per row (docs/design.md, "Distillation options"; z and u below are the capped logits
+when SOFTCAP / TEACHER_SOFTCAP, c * tanh(x / c) applied on load, the gradient multiplied by
+1 - (z / c)^2 at the end):
   KD_VOCAB    the KD side covers only [0, k): the row is read as two regions, [0, k) with the
-              teacher and every statistic, [k, V) for the cross-entropy side only. The KD side's
-              s_zt is then relative to m_t, the maximum of z over [0, k), not m_z.
+              teacher and every statistic, [k, V) for the cross-entropy side only; the block
+              that k cuts is read in a loop of its own (an edge block), so the other blocks
+              keep aligned vector loads whatever k is. The KD side's s_zt is then relative to
+              m_t, the maximum of z over [0, k), instead of m_z.
   DIVERGENCE  0 forward KL (above); 1 reverse KL: acc = sum exp((z - m_t) / tau) * (z - u),
               rescaled with s_zt, and KD = tau * acc / s_zt + tau^2 * (lse_u - lse_zt);
               2 JSD: a second pass over [0, k) sums KL(p || m) and KL(q || m) once the
-              normalizers are known.
-  SMOOTHING   also sum_j z_j (the mean of label smoothing); Z_LOSS adds z_loss * lse_z^2;
-  ACCURACY    also the per-lane running argmax (lowest index on ties, NaN first, as
-              torch.argmax), merged across lanes, regions and slices the same way.
+              normalizers are known (one more launch, or one more wait, in the split plans).
+  SMOOTHING   also sum_j z_j, for the mean of label smoothing; Z_LOSS adds z_loss * lse_z^2.
+  ACCURACY    also whether some entry beats the label's logit (larger, or equal at a lower
+              index, or the first NaN: torch.argmax), one flag per lane, merged by "or".
 
 -inf and NaN follow csrc/salt_math.h: teacher -inf entries add nothing, a student -inf where the
 teacher has mass makes KD +inf, and a NaN in a used row reaches every output of the row (it
@@ -106,84 +110,19 @@ def _softcap(x, cap, inv_cap):
 
 
 @triton.jit
-def _stats_block(m_z, vs_z, vs_zt, m_u, vs_u, vacc, vsum, vmiss, z_row, u_row, cols, mask, y, zy, c_t,
-                 cap, inv_cap, tcap, inv_tcap,
-                 HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr, EVICT: tl.constexpr,
-                 SOFTCAP: tl.constexpr, TEACHER_SOFTCAP: tl.constexpr, DIVERGENCE: tl.constexpr,
-                 SMOOTHING: tl.constexpr, ACCURACY: tl.constexpr):
-    """One block of the online statistics (see _slice_stats)."""
-    NEG_INF: tl.constexpr = float("-inf")
-    C_Z: tl.constexpr = 1.4426950408889634
-    # Padding lanes read -inf: no mass, no KD term, never a new maximum.
-    z = tl.load(z_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
-    if SOFTCAP:
-        z = tl.where(mask, _softcap(z, cap, inv_cap), NEG_INF)  # the cap maps -inf to -cap
-    if SMOOTHING:
-        vsum += tl.where(mask, z, 0.0)
-    if ACCURACY:
-        # z_j beats the label's logit zy if larger, or equal at a lower index; a NaN counts as
-        # larger than everything and the first NaN wins (torch.argmax).
-        nan = z != z
-        beats = tl.where(cols < y, (z >= zy) | nan, tl.where(zy == zy, (cols > y) & ((z > zy) | nan), False))
-        vmiss = vmiss | (beats & mask)
-    m_new = tl.maximum(m_z, tl.max(z, 0))
-    # An all -inf prefix keeps the maximum at -inf; shift by 0 then so that no -inf - -inf
-    # appears (exp(-inf - 0) = 0 is the right answer for every term).
-    m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)
-    d = z - m_safe
-    dm = m_z - m_safe
-    # e_t = exp((z - m) / tau) and its rescale factor a_t: the reverse KL's cross term uses them.
-    if TAU_MODE == 1:
-        vs_z = vs_z * tl.exp2(dm * C_Z) + tl.exp2(d * C_Z)
-        if DIVERGENCE == 1:
-            a_t = tl.exp2(dm * C_Z)  # the same exps: merged by the compiler
-            e_t = tl.exp2(d * C_Z)
-    elif TAU_MODE == 0:
-        vs_z = vs_z * tl.exp2(dm * C_Z) + tl.exp2(d * C_Z)
-        a_t = tl.exp2(dm * c_t)
-        e_t = tl.exp2(d * c_t)
-        vs_zt = vs_zt * a_t + e_t
-    else:
-        e_t = tl.exp2(d * c_t)
-        a_t = tl.exp2(dm * c_t)
-        vs_zt = vs_zt * a_t + e_t
-        vs_z = vs_z * tl.exp2(dm * C_Z) + _tau_pow(e_t, TAU_MODE)
-    m_z = m_new
-    if HAS_TEACHER:
-        u = tl.load(u_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
-        if TEACHER_SOFTCAP:
-            u = tl.where(mask, _softcap(u, tcap, inv_tcap), NEG_INF)
-        mu_new = tl.maximum(m_u, tl.max(u, 0))
-        mu_safe = tl.where(mu_new == NEG_INF, 0.0, mu_new)
-        alpha = tl.exp2((m_u - mu_safe) * c_t)
-        e_u = tl.exp2((u - mu_safe) * c_t)
-        if DIVERGENCE == 0:
-            # kd_term of salt_math.h: p_j == 0 adds 0; z == -inf under teacher mass adds +inf.
-            term = tl.where(u == NEG_INF, 0.0, tl.where(z == NEG_INF, float("inf"), e_u * (u - z)))
-            vs_u = vs_u * alpha + e_u
-            vacc = vacc * alpha + term
-        else:
-            vs_u = vs_u * alpha + e_u
-            if DIVERGENCE == 1:
-                # The mirror image: q_j == 0 adds 0; u == -inf under student mass adds +inf.
-                term = tl.where(z == NEG_INF, 0.0, tl.where(u == NEG_INF, float("inf"), e_t * (z - u)))
-                vacc = vacc * a_t + term
-        m_u = mu_new
-    return m_z, vs_z, vs_zt, m_u, vs_u, vacc, vsum, vmiss
-
-
-@triton.jit
 def _slice_stats(z_row, u_row, start, end, edge_lo, edge_hi, y, zy, inv_tau, cap, inv_cap, tcap, inv_tcap,
                  BLOCK_V: tl.constexpr, HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr,
                  EVICT: tl.constexpr, SOFTCAP: tl.constexpr, TEACHER_SOFTCAP: tl.constexpr,
                  DIVERGENCE: tl.constexpr, SMOOTHING: tl.constexpr, ACCURACY: tl.constexpr,
                  EDGE: tl.constexpr):
     """Online statistics of z[start:end] (and u[start:end]): (m_z, s_z, s_zt, m_u, s_u, acc,
-    sum_z, miss), miss = 1 when some entry beats the label's logit zy (ACCURACY). EDGE adds the
-    entries [edge_lo, edge_hi) (at most one block, any alignment) after the block-aligned loop,
-    so that only that block gives up vector loads (the order of the entries does not matter). EVICT is the L2 policy of
-    the loads: "evict_last" when this program reads the same entries again, so they are still in
-    L2 then."""
+    sum_z, miss), miss = 1 when some entry beats the label y's logit zy (ACCURACY). EDGE adds
+    the entries [edge_lo, edge_hi) (at most one block, any alignment) in a loop of their own, so
+    that only that block gives up vector loads (the order of the entries does not matter).
+    EVICT is the L2 policy of the loads: "evict_last" when this program reads the same entries
+    again, so they are still in L2 then."""
+    NEG_INF: tl.constexpr = float("-inf")
+    C_Z: tl.constexpr = 1.4426950408889634
     c_t = inv_tau * 1.4426950408889634
     m_z = float("-inf")
     m_u = float("-inf")
@@ -191,21 +130,78 @@ def _slice_stats(z_row, u_row, start, end, edge_lo, edge_hi, y, zy, inv_tau, cap
     vs_zt = tl.zeros([BLOCK_V], dtype=tl.float32)
     vs_u = tl.zeros([BLOCK_V], dtype=tl.float32)
     vacc = tl.zeros([BLOCK_V], dtype=tl.float32)
-    vsum = tl.zeros([BLOCK_V], dtype=tl.float32)
-    vmiss = tl.zeros([BLOCK_V], dtype=tl.int1)
-    for off in range(start, end, BLOCK_V):
-        cols = off + tl.arange(0, BLOCK_V)
-        m_z, vs_z, vs_zt, m_u, vs_u, vacc, vsum, vmiss = _stats_block(
-            m_z, vs_z, vs_zt, m_u, vs_u, vacc, vsum, vmiss, z_row, u_row, cols, cols < end, y, zy, c_t,
-            cap, inv_cap, tcap, inv_tcap, HAS_TEACHER, TAU_MODE, EVICT, SOFTCAP, TEACHER_SOFTCAP,
-            DIVERGENCE, SMOOTHING, ACCURACY)
-    if EDGE:
-        for off in range(edge_lo, edge_hi, BLOCK_V):
+    vsum = 0.0
+    if SMOOTHING:
+        vsum = tl.zeros([BLOCK_V], dtype=tl.float32)
+    vmiss = False
+    if ACCURACY:
+        vmiss = tl.zeros([BLOCK_V], dtype=tl.int1)
+    for piece in tl.static_range(1 + EDGE):
+        if piece == 0:
+            lo = start
+            hi = end
+        else:
+            lo = edge_lo
+            hi = edge_hi
+        for off in range(lo, hi, BLOCK_V):
             cols = off + tl.arange(0, BLOCK_V)
-            m_z, vs_z, vs_zt, m_u, vs_u, vacc, vsum, vmiss = _stats_block(
-                m_z, vs_z, vs_zt, m_u, vs_u, vacc, vsum, vmiss, z_row, u_row, cols, cols < edge_hi, y, zy, c_t,
-                cap, inv_cap, tcap, inv_tcap, HAS_TEACHER, TAU_MODE, EVICT, SOFTCAP, TEACHER_SOFTCAP,
-                DIVERGENCE, SMOOTHING, ACCURACY)
+            mask = cols < hi
+            # Padding lanes read -inf: no mass, no KD term, never a new maximum.
+            z = tl.load(z_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
+            if SOFTCAP:
+                z = tl.where(mask, _softcap(z, cap, inv_cap), NEG_INF)  # the cap maps -inf to -cap
+            if SMOOTHING:
+                vsum += tl.where(mask, z, 0.0)
+            if ACCURACY:
+                # z_j beats the label's logit zy if larger, or equal at a lower index; a NaN
+                # counts as larger than everything and the first NaN wins (torch.argmax).
+                nan = z != z
+                beats = tl.where(cols < y, (z >= zy) | nan,
+                                 tl.where(zy == zy, (cols > y) & ((z > zy) | nan), False))
+                vmiss = vmiss | (beats & mask)
+            m_new = tl.maximum(m_z, tl.max(z, 0))
+            # An all -inf prefix keeps the maximum at -inf; shift by 0 then so that no -inf - -inf
+            # appears (exp(-inf - 0) = 0 is the right answer for every term).
+            m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)
+            d = z - m_safe
+            dm = m_z - m_safe
+            # e_t = exp((z - m) / tau) and its rescale factor a_t: the reverse KL's cross term.
+            if TAU_MODE == 1:
+                vs_z = vs_z * tl.exp2(dm * C_Z) + tl.exp2(d * C_Z)
+                if DIVERGENCE == 1:
+                    a_t = tl.exp2(dm * C_Z)  # the same exps: merged by the compiler
+                    e_t = tl.exp2(d * C_Z)
+            elif TAU_MODE == 0:
+                vs_z = vs_z * tl.exp2(dm * C_Z) + tl.exp2(d * C_Z)
+                a_t = tl.exp2(dm * c_t)
+                e_t = tl.exp2(d * c_t)
+                vs_zt = vs_zt * a_t + e_t
+            else:
+                e_t = tl.exp2(d * c_t)
+                a_t = tl.exp2(dm * c_t)
+                vs_zt = vs_zt * a_t + e_t
+                vs_z = vs_z * tl.exp2(dm * C_Z) + _tau_pow(e_t, TAU_MODE)
+            m_z = m_new
+            if HAS_TEACHER:
+                u = tl.load(u_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
+                if TEACHER_SOFTCAP:
+                    u = tl.where(mask, _softcap(u, tcap, inv_tcap), NEG_INF)
+                mu_new = tl.maximum(m_u, tl.max(u, 0))
+                mu_safe = tl.where(mu_new == NEG_INF, 0.0, mu_new)
+                alpha = tl.exp2((m_u - mu_safe) * c_t)
+                e_u = tl.exp2((u - mu_safe) * c_t)
+                if DIVERGENCE == 0:
+                    # kd_term of salt_math.h: p_j == 0 adds 0; z == -inf under teacher mass adds +inf.
+                    term = tl.where(u == NEG_INF, 0.0, tl.where(z == NEG_INF, float("inf"), e_u * (u - z)))
+                    vs_u = vs_u * alpha + e_u
+                    vacc = vacc * alpha + term
+                else:
+                    vs_u = vs_u * alpha + e_u
+                    if DIVERGENCE == 1:
+                        # The mirror image: q_j == 0 adds 0; u == -inf under student mass adds +inf.
+                        term = tl.where(z == NEG_INF, 0.0, tl.where(u == NEG_INF, float("inf"), e_t * (z - u)))
+                        vacc = vacc * a_t + term
+                m_u = mu_new
     s_z = tl.sum(vs_z, 0)
     if TAU_MODE == 1:
         s_zt = s_z
@@ -259,7 +255,9 @@ def _row_stats(z_row, u_row, start, end, kd_vocab, y, zy, inv_tau, cap, inv_cap,
         s_z = s1 * tl.exp2((m1 - ms) * 1.4426950408889634) + s2 * tl.exp2((m2 - ms) * 1.4426950408889634)
         m_t = m1
         sum_z = sum1 + sum2
-        miss = tl.maximum(miss1, miss2)
+        miss = miss1
+        if ACCURACY:
+            miss = tl.maximum(miss1, miss2)
     else:
         m_z, s_z, s_zt, m_u, s_u, acc, sum_z, miss = _slice_stats(
             z_row, u_row, start, end, start, start, y, zy, inv_tau, cap, inv_cap, tcap, inv_tcap, BLOCK_V,
@@ -269,45 +267,41 @@ def _row_stats(z_row, u_row, start, end, kd_vocab, y, zy, inv_tau, cap, inv_cap,
 
 
 @triton.jit
-def _jsd_block(vpm, vqm, z_row, u_row, cols, mask, m_t, l_zt, m_u, l_u, c_t, beta, cap, inv_cap, tcap, inv_tcap,
-               SOFTCAP: tl.constexpr, TEACHER_SOFTCAP: tl.constexpr, EVICT: tl.constexpr):
-    NEG_INF: tl.constexpr = float("-inf")
-    z = tl.load(z_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
-    u = tl.load(u_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
-    if SOFTCAP:
-        z = tl.where(mask, _softcap(z, cap, inv_cap), NEG_INF)
-    if TEACHER_SOFTCAP:
-        u = tl.where(mask, _softcap(u, tcap, inv_tcap), NEG_INF)
-    a = (z - m_t) * c_t - l_zt  # log2 q
-    b = (u - m_u) * c_t - l_u  # log2 p
-    q = tl.exp2(a)
-    p = tl.exp2(b)
-    lm = tl.log2(beta * p + (1.0 - beta) * q)
-    vpm += tl.where(p == 0.0, 0.0, p * (b - lm))
-    vqm += tl.where(q == 0.0, 0.0, q * (a - lm))
-    return vpm, vqm
-
-
-@triton.jit
 def _jsd_sums(z_row, u_row, start, end, edge_lo, edge_hi, m_t, s_zt, m_u, s_u, inv_tau, beta,
               cap, inv_cap, tcap, inv_tcap, BLOCK_V: tl.constexpr, SOFTCAP: tl.constexpr,
-              TEACHER_SOFTCAP: tl.constexpr, EVICT: tl.constexpr):
-    """(KL(p || m), KL(q || m)) summed over [start, end) and [edge_lo, edge_hi),
+              TEACHER_SOFTCAP: tl.constexpr, EVICT: tl.constexpr, EDGE: tl.constexpr):
+    """(KL(p || m), KL(q || m)) summed over [start, end) (and [edge_lo, edge_hi) with EDGE),
     m = beta p + (1 - beta) q, with the row's normalizers known; a term of zero mass adds 0."""
+    NEG_INF: tl.constexpr = float("-inf")
+    LN2: tl.constexpr = 0.6931471805599453
     c_t = inv_tau * 1.4426950408889634
     l_zt = tl.log2(s_zt)
     l_u = tl.log2(s_u)
     vpm = tl.zeros([BLOCK_V], dtype=tl.float32)
     vqm = tl.zeros([BLOCK_V], dtype=tl.float32)
-    for off in range(start, end, BLOCK_V):
-        cols = off + tl.arange(0, BLOCK_V)
-        vpm, vqm = _jsd_block(vpm, vqm, z_row, u_row, cols, cols < end, m_t, l_zt, m_u, l_u, c_t, beta,
-                              cap, inv_cap, tcap, inv_tcap, SOFTCAP, TEACHER_SOFTCAP, EVICT)
-    for off in range(edge_lo, edge_hi, BLOCK_V):
-        cols = off + tl.arange(0, BLOCK_V)
-        vpm, vqm = _jsd_block(vpm, vqm, z_row, u_row, cols, cols < edge_hi, m_t, l_zt, m_u, l_u, c_t, beta,
-                              cap, inv_cap, tcap, inv_tcap, SOFTCAP, TEACHER_SOFTCAP, EVICT)
-    LN2: tl.constexpr = 0.6931471805599453
+    for piece in tl.static_range(1 + EDGE):
+        if piece == 0:
+            lo = start
+            hi = end
+        else:
+            lo = edge_lo
+            hi = edge_hi
+        for off in range(lo, hi, BLOCK_V):
+            cols = off + tl.arange(0, BLOCK_V)
+            mask = cols < hi
+            z = tl.load(z_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
+            u = tl.load(u_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
+            if SOFTCAP:
+                z = tl.where(mask, _softcap(z, cap, inv_cap), NEG_INF)
+            if TEACHER_SOFTCAP:
+                u = tl.where(mask, _softcap(u, tcap, inv_tcap), NEG_INF)
+            a = (z - m_t) * c_t - l_zt  # log2 q
+            b = (u - m_u) * c_t - l_u  # log2 p
+            q = tl.exp2(a)
+            p = tl.exp2(b)
+            lm = tl.log2(beta * p + (1.0 - beta) * q)
+            vpm += tl.where(p == 0.0, 0.0, p * (b - lm))
+            vqm += tl.where(q == 0.0, 0.0, q * (a - lm))
     return LN2 * tl.sum(vpm, 0), LN2 * tl.sum(vqm, 0)
 
 
@@ -398,16 +392,6 @@ def _store_partials(ws_row, m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, miss,
 
 
 @triton.jit
-def _label_logit(z_row, y, V, cap, inv_cap, SOFTCAP: tl.constexpr):
-    """(z[y] as fp32, capped with SOFTCAP, and whether y is in [0, V))."""
-    in_range = (y >= 0) & (y < V)
-    z_y = tl.load(z_row + tl.where(in_range, y, 0)).to(tl.float32)
-    if SOFTCAP:
-        z_y = _softcap(z_y, cap, inv_cap)
-    return z_y, in_range
-
-
-@triton.jit
 def _finish_row(z_row, y, V, row, m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, miss, kl_pm, kl_qm,
                 loss_ptr, ce_ptr, kd_ptr, lse_ptr, accuracy_ptr, kd_weight, tau, inv_tau,
                 cap, inv_cap, beta, smoothing, z_loss,
@@ -420,8 +404,11 @@ def _finish_row(z_row, y, V, row, m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, mis
         lse_zt = lse_z
     else:
         lse_zt = m_t * inv_tau + tl.log(s_zt)
+    in_range = (y >= 0) & (y < V)
     # A label outside [0, V) (only possible with validate=False) gives NaN, as the CPU kernel.
-    z_y, in_range = _label_logit(z_row, y, V, cap, inv_cap, SOFTCAP)
+    z_y = tl.load(z_row + tl.where(in_range, y, 0)).to(tl.float32)
+    if SOFTCAP:
+        z_y = _softcap(z_y, cap, inv_cap)
     if SMOOTHING:
         # (1 - eps) * (lse - z_y) + eps * (lse - mean_j z_j)
         ce = lse_z - (1.0 - smoothing) * tl.where(in_range, z_y, float("nan")) - smoothing * (sum_z / V)
@@ -468,73 +455,6 @@ def _store_ignored_row(row, loss_ptr, ce_ptr, kd_ptr, lse_ptr, accuracy_ptr, ACC
 
 
 @triton.jit
-def _grad_block(z_row, u_row, g_row, cols, mask, y, m_z, l_z, m_t, l_zt, m_u, l_u, c_z, c_y, c_unif, c_kd,
-                c_t, inv_tau, kd_shift, cap, inv_cap, tcap, inv_tcap, beta,
-                HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr, SOFTCAP: tl.constexpr,
-                TEACHER_SOFTCAP: tl.constexpr, KD_VOCAB: tl.constexpr, DIVERGENCE: tl.constexpr,
-                SMOOTHING: tl.constexpr):
-    """One block of the gradient (see _grad_slice)."""
-    C_Z: tl.constexpr = 1.4426950408889634
-    # Last use of these entries: let them leave L2 first.
-    z = tl.load(z_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-    if SOFTCAP:
-        z = _softcap(z, cap, inv_cap)
-    d = z - m_z
-    if KD_VOCAB:
-        dt = z - m_t
-    else:
-        dt = d
-    # q = softmax(z / tau) over the KD entries, a = log2 q.
-    if TAU_MODE == 0:
-        g = c_z * tl.exp2(d * C_Z - l_z)
-        if HAS_TEACHER:
-            a = dt * c_t - l_zt
-            q = tl.exp2(a)
-            if DIVERGENCE == 0:
-                g += c_kd * q
-    elif TAU_MODE == 1:
-        sm = tl.exp2(d * C_Z - l_z)
-        g = c_z * sm
-        if HAS_TEACHER:
-            if KD_VOCAB:
-                a = dt * C_Z - l_zt
-                q = tl.exp2(a)
-                if DIVERGENCE == 0:
-                    g += c_kd * q
-            else:
-                a = d * C_Z - l_z
-                q = sm  # forward KL: already in c_z
-    else:
-        a = dt * c_t - l_zt
-        q = tl.exp2(a)
-        g = c_z * _tau_pow(q, TAU_MODE)
-        if HAS_TEACHER:
-            if DIVERGENCE == 0:
-                g += c_kd * q
-    if HAS_TEACHER:
-        u = tl.load(u_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        if TEACHER_SOFTCAP:
-            u = _softcap(u, tcap, inv_tcap)
-        if DIVERGENCE == 0:
-            g -= c_kd * tl.exp2((u - m_u) * c_t - l_u)
-        elif DIVERGENCE == 1:
-            # tau * q_j * (log q_j - log p_j - D) = q_j * (z_j - u_j - E_q[z - u]), q_j == 0 adds 0
-            g += (c_kd * inv_tau) * tl.where(q == 0.0, 0.0, q * (z - u - kd_shift))
-        else:
-            # tau * (1 - beta) * q_j * (log(q_j / m_j) - KL(q || m)), the logs in base 2
-            b = (u - m_u) * c_t - l_u
-            lm = tl.log2(beta * tl.exp2(b) + (1.0 - beta) * q)
-            g += (c_kd * (1.0 - beta) * 0.6931471805599453) * tl.where(q == 0.0, 0.0, q * (a - lm - kd_shift))
-    g = tl.where(cols == y, g - c_y, g)
-    if SMOOTHING:
-        g -= c_unif
-    if SOFTCAP:
-        zc = z * inv_cap
-        g = g * (1.0 - zc * zc)  # d(cap * tanh(x / cap)) / dx at the capped value
-    tl.store(g_row + cols, g.to(g_row.dtype.element_ty), mask=mask)
-
-
-@triton.jit
 def _grad_slice(z_row, u_row, g_row, start, end, edge_lo, edge_hi, y, V, m_z, s_z, m_t, s_zt, m_u, s_u,
                 scale, kd_weight, tau, inv_tau, c_zloss, kd_shift, cap, inv_cap, tcap, inv_tcap, beta, smoothing,
                 BLOCK_V: tl.constexpr, HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr,
@@ -578,17 +498,74 @@ def _grad_slice(z_row, u_row, g_row, start, end, edge_lo, edge_hi, y, V, m_z, s_
     l_u = 0.0
     if HAS_TEACHER:
         l_u = tl.log2(s_u)
-    for off in range(start, end, BLOCK_V):
-        cols = off + tl.arange(0, BLOCK_V)
-        _grad_block(z_row, u_row, g_row, cols, cols < end, y, m_z, l_z, m_t, l_zt, m_u, l_u, c_z, c_y, c_unif,
-                    c_kd, c_t, inv_tau, kd_shift, cap, inv_cap, tcap, inv_tcap, beta, HAS_TEACHER, TAU_MODE,
-                    SOFTCAP, TEACHER_SOFTCAP, KD_VOCAB, DIVERGENCE, SMOOTHING)
-    if EDGE:
-        for off in range(edge_lo, edge_hi, BLOCK_V):
+    for piece in tl.static_range(1 + EDGE):
+        if piece == 0:
+            lo = start
+            hi = end
+        else:
+            lo = edge_lo
+            hi = edge_hi
+        for off in range(lo, hi, BLOCK_V):
             cols = off + tl.arange(0, BLOCK_V)
-            _grad_block(z_row, u_row, g_row, cols, cols < edge_hi, y, m_z, l_z, m_t, l_zt, m_u, l_u, c_z, c_y,
-                        c_unif, c_kd, c_t, inv_tau, kd_shift, cap, inv_cap, tcap, inv_tcap, beta, HAS_TEACHER,
-                        TAU_MODE, SOFTCAP, TEACHER_SOFTCAP, KD_VOCAB, DIVERGENCE, SMOOTHING)
+            mask = cols < hi
+            # Last use of these entries: let them leave L2 first.
+            z = tl.load(z_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+            if SOFTCAP:
+                z = _softcap(z, cap, inv_cap)
+            d = z - m_z
+            if KD_VOCAB:
+                dt = z - m_t
+            else:
+                dt = d
+            # q = softmax(z / tau) over the KD entries, a = log2 q.
+            if TAU_MODE == 0:
+                g = c_z * tl.exp2(d * C_Z - l_z)
+                if HAS_TEACHER:
+                    a = dt * c_t - l_zt
+                    q = tl.exp2(a)
+                    if DIVERGENCE == 0:
+                        g += c_kd * q
+            elif TAU_MODE == 1:
+                sm = tl.exp2(d * C_Z - l_z)
+                g = c_z * sm
+                if HAS_TEACHER:
+                    if KD_VOCAB:
+                        a = dt * C_Z - l_zt
+                        q = tl.exp2(a)
+                        if DIVERGENCE == 0:
+                            g += c_kd * q
+                    else:
+                        a = d * C_Z - l_z
+                        q = sm  # forward KL: already in c_z
+            else:
+                a = dt * c_t - l_zt
+                q = tl.exp2(a)
+                g = c_z * _tau_pow(q, TAU_MODE)
+                if HAS_TEACHER:
+                    if DIVERGENCE == 0:
+                        g += c_kd * q
+            if HAS_TEACHER:
+                u = tl.load(u_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+                if TEACHER_SOFTCAP:
+                    u = _softcap(u, tcap, inv_tcap)
+                if DIVERGENCE == 0:
+                    g -= c_kd * tl.exp2((u - m_u) * c_t - l_u)
+                elif DIVERGENCE == 1:
+                    # tau * q_j * (log q_j - log p_j - D) = q_j * (z_j - u_j - E_q[z - u]), q_j == 0 adds 0
+                    g += (c_kd * inv_tau) * tl.where(q == 0.0, 0.0, q * (z - u - kd_shift))
+                else:
+                    # tau * (1 - beta) * q_j * (log(q_j / m_j) - KL(q || m)), the logs in base 2
+                    b = (u - m_u) * c_t - l_u
+                    lm = tl.log2(beta * tl.exp2(b) + (1.0 - beta) * q)
+                    c_js = c_kd * (1.0 - beta) * 0.6931471805599453
+                    g += c_js * tl.where(q == 0.0, 0.0, q * (a - lm - kd_shift))
+            g = tl.where(cols == y, g - c_y, g)
+            if SMOOTHING:
+                g -= c_unif
+            if SOFTCAP:
+                zc = z * inv_cap
+                g = g * (1.0 - zc * zc)  # d(cap * tanh(x / cap)) / dx at the capped value
+            tl.store(g_row + cols, g.to(g_row.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -661,11 +638,14 @@ def _rows(
                 EVICT: tl.constexpr = "evict_first"
             zy = 0.0
             if ACCURACY:
-                zy, _in_range = _label_logit(z_row, y, V, softcap, inv_cap, SOFTCAP)
-            # Compared with 32-bit column indices (an out-of-range label scores 0 in any case).
+                # The label's (capped) logit, which no entry may beat for a hit.
+                zy = tl.load(z_row + tl.where((y >= 0) & (y < V), y, 0)).to(tl.float32)
+                if SOFTCAP:
+                    zy = _softcap(zy, softcap, inv_cap)
+            # The label is compared with 32-bit column indices (one outside [0, V) scores 0 anyway).
             m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, miss = _row_stats(
-                z_row, u_row, start, end, kd_vocab, y.to(tl.int32), zy, inv_tau, softcap, inv_cap, teacher_softcap, inv_tcap,
-                BLOCK_V, HAS_TEACHER, TAU_MODE, EVICT, SOFTCAP, TEACHER_SOFTCAP, KD_VOCAB, DIVERGENCE,
+                z_row, u_row, start, end, kd_vocab, y.to(tl.int32), zy, inv_tau, softcap, inv_cap, teacher_softcap,
+                inv_tcap, BLOCK_V, HAS_TEACHER, TAU_MODE, EVICT, SOFTCAP, TEACHER_SOFTCAP, KD_VOCAB, DIVERGENCE,
                 SMOOTHING, ACCURACY)
             if MODE != 0:
                 _store_partials(ws_row + part * FIELDS, m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, miss,
@@ -689,11 +669,11 @@ def _rows(
                         a1, e_lo1, e_hi1, _e_lo2, _e_hi2, _a2 = _kd_bounds(start, end, kd_vocab, BLOCK_V)
                         kl_pm, kl_qm = _jsd_sums(z_row, u_row, start, a1, e_lo1, e_hi1, m_t, s_zt, m_u, s_u,
                                                  inv_tau, beta, softcap, inv_cap, teacher_softcap, inv_tcap,
-                                                 BLOCK_V, SOFTCAP, TEACHER_SOFTCAP, JSD_EVICT)
+                                                 BLOCK_V, SOFTCAP, TEACHER_SOFTCAP, JSD_EVICT, True)
                     else:
                         kl_pm, kl_qm = _jsd_sums(z_row, u_row, start, end, start, start, m_t, s_zt, m_u, s_u,
                                                  inv_tau, beta, softcap, inv_cap, teacher_softcap, inv_tcap,
-                                                 BLOCK_V, SOFTCAP, TEACHER_SOFTCAP, JSD_EVICT)
+                                                 BLOCK_V, SOFTCAP, TEACHER_SOFTCAP, JSD_EVICT, False)
                     if MODE != 0:
                         tl.store(ws_row + part * FIELDS + _F_KL_PM, kl_pm)
                         tl.store(ws_row + part * FIELDS + _F_KL_QM, kl_qm)

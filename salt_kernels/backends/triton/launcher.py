@@ -11,6 +11,10 @@ Launch plan, per call (see kernels.py for the modes):
          merge + gradient): for few long rows, where one program per row leaves SMs idle.
   sync   the same split in one launch with a per-row counter: each slice is re-read for its
          gradient while still in L2 (GPU only; opt-in until measured on a GPU).
+With distillation options (docs/design.md, "Distillation options") that change the result,
+salt_rows_options_kernel runs instead of salt_rows_kernel, in the same plans, and also returns
+the per-row accuracy; divergence "jsd" adds one launch to split (its sums need the merged
+normalizers) and one more wait to sync.
 "auto" picks fused when there are enough rows to fill the device, else split. The knobs below
 (module attributes, or SALT_TRITON_MODE / SALT_TRITON_BLOCK_V) let tests force small blocks
 and several slices under the interpreter, and let benchmarks compare plans.
@@ -243,7 +247,7 @@ def _option_flags(options: LossOptions, vocab: int, use_teacher: bool) -> dict |
     )
     if not any(flags.values()):
         return None
-    flags["ACCURACY"] = True  # a specialization of its own anyway: the argmax costs little here
+    flags["ACCURACY"] = True  # a specialization of its own anyway: one compare per entry more
     return flags
 
 
