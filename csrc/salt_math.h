@@ -185,54 +185,35 @@ SALT_HD float reverse_kd_value(float b, float s_zt, float lse_u, float lse_zt, f
   return tau * tau * (b / (tau * s_zt) - lse_zt + lse_u);
 }
 
-// JSD with m = beta p + (1 - beta) q, as D = beta sum p log p + (1 - beta) sum q log q
-// - sum m log m and KL(q || m) = sum q log q - sum q log m. The sums x log x come with the
-// statistics pass: a state (m, s, t) stands for s = sum_j exp(x_j - m) and
-// t = sum_j exp(x_j - m) (x_j - m) (x_j: u_j/tau or z_j/tau), merged as below; at the end
-// sum_j p_j log p_j = t / s + m - lse (two terms <= 0, no cancellation). An entry with
-// exp(x_j - m) == 0 adds 0 to t (its x_j - m may be -inf): pass x_j - m clamped at -88.
-SALT_HD void xlogx_combine(float& m, float& s, float& t, float m2, float s2, float t2) {
-  if (m2 == -INFINITY) return;
-  if (m == -INFINITY) {
-    m = m2;
-    s = s2;
-    t = t2;
-  } else if (m2 > m) {
-    const float f = expf(m - m2);
-    t = f * (t + s * (m - m2)) + t2;
-    s = s * f + s2;
-    m = m2;
-  } else {
-    const float f = expf(m2 - m);
-    t += f * (t2 + s2 * (m2 - m));
-    s += s2 * f;
-  }
-}
-
-// sum_j p_j log p_j of a state (m, s, t) whose log-sum-exp is lse.
-SALT_HD float xlogx_value(float m, float s, float t, float lse) { return t / s + (m - lse); }
-
-// Second pass, once the normalizers are known: log m_j of the mixture (-inf where p_j and q_j
-// are both 0; xlog_term drops those entries).
-SALT_HD float jsd_log_mix(float p, float q, float beta) { return logf(beta * p + (1.f - beta) * q); }
-
-// a * l with 0 where a == 0 (a term of zero mass counts 0, not 0 * inf).
+// JSD with m = beta p + (1 - beta) q, entry by entry once the normalizers are known (a second
+// pass over the row): from log p_j and log q_j (differences of logits and log-sum-exps, so
+// without cancellation), the entry's parts of KL(p || m) and KL(q || m), and log(q_j / m_j) for
+// the gradient. A term of zero mass counts 0 (p_j == 0 at a teacher -inf, q_j == 0 at a student
+// -inf), not 0 * inf.
 SALT_HD float xlog_term(float a, float l) { return a == 0.f ? 0.f : a * l; }
 
-// KD = tau^2 * D from sum p log p, sum q log q and sum m log m.
-SALT_HD float jsd_value(float plogp, float qlogq, float mlogm, float beta, float tau) {
-  return tau * tau * (beta * plogp + (1.f - beta) * qlogq - mlogm);
+SALT_HD void jsd_terms(float log_p, float log_q, float beta, float& kl_pm, float& kl_qm, float& log_q_over_m) {
+  const float p = expf(log_p), q = expf(log_q);
+  const float log_m = logf(beta * p + (1.f - beta) * q);
+  kl_pm = xlog_term(p, log_p - log_m);
+  log_q_over_m = log_q - log_m;
+  kl_qm = xlog_term(q, log_q_over_m);
+}
+
+// KD = tau^2 * (beta KL(p || m) + (1 - beta) KL(q || m)).
+SALT_HD float jsd_value(float kl_pm, float kl_qm, float beta, float tau) {
+  return tau * tau * (beta * kl_pm + (1.f - beta) * kl_qm);
 }
 
 // dD / d(z_j / tau) of each divergence, the entry's part of the KD gradient (times w * tau):
 //   forward KL: q_j - p_j
 //   reverse KL: q_j (r_j - D)                                  (0 where q_j == 0)
 //   JSD:        q_j (g_j - (1 - beta) KL(q || m)), g_j = (1 - beta) log(q_j / m_j)
-//             = -(1 - beta) q_j (log m_j - log q_j + KL(q || m))   (0 where q_j == 0)
+//             = -(1 - beta) q_j (KL(q || m) - log(q_j / m_j))    (0 where q_j == 0)
 SALT_HD float forward_kd_grad(float p, float q) { return q - p; }
 SALT_HD float reverse_kd_grad(float q, float r, float d) { return q == 0.f ? 0.f : q * (r - d); }
-SALT_HD float jsd_grad(float q, float log_q, float log_m, float kl_qm, float beta) {
-  return q == 0.f ? 0.f : -(1.f - beta) * q * (log_m - log_q + kl_qm);
+SALT_HD float jsd_grad(float q, float log_q_over_m, float kl_qm, float beta) {
+  return q == 0.f ? 0.f : -(1.f - beta) * q * (kl_qm - log_q_over_m);
 }
 
 // Gradient element with the options: scale * cap' * ((1 - w) (softmax(z)_j - (1 - eps) [j == y]

@@ -364,22 +364,32 @@ def _check_options(out, grad, ref, ref_grad, dz, with_teacher):
     assert rel <= tol, rel
 
 
-def run_options(lib, opts, dz, du, *, gen, n=5, vocab=203, w=0.5, tau=2.0, layout="contiguous", **launch):
+def run_options(lib, opts, dz, du, *, gen, n=5, vocab=203, w=0.5, tau=2.0, layout="contiguous", runner=None,
+                device="cpu", **launch):
+    """One options case through the emulated kernel (or `runner`, a rows() on `device`) against
+    the reference in float64."""
+    runner = runner or _emu(lib)
     z, u, y, grad, gbuf = _options_case(n, vocab, dz, du, opts, gen=gen, layout=layout)
     scale = torch.rand(n, generator=gen) * 2 - 0.5
-    out = cuda_emulator.rows(lib, z, u, y, kd_weight=w, temperature=tau, ignore_index=-100, grad=grad,
-                             grad_scale=scale, options=opts, **launch)
     ref_grad = torch.empty(n, vocab, dtype=torch.float64)
     ref = reference.rows(z.double(), None if u is None else u.double(), y, kd_weight=w, temperature=tau,
                          ignore_index=-100, grad=ref_grad, grad_scale=scale.double(), options=opts)
+    if device != "cpu":
+        z, y, scale, gbuf = z.to(device), y.to(device), scale.to(device), gbuf.to(device)
+        u = u.to(device) if u is not None else None
+        grad = gbuf[:, 2:2 + vocab] if layout == "strided" else gbuf
+    out = runner(z, u, y, kd_weight=w, temperature=tau, ignore_index=-100, grad=grad, grad_scale=scale,
+                 options=opts, **launch)
+    out = RowOutputs(*(None if x is None else x.cpu() for x in (out.loss, out.ce, out.kd, out.lse, out.accuracy)))
+    grad, gbuf = grad.cpu(), gbuf.cpu()
     _check_options(out, grad, ref, ref_grad, dz, u is not None and w > 0)
     if layout == "strided":  # nothing written outside the gradient's rows
         pad = torch.ones(gbuf.shape, dtype=torch.bool)
         pad[:, 2:2 + vocab] = False
         assert bool((gbuf[pad] == 777.0).all())
     # Forward only: the same statistics.
-    out2 = cuda_emulator.rows(lib, z, u, y, kd_weight=w, temperature=tau, ignore_index=-100, options=opts, **launch)
-    assert torch.equal(out2.loss, out.loss) and torch.equal(out2.accuracy, out.accuracy)
+    out2 = runner(z, u, y, kd_weight=w, temperature=tau, ignore_index=-100, options=opts, **launch)
+    assert torch.equal(out2.loss.cpu(), out.loss) and torch.equal(out2.accuracy.cpu(), out.accuracy)
 
 
 @pytest.mark.parametrize("mode,block,cluster", OPTION_CONFIGS)
@@ -508,6 +518,17 @@ def test_gpu_special_values(block, cluster, gen):
     assert torch.isnan(loss[4]) and torch.isnan(loss[5])
     assert torch.isnan(grad[4].cpu()).all() and torch.isnan(grad[5].cpu()).all()
     assert loss[6] == 0 and (grad[6] == 0).all()
+
+
+@gpu
+@pytest.mark.parametrize("block,cluster", [(32, 0), (256, 1), (512, 4)])
+@pytest.mark.parametrize("case", list(OPTION_CASES))
+@pytest.mark.parametrize("dz,vocab", [(torch.float32, 1003), (torch.bfloat16, 32003)], ids=str)
+def test_gpu_options_match_reference(case, block, cluster, dz, vocab, gen):
+    _gpu_ready()
+    opts = LossOptions(**OPTION_CASES[case])
+    run_options(None, opts, dz, dz, gen=gen, vocab=vocab, runner=_cuda_rows, device="cuda", block=block,
+                cluster=cluster)
 
 
 @gpu

@@ -81,7 +81,8 @@ def register(subparsers) -> None:
                    help="JSON result file (default: benchmarks/results/profile_<device>.json); "
                         "benchmarks/report.py renders it into RESULTS.md")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, measurement_defaults={a.dest: a.default for a in p._actions
+                                                   if a.dest in MEASUREMENT_FLAGS})
 
 
 def _demo_settings(run: str) -> dict:
@@ -114,13 +115,11 @@ def _demo_settings(run: str) -> dict:
     return out
 
 
-# The defaults of the flags that set up a measurement: with --accounting of a demo that stored its
-# own measurement, giving any of them is an error (they would change nothing).
-MEASUREMENT_DEFAULTS = {"student": None, "teacher": None, "vocab_size": None, "batch_size": None,
-                        "seq_len": None, "device": "auto", "amp": "auto", "losses": "torch,fused,linear",
-                        "backend": "auto", "steps": 5, "warmup": 2, "kd_weight": None,
-                        "temperature": None, "threads": None, "seed": 0, "peak_tflops": None,
-                        "trace": None, "trace_steps": 2, "out": DEFAULT_OUT}
+# The flags that set up a measurement: with --accounting of a demo that stored its own
+# measurement, giving any of them is an error (they would change nothing).
+MEASUREMENT_FLAGS = ("student", "teacher", "vocab_size", "batch_size", "seq_len", "device", "amp",
+                     "losses", "backend", "steps", "warmup", "kd_weight", "temperature", "threads",
+                     "seed", "peak_tflops", "trace", "trace_steps", "out")
 
 
 def _stored_accounting(args, summary: dict, path: str) -> int:
@@ -128,7 +127,7 @@ def _stored_accounting(args, summary: dict, path: str) -> int:
     the function behind its report.md from its summary.json."""
     from ..benchmarking import accounting as acc
 
-    given = [f"--{k.replace('_', '-')}" for k, v in MEASUREMENT_DEFAULTS.items() if getattr(args, k) != v]
+    given = [f"--{k.replace('_', '-')}" for k, v in args.measurement_defaults.items() if getattr(args, k) != v]
     if given:
         print(f"salt-kernels profile: error: --accounting {args.accounting} prints the accounting of "
               f"the step times the demo measured and stored (summary.json); {', '.join(given)} "
@@ -183,8 +182,9 @@ def run(args) -> int:
     demo = {}
     if args.accounting:  # an older demo: measure now, with its settings
         demo = _demo_settings(args.accounting)
-        print(f"{summary_path} holds no interleaved step-time measurement (written by an older "
-              "demo): measuring the step times now with the demo's settings", file=sys.stderr)
+        print(f"{summary_path} holds no interleaved step-time measurement (an older demo, or one "
+              "run with --measure-steps 0): measuring the step times now with the demo's settings",
+              file=sys.stderr)
     else:
         summary = summary_path = None
 
