@@ -321,8 +321,10 @@ def header(doc: dict) -> str:
         kws = "; ".join(f"{o}: {', '.join(f'{k}={x!r}' for k, x in option_kwargs(o, v).items())}"
                         for o in options if o != "default")
         lines[-1] += "  "
-        lines.append(f"Options (salt_loss keywords; kd_vocab = V - 128, at V = {v}): {kws}.  ")
-        lines.append("The baselines compute the plain SALT loss and run the default option only.")
+        lines.append(f"Options (salt_loss keywords; kd_vocab = V - 128, at V = {v}): {kws}.")
+        if any(not salt_variant(r["variant"]) for r in doc["results"]):
+            lines[-1] += "  "
+            lines.append("The baselines compute the plain SALT loss and run the default option only.")
     if any(r["variant"] == TOPK for r in doc["results"]):
         lines[-1] += "  " if not lines[-1].endswith("  ") else ""
         lines.append(

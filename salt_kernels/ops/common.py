@@ -203,6 +203,9 @@ def rows_autograd(name: str, *, n_tensors: int, arg_names: tuple, backward_op):
             setattr(ctx, arg, value)
         loss, *parts, grad = output
         ctx.mark_non_differentiable(*parts, grad)
+        # Outputs other than the loss get no gradient: without this autograd would hand backward
+        # a zero tensor for each of them, one of which is as large as the logits.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(*tensors)
         student = tensors[0]
         ctx.grad = grad if tuple(grad.shape) == tuple(student.shape) and ctx.reduction != "none" else None

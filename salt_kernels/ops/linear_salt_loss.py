@@ -428,6 +428,9 @@ def linear_autograd(name: str, *, n_tensors: int, arg_names: tuple, backward_op)
             setattr(ctx, arg, value)
         parts, grads = output[1:5], output[5:]
         ctx.mark_non_differentiable(*parts, *grads)
+        # Outputs other than the loss get no gradient: without this autograd would hand backward
+        # a zero tensor for each of them, one of which is as large as the logits.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(*tensors)
         fresh = ctx.reduction != "none" and any(_computed(g, t) for g, t in zip(grads, tensors))
         ctx.grads = grads if fresh else None
