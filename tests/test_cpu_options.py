@@ -193,6 +193,29 @@ def test_threads_give_the_same_bits(gen):
         assert torch.equal(grad, results[0][1])
 
 
+@pytest.mark.parametrize("divergence, beta", [("jsd", 0.5), ("jsd", 0.1), ("reverse_kl", 0.5)])
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_close_distributions_keep_their_precision(divergence, beta, tau, gen):
+    """A student close to its teacher (u = z + 0.1 noise, kd_weight 1: the gradient is the KD
+    part alone, and small): each entry's terms come from differences of logits, so D and its
+    gradient keep the precision of fp32 PyTorch (an evaluation through entropies, sum p log p +
+    ... - sum m log m, cancels: 1e-5 absolute on D, 1e-4 on the gradient at this size)."""
+    n, vocab = 4, 32000
+    options = LossOptions(divergence=divergence, beta=beta)
+    z = make_logits((n, vocab), generator=gen)
+    u = z + 0.1 * torch.randn(n, vocab, generator=gen)
+    y = torch.randint(0, vocab, (n,), generator=gen)
+    out, grad = _run(z, u, y, options, kd_weight=1.0, tau=tau, scale=torch.ones(1))
+    z64 = z.to(F64).requires_grad_()
+    loss, _, kd, _, _ = option_rows(z64, u, y, kd_weight=1.0, temperature=tau, **_oracle_kw(options))
+    (g64,) = torch.autograd.grad(loss.sum(), z64)
+    # Reverse KL's D = b / (tau s_zt) - lse_zt + lse_u takes the difference of two log-sum-exps,
+    # as the forward KL's does (and fp32 PyTorch's): about 1e-6 absolute.
+    kd_floor = 1e-5 if divergence == "reverse_kl" else 3e-7
+    assert float((out.kd.double() - kd.detach()).abs().max()) <= 1e-5 * float(kd.detach().abs().max()) + kd_floor
+    assert float((grad.double() - g64).norm() / g64.norm()) <= 3e-5
+
+
 def test_accuracy_ties_chunks_and_softcap_saturation():
     """argmax with the lowest index among equal maxima, maxima in different chunks, and softcapped
     logits that are equal in fp32 but not in float64 (the raw logits decide, as the float64

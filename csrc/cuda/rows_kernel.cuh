@@ -564,35 +564,33 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)
 // The divergence is a run-time switch (one instance per dtype pair and launch shape):
 //   forward KL: the accumulator a rescales with the teacher's state, as in rows_kernel;
 //   reverse KL: the accumulator b = sum exp(z/tau - m) (z - u) rescales with the state of z/tau;
-//   JSD: the states of z/tau and u/tau also carry the t of salt_math.h's xlogx_combine, giving
-//        sum q log q and sum p log p; one more pass over the first K entries, once the
-//        normalizers are known, gives sum m log m and sum q log m (jsd_log_mix, xlog_term), two
-//        sums merged like the other statistics.
+//   JSD: one more pass over the first K entries once the normalizers are known gives KL(p || m)
+//        and KL(q || m) entry by entry (salt_math.h's jsd_terms), two sums merged like the other
+//        statistics.
 
 // Per-thread state. Maxima in the raw domain of the (capped) logits: mz of z over [0, V), mzt of z
 // over [0, K), mu of u over [0, K); sums relative to them (szt, su at tau).
-// tzt, tu: JSD only, the t of xlogx_combine (in the domain of z / tau and u / tau).
 struct OScan {
-  float mz, sz, mzt, szt, mu, su, a, tzt, tu, sumz, amax;
+  float mz, sz, mzt, szt, mu, su, a, sumz, amax;
   int aidx;
   bool nan;
 };
 
 // Combinable form (salt_math.h's (m, s) pairs with m in the domain of z, z / tau, u / tau).
 struct OStats {
-  float mz, sz, mzt, szt, mu, su, a, tzt, tu, sumz, amax;
+  float mz, sz, mzt, szt, mu, su, a, sumz, amax;
   int aidx, nan;
 };
 
 struct JsdSums {
-  float mlogm, qlogm;  // sum_j m_j log m_j, sum_j q_j log m_j over [0, K)
+  float kl_pm, kl_qm;  // KL(p || m), KL(q || m)
 };
 
 __device__ __forceinline__ OScan oscan_init() {
-  return OScan{-INFINITY, 0.f, -INFINITY, 0.f, -INFINITY, 0.f, 0.f, 0.f, 0.f, 0.f, -INFINITY, 0x7fffffff, false};
+  return OScan{-INFINITY, 0.f, -INFINITY, 0.f, -INFINITY, 0.f, 0.f, 0.f, -INFINITY, 0x7fffffff, false};
 }
 __device__ __forceinline__ OStats ostats_empty() {
-  return OStats{-INFINITY, 0.f, -INFINITY, 0.f, -INFINITY, 0.f, 0.f, 0.f, 0.f, 0.f, -INFINITY, 0x7fffffff, 0};
+  return OStats{-INFINITY, 0.f, -INFINITY, 0.f, -INFINITY, 0.f, 0.f, 0.f, -INFINITY, 0x7fffffff, 0};
 }
 
 // Whether (v, i) comes before (bv, bi) in torch's argmax order: the first NaN, else the largest
@@ -606,8 +604,7 @@ __device__ __forceinline__ bool argmax_better(float v, int i, float bv, int bi) 
 // One raw student element z (index j; kd: j < K) and teacher element u into the state.
 template <bool TEACHER>
 __device__ __forceinline__ void opt_accumulate(OScan& s, float z, float u, int j, bool kd, float cap,
-                                               float tcap, bool smooth, int div, float L, float Lt,
-                                               float inv_tau) {
+                                               float tcap, bool smooth, int div, float L, float Lt) {
   s.nan = s.nan || (z != z);
   if (argmax_better(z, j, s.amax, s.aidx)) {
     s.amax = z;
@@ -624,32 +621,22 @@ __device__ __forceinline__ void opt_accumulate(OScan& s, float z, float u, int j
     if (kd) {
       s.nan = s.nan || (u != u);
       const float uc = tcap > 0.f ? softcap_value(u, tcap) : u;
-      // JSD: t = sum exp(x - m) (x - m) in the domain x = z / tau, rescaled as xlogx_combine
-      // does (an empty state has t = 0); an entry's x - m is clamped at -88 (its exp is 0).
       if (zc > s.mzt) {
-        const float d = (s.mzt - zc) * inv_tau;
-        const float f = fast_exp2(d * L);
-        if (div == kJSD) s.tzt = s.mzt == -INFINITY ? 0.f : f * (s.tzt + s.szt * d);
+        const float f = fast_exp2((s.mzt - zc) * Lt);
         s.szt *= f;
         if (div == kReverseKL) s.a *= f;
         s.mzt = zc;
       }
-      const float xzt = (zc - s.mzt) * inv_tau;
-      const float ezt = zc == -INFINITY ? 0.f : fast_exp2(xzt * L);
+      const float ezt = zc == -INFINITY ? 0.f : fast_exp2((zc - s.mzt) * Lt);
       s.szt += ezt;
-      if (div == kJSD) s.tzt += ezt * fmaxf(xzt, -88.f);
       if (uc > s.mu) {
-        const float d = (s.mu - uc) * inv_tau;
-        const float f = fast_exp2(d * L);
-        if (div == kJSD) s.tu = s.mu == -INFINITY ? 0.f : f * (s.tu + s.su * d);
+        const float f = fast_exp2((s.mu - uc) * Lt);
         s.su *= f;
         if (div == kForwardKL) s.a *= f;
         s.mu = uc;
       }
-      const float xu = (uc - s.mu) * inv_tau;
-      const float eu = uc == -INFINITY ? 0.f : fast_exp2(xu * L);
+      const float eu = uc == -INFINITY ? 0.f : fast_exp2((uc - s.mu) * Lt);
       s.su += eu;
-      if (div == kJSD) s.tu += eu * fmaxf(xu, -88.f);
       if (div == kForwardKL) s.a += kd_term(uc, zc, eu);
       else if (div == kReverseKL) s.a += reverse_kd_term(zc, uc, ezt);
     }
@@ -666,8 +653,6 @@ __device__ __forceinline__ OStats to_ostats(const OScan& s, float inv_tau) {
   t.mu = TEACHER ? s.mu * inv_tau : -INFINITY;
   t.su = TEACHER ? s.su : 0.f;
   t.a = TEACHER ? s.a : 0.f;
-  t.tzt = TEACHER ? s.tzt : 0.f;
-  t.tu = TEACHER ? s.tu : 0.f;
   t.sumz = s.sumz;
   t.amax = s.amax;
   t.aidx = s.aidx;
@@ -676,22 +661,22 @@ __device__ __forceinline__ OStats to_ostats(const OScan& s, float inv_tau) {
 }
 
 // Merges y into x. The a-accumulator goes with the teacher's state (forward KL) or the state of
-// z / tau (reverse KL); for the JSD both states carry their t (xlogx_combine).
+// z / tau (reverse KL); JSD has none.
 struct OCombine {
   int div;
   template <bool TEACHER>
   __device__ __forceinline__ void operator()(OStats& x, const OStats& y) const {
     lse_combine(x.mz, x.sz, y.mz, y.sz);
     if constexpr (TEACHER) {
-      if (div == kJSD) {
-        xlogx_combine(x.mzt, x.szt, x.tzt, y.mzt, y.szt, y.tzt);
-        xlogx_combine(x.mu, x.su, x.tu, y.mu, y.su, y.tu);
-      } else if (div == kReverseKL) {
+      if (div == kReverseKL) {
         kd_combine(x.mzt, x.szt, x.a, y.mzt, y.szt, y.a);
         lse_combine(x.mu, x.su, y.mu, y.su);
-      } else {
+      } else if (div == kForwardKL) {
         lse_combine(x.mzt, x.szt, y.mzt, y.szt);
         kd_combine(x.mu, x.su, x.a, y.mu, y.su, y.a);
+      } else {
+        lse_combine(x.mzt, x.szt, y.mzt, y.szt);
+        lse_combine(x.mu, x.su, y.mu, y.su);
       }
     }
     x.sumz += y.sumz;
@@ -703,15 +688,14 @@ struct OCombine {
   }
   template <bool TEACHER>
   __device__ __forceinline__ void operator()(JsdSums& x, const JsdSums& y) const {
-    x.mlogm += y.mlogm;
-    x.qlogm += y.qlogm;
+    x.kl_pm += y.kl_pm;
+    x.kl_qm += y.kl_qm;
   }
 };
 
-// Butterfly all-reduce of a struct of 32-bit words over the 32 lanes (every lane ends with the
-// same value: each pair of partners combines the same two values in the same order... up to the
-// order of the two operands, which the combines above treat symmetrically for the maxima; sums
-// are added as (own + other), the same on both partners since float addition commutes).
+// Butterfly all-reduce of a struct of 32-bit words over the 32 lanes. Every combine above gives
+// the same bits whichever operand is its first (the larger maximum wins, equal maxima add the
+// two sums, and float addition commutes), so every lane ends with the same statistics.
 template <bool TEACHER, class St>
 __device__ __forceinline__ void warp_allreduce_any(St& s, const OCombine& comb) {
   static_assert(sizeof(St) % 4 == 0, "32-bit words");
@@ -864,13 +848,13 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)
 #pragma unroll
     for (int e = 0; e < VEC; ++e)
       opt_accumulate<TEACHER>(sc, zg.get(e), TEACHER ? uv[e] : 0.f, j0 + e, j0 + e < K, cap, tcap, smooth, div,
-                              L, Lt, inv_tau);
+                              L, Lt);
   }
   for (int i = t; i < n_scalar; i += S) {
     const int j = i < h ? i : tail0 + (i - h);
     const float z = load_scalar<DZ>(zrow + j, false);
     const float u = TEACHER && j < K ? load_scalar<DU>(urow + j, false) : 0.f;
-    opt_accumulate<TEACHER>(sc, z, u, j, j < K, cap, tcap, smooth, div, L, Lt, inv_tau);
+    opt_accumulate<TEACHER>(sc, z, u, j, j < K, cap, tcap, smooth, div, L, Lt);
   }
 
   SALT_SHARED(OStats, warp_part, NWARPS);
@@ -898,7 +882,7 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)
     p = fast_exp2(fmaf(uc, inv_tau, -ou) * L);
   };
 
-  // ---- JSD: sum m log m and sum q log m over [0, K) ----
+  // ---- JSD: KL(p || m) and KL(q || m) over [0, K) ----
   float kl_qm = 0.f, kd = 0.f;
   if constexpr (TEACHER) {
     if (div == kJSD) {
@@ -906,11 +890,10 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)
       auto jsd_elem = [&](float z, float u) {
         const float zc = cap > 0.f ? softcap_value(z, cap) : z;
         const float uc = tcap > 0.f ? softcap_value(u, tcap) : u;
-        float p, q, log_q;
-        pq(zc, uc, p, q, log_q);
-        const float lm = jsd_log_mix(p, q, beta);
-        js.mlogm += xlog_term(beta * p + (1.f - beta) * q, lm);
-        js.qlogm += xlog_term(q, lm);
+        float kl_pm, kl_qm_j, log_q_over_m;
+        jsd_terms(fmaf(uc, inv_tau, -ou), fmaf(zc, inv_tau, -ozt), beta, kl_pm, kl_qm_j, log_q_over_m);
+        js.kl_pm += kl_pm;
+        js.kl_qm += kl_qm_j;
       };
       for (int g = t; g < G; g += S) {
         const int j0 = h + g * VEC;
@@ -929,11 +912,9 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)
       }
       row_allreduce<TEACHER, WARP_ROWS, NWARPS>(js, JsdSums{0.f, 0.f}, comb, warp_part2, block_part2, cluster,
                                                 lane, warp, cluster_wait);
-      float plogp = xlogx_value(st.mu, st.su, st.tu, lse_u);
-      float qlogq = xlogx_value(st.mzt, st.szt, st.tzt, lse_zt);
-      if (st.nan) plogp = qlogq = js.mlogm = js.qlogm = NAN;
-      kl_qm = qlogq - js.qlogm;
-      kd = jsd_value(plogp, qlogq, js.mlogm, beta, tau);
+      if (st.nan) js.kl_pm = js.kl_qm = NAN;
+      kl_qm = js.kl_qm;
+      kd = jsd_value(js.kl_pm, js.kl_qm, beta, tau);
     } else if (div == kReverseKL) {
       kd = reverse_kd_value(st.a, st.szt, lse_u, lse_zt, tau);
     } else {
@@ -979,7 +960,9 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)
           } else if (div == kReverseKL) {
             kdg = reverse_kd_grad(q, (zc - uc) * inv_tau + cr, d_rev);
           } else {
-            kdg = jsd_grad(q, log_q, jsd_log_mix(p, q, beta), kl_qm, beta);
+            float kl_pm, kl_qm_j, log_q_over_m;
+            jsd_terms(fmaf(uc, inv_tau, -ou), log_q, beta, kl_pm, kl_qm_j, log_q_over_m);
+            kdg = jsd_grad(q, log_q_over_m, kl_qm, beta);
           }
         }
       }

@@ -5,7 +5,7 @@ for bounds and alignment against the regions declared here.
 
     lib = build()                                   # g++, cached under build/cuda_emulator/
     out = rows(lib, student, teacher, labels, kd_weight=..., temperature=..., ignore_index=...,
-               grad=None, grad_scale=None, mode=None, block=None, cluster=None)
+               grad=None, grad_scale=None, options=DEFAULT_OPTIONS, mode=None, block=None, cluster=None)
 
 `rows` has the row contract of salt_kernels/backends/base.py on CPU tensors. The kernel
 arguments come from base.compiled_rows_args, as for the real launcher (so the teacher is passed
