@@ -211,6 +211,9 @@ def rows_autograd(name: str, *, n_tensors: int, arg_names: tuple, backward_op):
         ctx.grad = grad if tuple(grad.shape) == tuple(student.shape) and ctx.reduction != "none" else None
 
     def backward(ctx, grad_loss, *_unused):
+        n_inputs = n_tensors + len(arg_names) + 2
+        if grad_loss is None:  # the loss got no gradient (grads are not materialized)
+            return (None,) * n_inputs
         tensors = ctx.saved_tensors
         args = [getattr(ctx, arg) for arg in arg_names]
         grad, ctx.grad = ctx.grad, None  # handed out once; a second backward recomputes

@@ -436,6 +436,8 @@ def linear_autograd(name: str, *, n_tensors: int, arg_names: tuple, backward_op)
         ctx.grads = grads if fresh else None
 
     def backward(ctx, grad_loss, *_unused):
+        if grad_loss is None:  # the loss got no gradient (grads are not materialized)
+            return (None,) * (n_tensors + len(arg_names))
         tensors = ctx.saved_tensors
         args = [getattr(ctx, arg) for arg in arg_names]
         # What the forward was asked for may be more than this backward needs (e.g. the weight only).
