@@ -508,7 +508,7 @@ def test_profile_writes_json_accounting_and_renders(tmp_path, capsys):
     acc = doc["accounting"]
     assert acc["loss"] == "fused"
     assert acc["measured"]["t_salt_s"] == pytest.approx(150 * salt["step_s"] + 270 * ce["step_s"])
-    assert acc["demo"]["saving"] == pytest.approx(1 - (150 * 0.125 + 270 * 0.1) / 60.0)
+    assert "demo" not in acc  # whole-run times of separate runs are never compared
     assert "T_SALT     = min(k, n_KD) * t_kd + max(0, k - n_KD) * t_ce" in printed
     # the profile renders into RESULTS.md next to the bench tables
     md = tmp_path / "RESULTS.md"
