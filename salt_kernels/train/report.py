@@ -199,10 +199,12 @@ def _machine_line(runs: list[dict]) -> str:
     line = (f"Trained on {r.get('device', '?')} with {r.get('threads', '?')} torch thread(s), "
             f"{r.get('processes', 1)} process(es), {r.get('cpu_count', '?')} CPU cores")
     if loads:
-        line += f"; 1-minute load average {min(loads):.1f} to {max(loads):.1f} during the runs"
-        if r.get("device") == "cpu" and r.get("cpu_count") and max(loads) > r["cpu_count"]:
-            line += (" (above the core count: other processes shared the CPU, so the runs' times "
-                     "are slower and noisier than the machine alone would give)")
+        line += (f"; 1-minute load average {min(loads):.1f} to {max(loads):.1f} during the runs "
+                 "(their own threads count in it)")
+        threads = r.get("threads") if isinstance(r.get("threads"), int) else 1
+        if r.get("device") == "cpu" and max(loads) - threads >= 0.5:
+            line += (": other processes shared the CPU, so the runs' times are slower and noisier "
+                     "than the machine alone would give")
     return line + "."
 
 
