@@ -564,3 +564,21 @@ def test_report_flags_variants_whose_loss_disagrees():
     wrong = {"results": [rec("cpu", 10.0), rec("eager", 10.0), rec("liger", 7.5)]}
     (line,) = render.value_disagreements(wrong)
     assert "liger computes a different loss" in line and "N=8 V=16 fp32" in line
+
+
+def test_launch_plan_variants_name_their_backend_and_knobs():
+    """triton-<mode>-b<block>-w<warps> and cuda-b<threads>-c<cluster> select a backend's launch
+    plan for the benchmarks; a malformed name is not a variant."""
+    from salt_kernels.backends import cuda as cuda_backend
+    from salt_kernels.benchmarking import cases as C
+
+    assert C.base_variant("triton-sync-b4096-w8") == "triton" and C.base_variant("cuda-b512-c4") == "cuda"
+    assert C.cuda_plan("cuda-b512-c4") == {"_BLOCK": 512, "_CLUSTER": 4}
+    assert C.triton_plan("triton-fused") == {"MODE": "fused", "BLOCK_V": None, "NUM_WARPS": None}
+    assert all(C.known_variant(v) for v in C.CUDA_SWEEP + C.TRITON_SWEEP)
+    assert not C.known_variant("cuda-b128-c4") and not C.known_variant("cuda-b512-c3")
+    seen = []
+    fn = C.with_variant_plan(lambda: seen.append((cuda_backend._BLOCK, cuda_backend._CLUSTER)), "cuda-b256-c2")
+    before = (cuda_backend._BLOCK, cuda_backend._CLUSTER)
+    fn()
+    assert seen == [(256, 2)] and (cuda_backend._BLOCK, cuda_backend._CLUSTER) == before

@@ -11,7 +11,9 @@ launch plan. With a CUDA device the same cases run on the GPU (the real kernels)
 sizes at the end of the module.
 """
 
+import json
 import os
+import re
 import sys
 
 import pytest
@@ -240,3 +242,34 @@ def test_kernels_compile_for_the_gpu_without_one():
         pytest.skip(f"this triton cannot compile ahead of time here: {res.stderr.strip()[-300:]}")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert res.stdout.count("ok   sm_90") == 2, res.stdout
+
+
+def test_check_script_plan_fits_seven_minutes():
+    """check.sh's steps, with their caps, fit its budget, and the budget fits 7 minutes; a budget
+    too small for the plan is refused before anything runs."""
+    res = _run(["bash", CHECK_SH], env={**os.environ, "CHECK_DRY_RUN": "1"})
+    assert res.returncode == 0, res.stderr
+    head = res.stdout.splitlines()[0]
+    budget, caps = (int(x) for x in re.search(r"budget (\d+)s, caps (\d+)s", head).groups())
+    steps = [line.split() for line in res.stdout.splitlines()[1:]]
+    assert [s[0] for s in steps][:3] == ["env", "triton", "cuda"] and steps[-1][0] == "linear"
+    assert sum(int(s[1].rstrip("s")) for s in steps) == caps and caps < budget <= 420
+    res = _run(["bash", CHECK_SH], env={**os.environ, "CHECK_DRY_RUN": "1", "CHECK_BUDGET_S": "100"})
+    assert res.returncode == 1 and "CHECK_BUDGET_S=100" in res.stderr
+
+
+def test_kernel_check_dry_run_and_summary(tmp_path):
+    """kernel_check.py's parts run end to end on tiny CPU shapes (interpreter) and write records
+    that summarize.py renders; the crosscheck against float64 passes there too."""
+    out = tmp_path / "out"
+    out.mkdir()
+    script = os.path.join(ROOT, "benchmarks", "gpu", "kernel_check.py")
+    res = _run([sys.executable, script, "--dry-run", "--part", "roofline", "crosscheck", "ncu",
+                "--json", str(out / "kernels.json")])
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    recs = json.loads((out / "kernels.json").read_text())
+    cross = [r for r in recs if r["part"] == "crosscheck" and r["variant"] == "triton"]
+    assert cross and cross[0]["ok"] and cross[0]["loss_max_rel"] < 1e-5, cross
+    assert "triton-sync: ran" in res.stdout
+    res = _run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu", "summarize.py"), str(out)])
+    assert res.returncode == 0 and "crosscheck triton" in res.stdout and "OK" in res.stdout, res.stdout

@@ -1,12 +1,14 @@
 """The short table that benchmarks/gpu/check.sh prints last, from the files it left in OUT:
-steps.tsv, tests.xml and the bench_*.json result files (the `salt-kernels bench` format, see
-salt_kernels/benchmarking/results.py).
+steps.tsv, kernels.json (kernel_check.py records), ncu.csv, tests.xml and the bench_*.json
+result files (the `salt-kernels bench` format, see salt_kernels/benchmarking/results.py).
 
     python benchmarks/gpu/summarize.py OUT_DIR
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import pathlib
 import sys
 import xml.etree.ElementTree as ET
@@ -72,6 +74,87 @@ def records(doc: dict) -> list[str]:
     return lines
 
 
+def kernels(out: pathlib.Path) -> list[str]:
+    """kernel_check.py's records: the roofline, one line per timing (ms, GB/s, share of the
+    roofline), the crosscheck errors, and the fastest configuration of each backend."""
+    f = out / "kernels.json"
+    if not f.exists():
+        return ["kernels: no kernels.json"]
+    try:
+        recs = json.loads(f.read_text())
+    except ValueError as exc:
+        return [f"kernels: kernels.json unreadable ({exc})"]
+    lines = ["kernels (kernel_check.py; floor = the roofline's bandwidth moving 2 reads + 1 write, "
+             "or 2 reads for fwd):",
+             f"  {'part':<10} {'variant':<24} {'V':>7} {'tau':>4} {'pass':>6} {'ms':>8} {'floor':>7} "
+             f"{'GB/s':>6} {'peak GiB':>8} {'loss':>10}"]
+    seen_roof = set()
+    best: dict[str, dict] = {}
+    for r in recs:
+        if r.get("part") == "roofline":
+            if r["variant"] in seen_roof:
+                continue
+            seen_roof.add(r["variant"])
+            lines.append(f"  roofline   {r['variant']:<24} {r['v']:>7} {'':>4} {'':>6} {r['median_ms']:>8.3f} "
+                         f"{'':>7} {r['gbps']:>6.0f}")
+            continue
+        if r.get("part") == "crosscheck":
+            if r.get("error"):
+                lines.append(f"  crosscheck {r['variant']}: {r['error'][:90]}")
+            else:
+                lines.append(f"  crosscheck {r['variant']}: {r['rows_checked']} rows, loss max rel "
+                             f"{r['loss_max_rel']:.2e}, grad rel {r['grad_rel']:.2e} (worst row "
+                             f"{r['grad_row_max_rel']:.2e}), finite {r['finite']}: {'OK' if r['ok'] else 'FAIL'}")
+            continue
+        head = f"  {r['part']:<10} {r['variant']:<24} {r['v']:>7} {r['tau']:>4} {r['pass']:>6}"
+        if r.get("error"):
+            lines.append(f"{head} {r['error'][:70]}")
+            continue
+        floor = f"{r['floor_ms']:.3f}" if r.get("floor_ms") else "-"
+        peak = f"{r['peak_gib']:.2f}" if r.get("peak_gib") is not None else "-"
+        lines.append(f"{head} {r['median_ms']:>8.3f} {floor:>7} {r['gbps']:>6.0f} {peak:>8} {r['loss']:>10.5f}")
+        if r["pass"] == "fwdbwd" and r["tau"] == 2.0 and r["part"] in ("triton", "cuda"):
+            base = r["variant"].split("-")[0]
+            if base in ("triton", "cuda") and (base not in best or r["median_ms"] < best[base]["median_ms"]):
+                best[base] = r
+    for base, r in best.items():
+        lines.append(f"  fastest {base} configuration: {r['variant']} {r['median_ms']:.3f} ms "
+                     f"({r['floor_ms'] / r['median_ms'] * 100:.0f}% of the floor's speed)" if r.get("floor_ms")
+                     else f"  fastest {base} configuration: {r['variant']} {r['median_ms']:.3f} ms")
+    return lines
+
+
+def ncu(out: pathlib.Path) -> list[str]:
+    """ncu.csv: per profiled kernel launch, grid, DRAM GB read / written, L2 hit rate, time."""
+    f = out / "ncu.csv"
+    if not f.exists():
+        return []
+    text = f.read_text(errors="replace").splitlines()
+    start = next((i for i, line in enumerate(text) if line.startswith('"ID"')), None)
+    if start is None:
+        return ["ncu: no metric table in ncu.csv (see ncu.log)"]
+    launches: dict[str, dict] = {}
+    for row in csv.DictReader(text[start:]):
+        k = launches.setdefault(row["ID"], {"name": row.get("Kernel Name", "")[:28], "grid": row.get("Grid Size", "")})
+        value = row.get("Metric Value", "").replace(",", "")
+        try:
+            v = float(value)
+        except ValueError:
+            continue
+        unit = row.get("Metric Unit", "")
+        scale = {"byte": 1e-9, "Kbyte": 1e-6, "Mbyte": 1e-3, "Gbyte": 1.0, "KB": 1e-6, "MB": 1e-3, "GB": 1.0,
+                 "nsecond": 1e-6, "usecond": 1e-3, "msecond": 1.0, "ns": 1e-6, "us": 1e-3, "ms": 1.0}.get(unit, 1.0)
+        k[row["Metric Name"]] = v * scale
+    lines = ["ncu (per launch, in kernel_check.py --part ncu order: triton fused, split (2 launches), sync, "
+             "cuda auto, cuda-b512-c1, cuda-b512-c4):",
+             f"  {'id':>3} {'kernel':<28} {'grid':<18} {'DRAM rd GB':>10} {'wr GB':>7} {'L2 hit%':>7} {'ms':>7}"]
+    for i, k in launches.items():
+        lines.append(f"  {i:>3} {k['name']:<28} {k['grid'][:18]:<18} {k.get('dram__bytes_read.sum', 0):>10.2f} "
+                     f"{k.get('dram__bytes_write.sum', 0):>7.2f} {k.get('lts__t_sector_hit_rate.pct', 0):>7.1f} "
+                     f"{k.get('gpu__time_duration.sum', 0):>7.3f}")
+    return lines
+
+
 def report(path: pathlib.Path) -> list[str]:
     from salt_kernels.benchmarking import render, results
 
@@ -91,7 +174,7 @@ def main(argv=None) -> int:
     env = out / "env.txt"
     if env.exists():
         lines += ["  " + s for s in env.read_text().splitlines()[:6]]
-    lines += ["steps:"] + steps(out) + [tests(out)]
+    lines += ["steps:"] + steps(out) + [tests(out), ""] + kernels(out) + [""] + ncu(out)
     order = list(TITLES)
     for f in sorted(out.glob("bench_*.json"), key=lambda f: (order.index(f.stem) if f.stem in order else 9, f.name)):
         lines += ["", f"{TITLES.get(f.stem, f.stem)}:"] + report(f)

@@ -56,6 +56,10 @@ TRITON_SWEEP = tuple(
     for mode in ("fused", "split", "sync")
     for block, warps in ((1024, 4), (2048, 4), (2048, 8), (4096, 8), (4096, 16), (8192, 16))
 )
+# One launch configuration of the cuda backend: cuda-b<threads>-c<cluster> (threads 32: one warp
+# per row; 256 or 512: a block, or a cluster of `cluster` blocks, per row; never by default).
+CUDA_PLAN = re.compile(r"cuda-b(32|256|512)-c(1|2|4|8)$")
+CUDA_SWEEP = ("cuda-b32-c1",) + tuple(f"cuda-b{b}-c{c}" for b in (256, 512) for c in (1, 2, 4, 8))
 
 # Known but never in the default set, nor in VARIANTS (whose functions take full teacher logits):
 # topk_salt_loss with the top k of the teacher (--backends ...,topk).
@@ -123,8 +127,17 @@ def triton_plan(variant: str) -> dict | None:
             "NUM_WARPS": int(m.group(3)) if m.group(3) else None}
 
 
+def cuda_plan(variant: str) -> dict | None:
+    """{"_BLOCK", "_CLUSTER"} (the cuda backend's overrides) of a cuda-b<threads>-c<cluster>
+    variant, else None."""
+    m = CUDA_PLAN.match(variant)
+    return {"_BLOCK": int(m.group(1)), "_CLUSTER": int(m.group(2))} if m else None
+
+
 def base_variant(variant: str) -> str:
-    return "triton" if triton_plan(variant) else variant
+    if triton_plan(variant):
+        return "triton"
+    return "cuda" if cuda_plan(variant) else variant
 
 
 def fused_backward(variant: str) -> bool:
@@ -258,7 +271,8 @@ def default_grid(device: torch.device, full: bool) -> tuple[tuple[int, ...], tup
 def known_variant(variant: str, op: str = "loss") -> bool:
     if op == "linear":
         return variant in LINEAR_VARIANTS
-    return variant in VARIANTS or variant in EXTRA_VARIANTS or triton_plan(variant) is not None
+    return (variant in VARIANTS or variant in EXTRA_VARIANTS or triton_plan(variant) is not None
+            or cuda_plan(variant) is not None)
 
 
 def variant_status(variant: str, device: torch.device, op: str = "loss", backend: str = "auto") -> tuple[bool, str]:
@@ -335,7 +349,8 @@ def choose_variants(requested: list[str] | None, device: torch.device) -> tuple[
         if unknown:
             raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from "
                              f"{', '.join(VARIANTS + EXTRA_VARIANTS)} "
-                             "(or a triton launch plan, triton-<fused|split|sync>[-b<block>-w<warps>])")
+                             "(or a triton launch plan, triton-<fused|split|sync>[-b<block>-w<warps>], "
+                             "or a cuda launch configuration, cuda-b<32|256|512>-c<1|2|4|8>)")
         names = requested
     else:
         names = [v for v in VARIANTS if v not in OPT_IN]
@@ -437,20 +452,33 @@ def case_inputs(case: Case, device: torch.device, seed: int = 0) -> tuple[tuple,
     return inputs, inputs[:1]
 
 
-def _with_triton_plan(fn, plan: dict):
-    from ..backends.triton import launcher
+def _with_plan(fn, module, plan: dict):
+    """fn with the module attributes of `plan` set during each call (a backend's tuning knobs)."""
 
     def run(*args):
-        saved = {k: getattr(launcher, k) for k in plan}
+        saved = {k: getattr(module, k) for k in plan}
         for k, x in plan.items():
-            setattr(launcher, k, x)
+            setattr(module, k, x)
         try:
             return fn(*args)
         finally:
             for k, x in saved.items():
-                setattr(launcher, k, x)
+                setattr(module, k, x)
 
     return run
+
+
+def with_variant_plan(fn, variant: str):
+    """fn under the launch plan a triton-... or cuda-... variant names (fn itself otherwise)."""
+    if triton_plan(variant):
+        from ..backends.triton import launcher
+
+        return _with_plan(fn, launcher, triton_plan(variant))
+    if cuda_plan(variant):
+        from ..backends import cuda
+
+        return _with_plan(fn, cuda, cuda_plan(variant))
+    return fn
 
 
 def make_loss_fn(variant: str, kd_weight: float = KD_WEIGHT, temperature: float = TEMPERATURE,
@@ -475,8 +503,7 @@ def make_loss_fn(variant: str, kd_weight: float = KD_WEIGHT, temperature: float 
             return salt_loss(student, teacher, labels, kd_weight=kd_weight, temperature=temperature,
                              backend=base_variant(variant), **kw)
 
-        plan = triton_plan(variant)
-        return _with_triton_plan(fn, plan) if plan else fn
+        return with_variant_plan(fn, variant)
     if kw:
         raise ValueError(f"{variant} computes the plain SALT loss only, not {', '.join(kw)}")
     if variant == "eager":
