@@ -1,0 +1,377 @@
+"""The SALT loss with the vocabulary split over a process group (docs/design.md, "Vocab-parallel").
+
+Each rank holds a contiguous slice of the vocabulary, in rank order (sizes may differ): its
+columns of the student and teacher logits, or, in the linear form, its rows of both output
+weights. Labels are vocabulary-wide ids, the same on every rank. No rank ever gathers logits.
+
+Per chunk of rows, three all-reduces of a few fp32 numbers per row:
+  1. MAX of the row maxima of z, z / tau and u / tau over the slices;
+  2. SUM of the sums of exps against those maxima (the global log-sum-exps), z[y] from the rank
+     that owns y, the sum of z (label smoothing), and MIN of the first index of the maximum
+     (accuracy, with torch.argmax's tie rule);
+  3. SUM of the divergence's partial sums, which need the global log-sum-exps.
+Each rank then writes the gradient of its own slice; the math is the reference backend's
+(backends/reference.py), row by row, with the log-sum-exps and sums of the whole vocabulary.
+Rows are processed in chunks of about CHUNK_ELEMENTS logits of the widest slice, the same chunks
+on every rank, so the extra memory stays at a few fp32 copies of one chunk.
+
+The gradient of the student slice is computed in the forward (while the chunk is at hand) and
+scaled by the incoming gradient in the backward, as the fused kernels do.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .. import _validation as V
+from ..backends.base import LossOptions, result_dtype
+from ..backends.reference import _cap, _xlogy_terms, combine_loss
+
+CHUNK_ELEMENTS = 1 << 21
+_NO_INDEX = torch.iinfo(torch.int64).max
+
+
+class Shard:
+    """Where this rank's slice sits in the vocabulary, and the group it is split over."""
+
+    def __init__(self, local_vocab: int, group, device: torch.device):
+        self.group = group
+        sizes = torch.tensor([local_vocab], dtype=torch.int64)
+        if dist.get_backend(group) == "nccl":
+            sizes = sizes.to(device)
+        world = dist.get_world_size(group)
+        gathered = [torch.zeros_like(sizes) for _ in range(world)]
+        dist.all_gather(gathered, sizes, group=group)
+        self.sizes = [int(s.item()) for s in gathered]
+        self.rank = dist.get_rank(group)
+        self.start = sum(self.sizes[: self.rank])
+        self.vocab = sum(self.sizes)
+        self.local = local_vocab
+        self.widest = max(self.sizes)
+
+    def all_reduce(self, x: torch.Tensor, op) -> torch.Tensor:
+        dist.all_reduce(x, op=op, group=self.group)
+        return x
+
+    def chunk_rows(self) -> int:
+        return max(1, CHUNK_ELEMENTS // max(self.widest, 1))
+
+
+def _lse(m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """log-sum-exp from a global maximum m and the sum of exp(x - m) (-inf rows stay -inf)."""
+    return torch.where(torch.isfinite(m), m + s.log(), m)
+
+
+def _sumexp(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 0:
+        return torch.zeros_like(m)
+    shift = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    return (x - shift[:, None]).exp().sum(-1)
+
+
+def _rowmax(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 0:
+        return torch.full(x.shape[:1], -math.inf, dtype=x.dtype, device=x.device)
+    return x.max(-1).values
+
+
+def shard_rows(z_shard, u_shard, labels, shard: Shard, *, kd_weight, temperature, ignore_index,
+               options: LossOptions, want_grad: bool):
+    """Per-row loss, ce, kd, accuracy of the whole-vocabulary SALT loss from this rank's slice, and
+    (want_grad) d loss_i / d z_i on the slice, in the student's dtype."""
+    n = z_shard.shape[0]
+    device = z_shard.device
+    dt = result_dtype(z_shard.dtype)
+    outs = {k: torch.zeros(n, dtype=dt, device=device) for k in ("loss", "ce", "kd", "accuracy")}
+    grad = torch.empty_like(z_shard) if want_grad else None
+    tau, w, o = float(temperature), float(kd_weight), shard.start
+    use_teacher = u_shard is not None and w > 0
+    kd_vocab = options.kd_vocab or shard.vocab
+    kl = min(shard.local, max(0, kd_vocab - o))  # this slice's KD columns
+    eps, lam, beta = options.label_smoothing, options.z_loss, options.beta
+    step = shard.chunk_rows()
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        z = _cap(z_shard[r0:r1].to(dt), options.softcap)
+        y = labels[r0:r1].long()
+        valid = y != ignore_index
+        mine = valid & (y >= o) & (y < o + shard.local)
+        y_loc = torch.where(mine, y - o, torch.zeros_like(y))
+        zt = z[:, :kl] / tau if tau != 1 else z[:, :kl]
+        ut = _cap(u_shard[r0:r1, :kl].to(dt), options.teacher_softcap) / tau if use_teacher else zt[:, :0]
+        # 1. maxima
+        m = shard.all_reduce(torch.stack([_rowmax(z), _rowmax(zt), _rowmax(ut)], 1), dist.ReduceOp.MAX)
+        # 2. sums of exps, z[y], sum of z, first index of the maximum
+        z_y = torch.where(mine, z.gather(1, y_loc[:, None])[:, 0], torch.zeros_like(z[:, 0]))
+        sums = torch.stack([_sumexp(z, m[:, 0]), _sumexp(zt, m[:, 1]), _sumexp(ut, m[:, 2]), z_y, z.sum(-1)], 1)
+        shard.all_reduce(sums, dist.ReduceOp.SUM)
+        first = torch.where(_rowmax(z) == m[:, 0], z.argmax(-1) + o, torch.full_like(y, _NO_INDEX))
+        shard.all_reduce(first, dist.ReduceOp.MIN)
+        lse_z, lse_zt, lse_u = (_lse(m[:, i], sums[:, i]) for i in range(3))
+        z_y = sums[:, 3]
+        ce = lse_z - z_y
+        if eps > 0:
+            ce = (1 - eps) * ce + eps * (lse_z - sums[:, 4] / shard.vocab)
+        # 3. the divergence's sums
+        kd = torch.zeros_like(ce)
+        if use_teacher:
+            log_p, log_q = ut - lse_u[:, None], zt - lse_zt[:, None]
+            p, q = log_p.exp(), log_q.exp()
+            if options.divergence == "forward_kl":
+                parts = [_xlogy_terms(p, log_p - log_q).sum(-1)]
+            elif options.divergence == "reverse_kl":
+                parts = [_xlogy_terms(q, log_q - log_p).sum(-1)]
+            else:
+                log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
+                parts = [_xlogy_terms(p, log_p - log_m).sum(-1), _xlogy_terms(q, log_q - log_m).sum(-1)]
+            d_parts = shard.all_reduce(torch.stack(parts, 1), dist.ReduceOp.SUM)
+            d = d_parts[:, 0] if len(parts) == 1 else beta * d_parts[:, 0] + (1 - beta) * d_parts[:, 1]
+            kd = tau * tau * d
+        loss = combine_loss(ce, kd, w)
+        if lam > 0:
+            loss = loss + lam * lse_z * lse_z
+        zero = torch.zeros_like(loss)
+        for key, value in (("loss", loss), ("ce", ce), ("kd", kd), ("accuracy", (first == y).to(dt))):
+            outs[key][r0:r1] = torch.where(valid, value, zero)
+        if not want_grad:
+            continue
+        softmax = (z - lse_z[:, None]).exp()
+        g = (1 - w) * softmax
+        hit = torch.full_like(g[:, :1], -(1 - w) * (1 - eps))
+        g.scatter_add_(1, y_loc[:, None], torch.where(mine[:, None], hit, torch.zeros_like(hit)))
+        if eps > 0:
+            g -= (1 - w) * eps / shard.vocab
+        if lam > 0:
+            g += (2 * lam) * lse_z[:, None] * softmax
+        if use_teacher and kl > 0:
+            if options.divergence == "forward_kl":
+                dg = q - p
+            elif options.divergence == "reverse_kl":
+                s = log_q - log_p
+                dg = torch.where(q == 0, torch.zeros_like(q), q * (s - d[:, None]))
+            else:
+                gj = (1 - beta) * (log_q - log_m)
+                dg = torch.where(q == 0, torch.zeros_like(q), q * (gj - (1 - beta) * d_parts[:, 1:2]))
+            g[:, :kl] += w * tau * dg
+        if options.softcap is not None:
+            g *= 1 - (z / options.softcap) ** 2
+        grad[r0:r1].copy_(torch.where(valid[:, None], g, torch.zeros_like(g)))
+    return outs, grad
+
+
+class _VocabParallelRows(torch.autograd.Function):
+    """Per-row loss (and detached parts) of the vocab-parallel loss; the student slice's
+    gradient is made in the forward and scaled per row in the backward."""
+
+    @staticmethod
+    def forward(ctx, z_shard, u_shard, labels, shard, kd_weight, temperature, ignore_index, options, want):
+        outs, grad = shard_rows(z_shard, u_shard, labels, shard, kd_weight=kd_weight, temperature=temperature,
+                                ignore_index=ignore_index, options=options, want_grad=want)
+        ctx.save_for_backward(grad if grad is not None else z_shard.new_empty(0))
+        ctx.mark_non_differentiable(outs["ce"], outs["kd"], outs["accuracy"])
+        return outs["loss"], outs["ce"], outs["kd"], outs["accuracy"]
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        (grad,) = ctx.saved_tensors
+        if grad_loss is None or grad.numel() == 0:
+            return (None,) * 9
+        return (grad * grad_loss.to(grad.dtype)[:, None],) + (None,) * 8
+
+
+def _group(group):
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("the vocab-parallel loss needs an initialized torch.distributed process group "
+                           "(torch.distributed.init_process_group, e.g. under torchrun)")
+    return group if group is not None else dist.group.WORLD
+
+
+def _reduce(rows: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return rows
+    if reduction == "sum":
+        return rows.sum()
+    return rows.sum() / valid.sum().clamp_min(1).to(rows.dtype)
+
+
+def _check_common(labels, lead, device, what, kd_weight, temperature, ignore_index, reduction, options):
+    kd_weight, temperature, ignore_index = V.check_options(kd_weight=kd_weight, temperature=temperature,
+                                                           ignore_index=ignore_index, reduction=reduction)
+    V.check_labels(labels, lead, device, what)
+    return kd_weight, temperature, ignore_index, V.check_loss_options(**options)
+
+
+def _check_labels_global(labels, vocab, ignore_index, validate):
+    if validate:
+        V.check_label_values(labels, vocab, ignore_index)
+
+
+def _options(softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing, z_loss) -> dict:
+    return dict(softcap=softcap, teacher_softcap=teacher_softcap, kd_vocab=kd_vocab, divergence=divergence,
+                beta=beta, label_smoothing=label_smoothing, z_loss=z_loss)
+
+
+def vocab_parallel_salt_loss(student_shard, teacher_shard, labels, *, group=None, kd_weight=0.5, temperature=1.0,
+                             ignore_index=-100, reduction="mean", return_parts=False, validate=True, softcap=None,
+                             teacher_softcap=None, kd_vocab=None, divergence="forward_kl", beta=0.5,
+                             label_smoothing=0.0, z_loss=0.0):
+    """salt_loss over a vocabulary split across `group` (default: the world): `student_shard`
+    (..., V_r) and `teacher_shard` (..., V_r) are this rank's contiguous columns, in rank order;
+    `labels` (...) holds vocabulary-wide ids. Value, parts and gradient equal salt_loss on the
+    joined logits. The teacher's slices follow the student's; `kd_vocab` counts global columns.
+    Returns the loss (and SaltParts with return_parts), the same on every rank."""
+    from ..functional import SaltParts
+
+    group = _group(group)
+    V.check_logits("student_shard", student_shard)
+    if teacher_shard is not None:
+        V.check_logits("teacher_shard", teacher_shard)
+        if teacher_shard.shape != student_shard.shape:
+            raise ValueError(f"teacher_shard must have the shape of student_shard {tuple(student_shard.shape)} "
+                             f"(the same vocabulary slice), got {tuple(teacher_shard.shape)}")
+    kd_weight, temperature, ignore_index, options = _check_common(
+        labels, student_shard.shape[:-1], student_shard.device, "student_shard", kd_weight, temperature,
+        ignore_index, reduction, _options(softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing,
+                                          z_loss))
+    if teacher_shard is None and kd_weight > 0:
+        raise ValueError("teacher_shard is None: pass the teacher's slice, or kd_weight=0 for cross-entropy alone")
+    shard = Shard(student_shard.shape[-1], group, student_shard.device)
+    _check_labels_global(labels, shard.vocab, ignore_index, validate)
+    if options.kd_vocab is not None and options.kd_vocab > shard.vocab:
+        raise ValueError(f"kd_vocab must be at most the joined vocabulary ({shard.vocab}), got {options.kd_vocab}")
+    lead = labels.shape
+    z = student_shard.reshape(-1, student_shard.shape[-1])
+    u = None if teacher_shard is None else teacher_shard.reshape(-1, teacher_shard.shape[-1])
+    y = labels.reshape(-1)
+    want = torch.is_grad_enabled() and z.requires_grad
+    loss, ce, kd, acc = _VocabParallelRows.apply(z, u, y, shard, kd_weight, temperature, ignore_index, options, want)
+    valid = y != ignore_index
+    out = _reduce(loss, valid, reduction)
+    if reduction == "none":
+        out = out.reshape(lead)
+    if not return_parts:
+        return out
+    zl = torch.zeros_like(ce)
+    if options.z_loss > 0:
+        zl = loss.detach() - combine_loss(ce, kd, kd_weight)
+    parts = [_reduce(p, valid, reduction) for p in (ce, kd, zl)]
+    accuracy = acc if reduction == "none" else acc.sum() / valid.sum().clamp_min(1).to(acc.dtype)
+    if reduction == "none":
+        parts, accuracy = [p.reshape(lead) for p in parts], accuracy.reshape(lead)
+    return out, SaltParts(*parts, accuracy)
+
+
+class _VocabParallelLinear(torch.autograd.Function):
+    """Loss of the linear form, chunked over tokens: per chunk the slices of both logits,
+    shard_rows, and the gradients of the student's hidden states (partial, summed over the group
+    at the end), weight slice and bias slice. With reduction "mean" or "sum" it returns the
+    reduced loss and makes the gradients in the forward; with "none" it returns the rows and
+    recomputes in the backward with the rows' gradients as weights."""
+
+    @staticmethod
+    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, labels, shard, kd_weight, temperature, ignore_index, options,
+                chunk, reduction, want):
+        ctx.args = (shard, kd_weight, temperature, ignore_index, options, chunk)
+        ctx.needs = (h_s.requires_grad, w_s.requires_grad, b_s is not None and b_s.requires_grad)
+        ctx.reduction = reduction
+        if reduction == "none":
+            rows, _ = _linear_pass(h_s, w_s, b_s, h_t, w_t, b_t, labels, *ctx.args, row_scale=None, want=False)
+            ctx.save_for_backward(h_s, w_s, b_s, h_t, w_t, b_t, labels)
+            return rows
+        valid = (labels != ignore_index).sum()
+        scale = 1.0 if reduction == "sum" else 1.0 / valid.clamp_min(1).to(result_dtype(h_s.dtype))
+        rows, ctx.grads = _linear_pass(h_s, w_s, b_s, h_t, w_t, b_t, labels, *ctx.args, row_scale=scale, want=want)
+        return rows.sum() * scale
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if ctx.reduction == "none":
+            h_s, w_s, b_s, h_t, w_t, b_t, labels = ctx.saved_tensors
+            _, grads = _linear_pass(h_s, w_s, b_s, h_t, w_t, b_t, labels, *ctx.args, row_scale=grad_out, want=True)
+        else:
+            grads = ctx.grads
+            if grads is None:
+                return (None,) * 15
+            grads = tuple(None if g is None else g * grad_out.to(g.dtype) for g in grads)
+        return tuple(g if need else None for g, need in zip(grads, ctx.needs)) + (None,) * 12
+
+
+def _linear_pass(h_s, w_s, b_s, h_t, w_t, b_t, labels, shard, kd_weight, temperature, ignore_index, options,
+                 chunk, *, row_scale, want):
+    """Per-row losses (fp32) and, with `want`, the gradients (hidden [summed over the group],
+    weight slice, bias slice) of sum_i row_scale_i * loss_i."""
+    n = h_s.shape[0]
+    dt = result_dtype(h_s.dtype)  # fp32 accumulation (float64 for float64 inputs)
+    rows = torch.zeros(n, dtype=dt, device=h_s.device)
+    g_h = torch.zeros(n, h_s.shape[1], dtype=dt, device=h_s.device) if want else None
+    g_w = torch.zeros(w_s.shape, dtype=dt, device=w_s.device) if want else None
+    g_b = torch.zeros(w_s.shape[0], dtype=dt, device=w_s.device) if want and b_s is not None else None
+    use_teacher = h_t is not None and kd_weight > 0
+    for c0 in range(0, n, chunk):
+        c1 = min(n, c0 + chunk)
+        z = F.linear(h_s[c0:c1], w_s, b_s)
+        u = F.linear(h_t[c0:c1], w_t, b_t) if use_teacher else None
+        outs, g = shard_rows(z, u, labels[c0:c1], shard, kd_weight=kd_weight, temperature=temperature,
+                             ignore_index=ignore_index, options=options, want_grad=want)
+        rows[c0:c1] = outs["loss"]
+        if want:
+            scale = row_scale[c0:c1].to(dt)[:, None] if torch.is_tensor(row_scale) and row_scale.dim() else row_scale
+            g = g.to(dt) * scale
+            g_h[c0:c1] = g @ w_s.to(dt)
+            g_w += g.t() @ h_s[c0:c1].to(dt)
+            if g_b is not None:
+                g_b += g.sum(0)
+    if want:
+        shard.all_reduce(g_h, dist.ReduceOp.SUM)
+        g_h, g_w = g_h.to(h_s.dtype), g_w.to(w_s.dtype)
+        g_b = None if g_b is None else g_b.to(b_s.dtype)
+        return rows, (g_h, g_w, g_b)
+    return rows, None
+
+
+def vocab_parallel_linear_salt_loss(student_hidden, student_weight_shard, teacher_hidden, teacher_weight_shard,
+                                    labels, *, student_bias_shard=None, teacher_bias_shard=None, group=None,
+                                    kd_weight=0.5, temperature=1.0, ignore_index=-100, reduction="mean",
+                                    validate=True, chunk_size=None, softcap=None, teacher_softcap=None,
+                                    kd_vocab=None, divergence="forward_kl", beta=0.5, label_smoothing=0.0,
+                                    z_loss=0.0):
+    """linear_salt_loss with both output weights split by rows (vocabulary) across `group`: every
+    rank passes the full hidden states (..., d) and its own rows of the weights (and biases), in
+    rank order; the gradient of student_hidden is summed over the group, the weight slice gets
+    its own gradient. No rank holds more than chunk_size x its slice of logits."""
+    group = _group(group)
+    for name, x in (("student_hidden", student_hidden), ("student_weight_shard", student_weight_shard)):
+        V.check_logits(name, x)
+    if student_weight_shard.dim() != 2 or student_weight_shard.shape[1] != student_hidden.shape[-1]:
+        raise ValueError(f"student_weight_shard must be (V_r, {student_hidden.shape[-1]}), got "
+                         f"{tuple(student_weight_shard.shape)}")
+    if teacher_hidden is not None:
+        if teacher_weight_shard is None or teacher_weight_shard.shape[0] != student_weight_shard.shape[0]:
+            raise ValueError("teacher_weight_shard must hold the same vocabulary rows as student_weight_shard "
+                             f"({student_weight_shard.shape[0]})")
+        if teacher_weight_shard.shape[1] != teacher_hidden.shape[-1]:
+            raise ValueError(f"teacher_weight_shard must be (V_r, {teacher_hidden.shape[-1]}), got "
+                             f"{tuple(teacher_weight_shard.shape)}")
+    kd_weight, temperature, ignore_index, options = _check_common(
+        labels, student_hidden.shape[:-1], student_hidden.device, "student_hidden", kd_weight, temperature,
+        ignore_index, reduction, _options(softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing,
+                                          z_loss))
+    if teacher_hidden is None and kd_weight > 0:
+        raise ValueError("teacher_hidden is None: pass the teacher's hidden states, or kd_weight=0")
+    shard = Shard(student_weight_shard.shape[0], group, student_hidden.device)
+    _check_labels_global(labels, shard.vocab, ignore_index, validate)
+    lead = labels.shape
+    h_s = student_hidden.reshape(-1, student_hidden.shape[-1])
+    h_t = None if teacher_hidden is None else teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
+    y = labels.reshape(-1)
+    chunk = int(chunk_size) if chunk_size else shard.chunk_rows()
+    want = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (h_s, student_weight_shard, student_bias_shard))
+    out = _VocabParallelLinear.apply(h_s, student_weight_shard, student_bias_shard, h_t, teacher_weight_shard,
+                                     teacher_bias_shard, y, shard, kd_weight, temperature, ignore_index, options,
+                                     chunk, reduction, want)
+    return out.reshape(lead) if reduction == "none" else out
