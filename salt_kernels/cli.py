@@ -16,6 +16,7 @@ import sys
 COMMANDS = (
     ("demo", "salt_kernels.commands.demo"),
     ("train", "salt_kernels.commands.train"),
+    ("teacher-cache", "salt_kernels.commands.teacher_cache"),
     ("bench", "salt_kernels.commands.bench"),
     ("profile", "salt_kernels.commands.profile"),
 )

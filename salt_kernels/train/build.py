@@ -12,6 +12,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,7 +39,8 @@ from .models import (
     model_dir_vocab_size,
 )
 from .runtime import Dist
-from .step import SaltStep, StudentLoss, final_logit_softcap, plain_projection, resolve_kd_vocab
+from .step import SaltStep, StudentLoss, TopkTeacher, final_logit_softcap, plain_projection, resolve_kd_vocab
+from .teacher_cache import CacheError, TeacherCache, sequences_hash
 
 # Keys that may differ between a run and its resumption.
 RESUME_FREE_KEYS = {"resume", "overwrite", "progress", "device", "backend", "log_interval",
@@ -67,13 +69,37 @@ def validate_inputs(cfg: TrainConfig) -> list[str]:
     documents (read once here) so a bad --data fails before anything is built."""
     check_config(cfg)
     check_model_spec(cfg.model_spec(), "--model")
-    if cfg.run.role == "salt":  # a run folder stands for its final/ model
+    if cfg.run.role == "salt" and cfg.salt.teacher:  # a run folder stands for its final/ model
         cfg.salt.teacher = ckpt.resolve_model_dir(cfg.salt.teacher, "--teacher")
+    if cfg.run.role == "salt" and cfg.salt.teacher_cache:
+        open_teacher_cache(cfg)  # exists, complete
     if cfg.data.tokenizer:
         load_tokenizer(cfg.data.tokenizer)  # raises a ConfigError for a bad path
     docs = load_documents(cfg.data.data)
     ensure_writable(Path(cfg.run.out_dir))
     return docs
+
+
+def open_teacher_cache(cfg: TrainConfig) -> TeacherCache:
+    """The run's --teacher-cache, opened (memory-mapped); ConfigError naming the flag when it is
+    missing, incomplete or not a cache."""
+    try:
+        return TeacherCache(cfg.salt.teacher_cache)
+    except CacheError as exc:
+        raise ConfigError(f"--teacher-cache: {exc}") from None
+    except (OSError, ValueError, TypeError) as exc:  # a damaged manifest or shard
+        raise ConfigError(f"--teacher-cache {cfg.salt.teacher_cache!r} cannot be read ({exc}): rebuild it "
+                          "with `salt-kernels teacher-cache`") from None
+
+
+def check_teacher_cache(cache: TeacherCache, cfg: TrainConfig, data: Dataset) -> None:
+    """ConfigError naming --teacher-cache unless the cache covers this run's training sequences
+    (tokenizer, --seq-len, data and split: the manifest's hashes)."""
+    try:
+        cache.check(tokenizer=data.tokenizer, seq_len=cfg.data.seq_len, sequences=len(data.train),
+                    data=sequences_hash(data.train))
+    except CacheError as exc:
+        raise ConfigError(f"--teacher-cache: {exc}") from None
 
 
 def check_vocabularies(cfg: TrainConfig, tokenizer) -> int:
@@ -83,7 +109,17 @@ def check_vocabularies(cfg: TrainConfig, tokenizer) -> int:
     tokenizer's tokens, see resolve_kd_vocab)."""
     n_tok = len(tokenizer)
     student_vocab = model_dir_vocab_size(cfg.model_spec()) if is_model_dir(cfg.model_spec()) else None
-    if cfg.run.role == "salt":
+    if cfg.run.role == "salt" and cfg.salt.teacher_cache:
+        teacher_vocab = open_teacher_cache(cfg).manifest.teacher_vocab or n_tok
+        if n_tok > teacher_vocab:
+            raise ConfigError(f"the tokenizer has {n_tok} tokens but the teacher of --teacher-cache had "
+                              f"vocab_size {teacher_vocab}: SALT needs the tokenizer the teacher was trained with")
+        if student_vocab is None:
+            student_vocab = teacher_vocab
+        elif student_vocab < teacher_vocab:
+            raise ConfigError(f"the student's vocabulary ({student_vocab}) is smaller than the teacher's of "
+                              f"--teacher-cache ({teacher_vocab}): the cached token ids may fall outside it")
+    elif cfg.run.role == "salt":
         teacher_dir = cfg.salt.teacher
         teacher_vocab = model_dir_vocab_size(teacher_dir)
         if n_tok > teacher_vocab:
@@ -147,6 +183,28 @@ def _check_resume_compatible(state: dict, cfg: TrainConfig, d: Dist) -> None:
                           "original flags (or start over with --overwrite):\n  " + "\n  ".join(diffs))
 
 
+# --------------------------------------------------------------------------- data
+
+
+def training_data(cfg: TrainConfig, docs: list[str], tokenizer,
+                  split: tuple[list[str], list[str]] | None = None) -> Dataset:
+    """The run's sequences: the fixed train/validation split of the documents (--val-fraction),
+    tokenized, cut to --seq-len. Every run and the teacher cache build theirs here, so sequence
+    i of data.train is the same tokens for all of them (the sampler's ids index it). `split`:
+    the split already made of `docs`."""
+    train_docs, val_docs = split if split is not None else split_documents(docs, cfg.data.val_fraction)
+    return build_dataset(train_docs, val_docs, tokenizer, cfg.data.seq_len)
+
+
+class Batch(NamedTuple):
+    """One process's batch: inputs and targets (batch, seq_len) and the ids of its sequences
+    (positions in data.train, on the CPU: what a teacher cache is looked up by)."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    ids: torch.Tensor
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -156,7 +214,7 @@ class Run:
 
     model: torch.nn.Module  # the student
     module: torch.nn.Module  # StudentLoss(model), inside DistributedDataParallel with torchrun
-    teacher: torch.nn.Module | None  # frozen, eval mode; None unless --role salt
+    teacher: torch.nn.Module | None  # frozen, eval mode; None unless --role salt with --teacher
     salt: SaltStep  # the loss and its kd_weight schedule
     optimizer: torch.optim.Optimizer
     tokenizer: object
@@ -166,16 +224,25 @@ class Run:
     sampler: ShardSampler  # this process's batches
     stage1_sampler: ShardSampler | None  # stage 1's batches with --select-data
     device: torch.device
+    teacher_cache: TeacherCache | None = None  # --teacher-cache: the teacher's top-k on disk
 
     @property
     def n_kd(self) -> int:
         return self.salt.n_kd
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets) of this process at `step`."""
+    def batch(self, step: int) -> Batch:
+        """Inputs, targets and sequence ids of this process at `step`."""
         sampler = self.sampler if self.stage1_sampler is None or step >= self.n_kd else self.stage1_sampler
-        batch = self.data.train[sampler.batch(step)].to(self.device, non_blocking=True)
-        return batch[:, :-1], batch[:, 1:]
+        ids = sampler.batch(step)
+        batch = self.data.train[ids].to(self.device, non_blocking=True)
+        return Batch(batch[:, :-1], batch[:, 1:], ids)
+
+    def teacher_out(self, batch: Batch) -> TopkTeacher | object:
+        """The teacher's side of the loss for `batch`: the cached top-k rows of its sequences
+        (--teacher-cache) or the teacher's forward (--teacher)."""
+        if self.teacher_cache is not None:
+            return self.salt.teacher_topk(self.teacher_cache, batch.ids, self.device)
+        return self.salt.teacher_forward(self.teacher, input_ids=batch.inputs)
 
     def autocast(self):
         """bf16 autocast on CUDA; fp32 on the CPU."""
@@ -192,7 +259,11 @@ def build_run(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, 
     train_docs, val_docs = split_documents(docs, cfg.data.val_fraction)
     tokenizer = _resolve_tokenizer(cfg, train_docs, out, d, resuming)
     vocab = check_vocabularies(cfg, tokenizer)
-    data = build_dataset(train_docs, val_docs, tokenizer, cfg.data.seq_len)
+    data = training_data(cfg, docs, tokenizer, split=(train_docs, val_docs))
+    cache = None
+    if r.role == "salt" and s.teacher_cache:
+        cache = open_teacher_cache(cfg)
+        check_teacher_cache(cache, cfg, data)
     n_eval = cfg.data.eval_sequences or len(data.val)
     eval_ids = torch.linspace(0, len(data.val) - 1, min(n_eval, len(data.val))).long().unique()
     if d.main:
@@ -205,8 +276,8 @@ def build_run(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, 
                        num_heads=m.num_heads, intermediate_size=m.intermediate_size)
     model.to(device).train()
     teacher = None
-    if r.role == "salt":
-        teacher = load_model_dir(s.teacher, dtype=_teacher_dtype(s.teacher_dtype, device)).to(device).eval()
+    if r.role == "salt" and cache is None:
+        teacher = load_model_dir(s.teacher, dtype=teacher_dtype(s.teacher_dtype, device)).to(device).eval()
         teacher.requires_grad_(False)
     if r.loss == "linear":
         for net in (model, teacher) if teacher is not None else (model,):
@@ -233,7 +304,7 @@ def build_run(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, 
         stage1_sampler = _selection_sampler(cfg, teacher, data, sampler, device, d, out, per_rank)
     return Run(model=model, module=module, teacher=teacher, salt=salt, optimizer=optimizer,
                tokenizer=tokenizer, vocab=vocab, data=data, val=data.val[eval_ids], sampler=sampler,
-               stage1_sampler=stage1_sampler, device=device)
+               stage1_sampler=stage1_sampler, device=device, teacher_cache=cache)
 
 
 def _resolve_step(cfg: TrainConfig, model, teacher, tokenizer, d: Dist) -> SaltStep:
@@ -266,6 +337,10 @@ def describe(cfg: TrainConfig, run: Run, d: Dist) -> str:
     options = ", ".join(options)
     stage = (f", distillation for {run.n_kd} steps (w={s.kd_weight}, tau={s.temperature}, "
              f"{s.transition})") if run.n_kd else ""
+    if run.n_kd and run.teacher_cache is not None:
+        m = run.teacher_cache.manifest
+        stage += (f" from the top-{m.k} teacher cache {s.teacher_cache} ({m.dtype}, tail "
+                  f"{run.salt.tail}, teacher {m.teacher})")
     return (f"[{r.role}] {cfg.model_spec()}: {count_parameters(run.model) / 1e6:.2f}M parameters, "
             f"vocab {run.vocab}, {len(run.data.train)} train / {len(run.data.val)} val sequences of "
             f"{cfg.data.seq_len} tokens, {r.steps} steps x {r.batch_size} sequences on "
@@ -273,7 +348,8 @@ def describe(cfg: TrainConfig, run: Run, d: Dist) -> str:
             + (f", loss options: {options}" if options else ""))
 
 
-def _teacher_dtype(name: str, device: torch.device):
+def teacher_dtype(name: str, device: torch.device):
+    """The teacher's weights dtype for --teacher-dtype NAME on `device`."""
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, name)
@@ -285,14 +361,12 @@ def _resolve_tokenizer(cfg: TrainConfig, train_docs: list[str], out: Path, d: Di
     saved = out / "tokenizer"
     if resuming and has_tokenizer(str(saved)):
         return load_tokenizer(str(saved))
-    source = cfg.data.tokenizer
-    if source is None and cfg.run.role == "salt" and has_tokenizer(cfg.salt.teacher):
-        source = cfg.salt.teacher
-    if source is None and is_model_dir(cfg.model_spec()) and has_tokenizer(cfg.model_spec()):
-        source = cfg.model_spec()
+    source = tokenizer_source(cfg)
     if source is None and cfg.run.role == "salt":
-        raise ConfigError(f"the teacher {cfg.salt.teacher!r} has no tokenizer files: pass "
-                          "--tokenizer with the tokenizer it was trained with")
+        where = (f"the teacher {cfg.salt.teacher!r}" if cfg.salt.teacher
+                 else f"--teacher-cache {cfg.salt.teacher_cache!r}")
+        raise ConfigError(f"{where} has no tokenizer files: pass --tokenizer with the tokenizer the "
+                          "teacher was trained with")
     if source is not None:
         tokenizer = load_tokenizer(source)
         if d.main:
@@ -307,6 +381,21 @@ def _resolve_tokenizer(cfg: TrainConfig, train_docs: list[str], out: Path, d: Di
             f"{time.perf_counter() - t0:.1f}s; saved to {saved}")
     d.barrier()
     return load_tokenizer(str(saved))
+
+
+def tokenizer_source(cfg: TrainConfig) -> str | None:
+    """Where a fresh run's tokenizer comes from: --tokenizer; for SALT the teacher's (its model
+    directory, or the tokenizer/ folder a teacher cache holds); a student directory's own; None:
+    a BPE is trained on the training split."""
+    if cfg.data.tokenizer is not None:
+        return cfg.data.tokenizer
+    if cfg.run.role == "salt":
+        teacher = cfg.salt.teacher or os.path.join(cfg.salt.teacher_cache, "tokenizer")
+        if has_tokenizer(teacher):
+            return teacher
+    if is_model_dir(cfg.model_spec()) and has_tokenizer(cfg.model_spec()):
+        return cfg.model_spec()
+    return None
 
 
 def _selection_sampler(cfg: TrainConfig, teacher, data: Dataset, sampler: ShardSampler, device,

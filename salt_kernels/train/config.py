@@ -22,7 +22,7 @@ from ..backends.base import DIVERGENCES
 from ..backends.registry import BACKEND_NAMES
 from .schedule import TRANSITIONS
 from .step import FUSED_PATHS as LOSS_PATHS
-from .step import SaltStep
+from .step import TOPK_TAILS, SaltStep
 
 ROLES = ("teacher", "baseline", "salt")
 DEVICES = ("auto", "cpu", "cuda")
@@ -85,6 +85,14 @@ class OptimConfig:
 class SaltConfig:
     teacher: str | None = opt(None, "frozen teacher for --role salt: a local Hugging Face "
                               "causal-LM directory (e.g. runs/NAME/teacher/final)")
+    teacher_cache: str | None = opt(None, "instead of --teacher: a folder written by `salt-kernels "
+                                    "teacher-cache` for this run's data, tokenizer and --seq-len; "
+                                    "stage 1 reads the teacher's cached top-k of each batch (no "
+                                    "teacher model is loaded) and computes the top-k loss "
+                                    "(docs/design.md, \"Top-k teacher\")")
+    topk_tail: str = opt("bucket", "--teacher-cache: the teacher's mass outside its top k; bucket "
+                         "(one more outcome, compared with the student's mass outside the top k) "
+                         "or renormalize (the teacher renormalized over its top k)", TOPK_TAILS)
     teacher_dtype: str = opt("auto", "teacher weights dtype (auto: float32 on CPU, bfloat16 on GPU)",
                              DTYPES)
     kd_weight: float = opt(0.5, "w in (1 - w) * CE + w * KD during the distillation stage")
@@ -202,7 +210,7 @@ class TrainConfig:
                         transition=s.transition, path=self.run.loss, backend=self.run.backend,
                         softcap=s.softcap, teacher_softcap=s.teacher_softcap, kd_vocab=s.kd_vocab,
                         divergence=s.divergence, beta=s.beta, label_smoothing=s.label_smoothing,
-                        z_loss=s.z_loss)
+                        z_loss=s.z_loss, tail=s.topk_tail)
 
 
 # --------------------------------------------------------------------------- field lookup
@@ -393,14 +401,41 @@ def check_config(cfg: TrainConfig) -> None:
     if r.resume and r.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: pick one")
     if r.role == "salt":
-        if not s.teacher:
+        if s.teacher and s.teacher_cache:
+            raise ConfigError("--teacher and --teacher-cache exclude each other: --teacher runs the "
+                              "teacher model at every stage-1 step, --teacher-cache reads its top-k "
+                              "from disk; pass one")
+        if not s.teacher and not s.teacher_cache:
             raise ConfigError("--role salt needs --teacher DIR (a local Hugging Face causal-LM "
-                              "directory, e.g. the final/ folder of a --role teacher run)")
+                              "directory, e.g. the final/ folder of a --role teacher run) or "
+                              "--teacher-cache DIR (written by `salt-kernels teacher-cache`)")
+        if s.teacher_cache:
+            _check_topk_options(cfg)
         if s.n_kd > r.steps:
             raise ConfigError(f"--n-kd {s.n_kd} is beyond the total --steps {r.steps}: the "
                               f"distillation stage must fit in the run (use --n-kd <= {r.steps})")
+    elif s.teacher_cache:
+        raise ConfigError(f"--teacher-cache needs --role salt: a {r.role} run does not distill")
     elif s.n_kd:
         raise ConfigError(f"--n-kd {s.n_kd} needs --role salt: a {r.role} run does not distill "
                           "(drop --n-kd, or use --role salt with --teacher)")
     elif s.select_data:
         raise ConfigError("--select-data needs --role salt (the teacher scores the sequences)")
+    if s.topk_tail != "bucket" and not s.teacher_cache:
+        raise ConfigError(f"--topk-tail {s.topk_tail} applies to --teacher-cache only (a --teacher "
+                          "gives its whole distribution)")
+
+
+def _check_topk_options(cfg: TrainConfig) -> None:
+    """The settings the top-k loss cannot take (it computes the forward KL of the student against
+    the cached top-k, docs/design.md "Top-k teacher"), each named with the way out."""
+    s = cfg.salt
+    unsupported = {"divergence": (s.divergence, "forward_kl"), "teacher_softcap": (s.teacher_softcap, None),
+                   "kd_vocab": (s.kd_vocab, None), "select_data": (s.select_data, False)}
+    for name, (value, default) in unsupported.items():
+        if value != default:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} {value} needs --teacher: with --teacher-cache the loss is the forward "
+                              "KL against the cached top-k (the cache already holds the teacher's own "
+                              "log-probabilities)" + (", and data selection scores sequences with the "
+                                                      "teacher model" if name == "select_data" else ""))

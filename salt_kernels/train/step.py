@@ -15,6 +15,11 @@ The loss paths (LOSS_PATHS):
     torch    the models' logits + the loss in plain PyTorch (F.cross_entropy + F.kl_div), what a
              user writes without this package; the profiler's reference. It returns no parts.
 
+An offline teacher (`salt-kernels teacher-cache`, train/teacher_cache.py) replaces the teacher's
+forward by a look-up of the batch's cached top-k: teacher_out is then a TopkTeacher (indices,
+log-probabilities), from step.teacher_topk, and the loss is topk_salt_loss on the logits paths or
+linear_topk_salt_loss on the linear path (docs/design.md, "Top-k teacher"; tail: the step's).
+
 The teacher runs under torch.no_grad, and only while w > 0: stage 2 never calls it. The loss
 itself is defined in docs/design.md, "The loss"; its fused linear form in "Fused linear form";
 the distillation options a step passes to it (softcap, teacher_softcap, kd_vocab, divergence,
@@ -37,10 +42,11 @@ import torch
 from .. import _validation
 from ..backends.base import DEFAULT_OPTIONS
 from ..backends.registry import BACKEND_NAMES
-from ..functional import SaltParts, linear_salt_loss, salt_loss
+from ..functional import SaltParts, linear_salt_loss, linear_topk_salt_loss, salt_loss, topk_salt_loss
 from . import schedule
 
 IGNORE_INDEX = -100
+TOPK_TAILS = ("bucket", "renormalize")
 FUSED_PATHS = ("linear", "logits")  # the trainer's --loss choices: fused kernels, with parts
 LOSS_PATHS = FUSED_PATHS + ("torch",)
 
@@ -250,6 +256,16 @@ class LossInput(NamedTuple):
 
 
 _OPTION_NAMES = ("softcap", "teacher_softcap", "kd_vocab", "divergence", "beta", "label_smoothing", "z_loss")
+# the options the top-k loss takes from the teacher's side: none (it holds the teacher's log-probs)
+_TOPK_UNSUPPORTED = ("teacher_softcap", "kd_vocab", "divergence")
+
+
+class TopkTeacher(NamedTuple):
+    """A cached teacher's output for a batch: its top-k token ids (int32) and their
+    log-probabilities at temperature 1 (bf16/fp16/fp32), each (batch, seq, k)."""
+
+    indices: torch.Tensor
+    logprobs: torch.Tensor
 
 
 class SaltStep:
@@ -267,6 +283,8 @@ class SaltStep:
     kd_vocab: KD over the first k vocabulary entries (needed when the models' vocabularies differ:
         resolve_kd_vocab); divergence: "forward_kl" (SALT), "reverse_kl" or "jsd" with beta in
         (0, 1); label_smoothing; z_loss.
+    tail: with a TopkTeacher (a cached top-k teacher), how the loss treats the teacher's mass
+        outside its top k: "bucket" or "renormalize" (topk_salt_loss).
     Every setting is checked as the losses check it. The "torch" path computes the plain SALT
     loss only (no options).
     """
@@ -276,14 +294,15 @@ class SaltStep:
                  chunk_size: int | None = None, ignore_index: int = IGNORE_INDEX,
                  softcap: float | None = None, teacher_softcap: float | None = None,
                  kd_vocab: int | None = None, divergence: str = "forward_kl", beta: float = 0.5,
-                 label_smoothing: float = 0.0, z_loss: float = 0.0):
+                 label_smoothing: float = 0.0, z_loss: float = 0.0, tail: str = "bucket"):
         self.kd_weight, self.temperature, self.ignore_index = _validation.check_options(
             kd_weight=kd_weight, temperature=temperature, ignore_index=ignore_index, reduction="mean")
         if isinstance(n_kd, bool) or not isinstance(n_kd, int) or n_kd < 0:
             raise ValueError(f"n_kd must be an int >= 0, got {n_kd!r}")
         schedule.check_transition(transition)
         for name, value, allowed in (("path", path, LOSS_PATHS),
-                                     ("backend", backend, ("auto",) + BACKEND_NAMES)):
+                                     ("backend", backend, ("auto",) + BACKEND_NAMES),
+                                     ("tail", tail, TOPK_TAILS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         self.options = _validation.check_loss_options(
@@ -293,7 +312,7 @@ class SaltStep:
             changed = ", ".join(n for n in _OPTION_NAMES if getattr(self.options, n) != getattr(DEFAULT_OPTIONS, n))
             raise ValueError(f"the torch loss path computes the plain SALT loss only; it cannot take {changed}")
         self.n_kd, self.transition, self.path = n_kd, transition, path
-        self.backend, self.chunk_size = backend, chunk_size
+        self.backend, self.chunk_size, self.tail = backend, chunk_size, tail
 
     # The options by name (read-only views of self.options).
     softcap = property(lambda self: self.options.softcap)
@@ -308,7 +327,7 @@ class SaltStep:
         """The constructor's keyword arguments that make this step."""
         out = dict(kd_weight=self.kd_weight, temperature=self.temperature, n_kd=self.n_kd,
                    transition=self.transition, path=self.path, backend=self.backend,
-                   chunk_size=self.chunk_size, ignore_index=self.ignore_index)
+                   chunk_size=self.chunk_size, ignore_index=self.ignore_index, tail=self.tail)
         out.update({n: getattr(self.options, n) for n in _OPTION_NAMES})
         return out
 
@@ -331,7 +350,8 @@ class SaltStep:
         extra = "".join(f", {n}={getattr(self.options, n)!r}" for n in self.options.non_default())
         return (f"SaltStep(kd_weight={self.kd_weight}, temperature={self.temperature}, "
                 f"n_kd={self.n_kd}, transition={self.transition!r}, path={self.path!r}, "
-                f"backend={self.backend!r}{extra})")
+                f"backend={self.backend!r}{extra}"
+                + (f", tail={self.tail!r}" if self.tail != "bucket" else "") + ")")
 
     def weight(self, step: int) -> float:
         """w at optimizer step `step` (0-based)."""
@@ -372,12 +392,21 @@ class SaltStep:
     def teacher_forward(self, teacher: torch.nn.Module, **inputs) -> LossInput:
         return self._read(teacher, "teacher", inputs)
 
+    def teacher_topk(self, cache, seq_ids: torch.Tensor, device: torch.device | str | None = None) -> TopkTeacher:
+        """The cached teacher's output for the batch of training sequences `seq_ids` (positions in
+        the dataset): cache.lookup(seq_ids) (a TeacherCache) on `device`. Pass it to loss() as
+        teacher_out."""
+        indices, logprobs = cache.lookup(seq_ids.cpu())
+        return TopkTeacher(indices.to(device, non_blocking=True), logprobs.to(device, non_blocking=True))
+
     def loss(self, student_out, teacher_out, targets: torch.Tensor, w: float, *,
              reduction: str = "mean") -> tuple[torch.Tensor, SaltParts | None]:
         """(loss, SaltParts(ce, kd, z_loss, accuracy)) from forward()'s and teacher_forward()'s
-        outputs; teacher_out may be None when w == 0. (A bare HiddenAndHead or logits tensor gets
-        the step's softcap / teacher_softcap.) Parts are None on the "torch" path, whose only
-        reduction is "mean"."""
+        (or teacher_topk()'s) outputs; teacher_out may be None when w == 0. (A bare HiddenAndHead
+        or logits tensor gets the step's softcap / teacher_softcap.) Parts are None on the "torch"
+        path, whose only reduction is "mean"."""
+        if isinstance(teacher_out, TopkTeacher):
+            return self._topk_loss(student_out, teacher_out, targets, w, reduction)
         student_out, s_cap = _unpack(student_out, self.softcap)
         teacher_out, t_cap = _unpack(teacher_out, self.teacher_softcap)
         kw = dict(kd_weight=w, temperature=self.temperature, ignore_index=self.ignore_index,
@@ -401,6 +430,26 @@ class SaltStep:
         kw.pop("reduction")
         return torch_salt_loss(student_out, teacher_out, targets, **kw), None
 
+    def _topk_loss(self, student_out, teacher_out: TopkTeacher, targets, w, reduction):
+        """The loss against a cached top-k teacher: linear_topk_salt_loss on the linear path,
+        topk_salt_loss on the logits path (the forward KL; docs/design.md, "Top-k teacher")."""
+        changed = [n for n in _TOPK_UNSUPPORTED if getattr(self.options, n) != getattr(DEFAULT_OPTIONS, n)]
+        if changed:
+            raise ValueError(f"a top-k teacher gives its log-probabilities only: the step cannot apply "
+                             f"{', '.join(changed)} to it")
+        student_out, s_cap = _unpack(student_out, self.softcap)
+        kw = dict(kd_weight=w, temperature=self.temperature, tail=self.tail, ignore_index=self.ignore_index,
+                  reduction=reduction, backend=self.backend, return_parts=True, softcap=s_cap,
+                  label_smoothing=self.label_smoothing, z_loss=self.z_loss)
+        indices, logprobs = teacher_out
+        if self.path == "linear":
+            s = student_out
+            return linear_topk_salt_loss(s.hidden, s.weight, indices, logprobs, targets.to(s.hidden.device),
+                                         student_bias=s.bias, chunk_size=self.chunk_size, **kw)
+        if self.path == "logits":
+            return topk_salt_loss(student_out, indices, logprobs, targets.to(student_out.device), **kw)
+        raise ValueError("the torch loss path has no top-k teacher form; use the linear or logits path")
+
     def __call__(self, model: torch.nn.Module, teacher: torch.nn.Module | None, targets: torch.Tensor,
                  w: float, *, reduction: str = "mean", **inputs):
         """teacher forward (when w > 0), student forward and loss: (loss, parts)."""
@@ -417,7 +466,7 @@ def _unpack(out, default_cap: float | None):
 class StudentLoss(torch.nn.Module):
     """The student and a SaltStep's loss as one module, so that DistributedDataParallel wraps the
     student's whole forward. forward(input_ids, targets, teacher_out, w) -> (loss, parts), with
-    teacher_out from step.teacher_forward (None when w == 0)."""
+    teacher_out from step.teacher_forward or step.teacher_topk (None when w == 0)."""
 
     def __init__(self, model: torch.nn.Module, step: SaltStep):
         super().__init__()
@@ -429,5 +478,5 @@ class StudentLoss(torch.nn.Module):
 
 
 __all__ = ["FINAL_LOGIT_SOFTCAPS", "FUSED_PATHS", "HiddenAndHead", "IGNORE_INDEX", "LOSS_PATHS", "LossInput",
-           "OUTPUT_SCALINGS", "SaltStep", "StudentLoss", "causal_lm_hidden", "final_logit_softcap",
+           "OUTPUT_SCALINGS", "SaltStep", "StudentLoss", "TOPK_TAILS", "TopkTeacher", "causal_lm_hidden", "final_logit_softcap",
            "output_rows", "plain_projection", "resolve_kd_vocab", "unwrap_model"]

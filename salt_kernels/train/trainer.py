@@ -8,8 +8,10 @@ Every loss is a SaltStep (step.py): by default the fused output projection + los
 (linear_salt_loss, which never materializes logits), or with --loss logits the model's logits +
 salt_loss, with the run's distillation options (--divergence, --beta, --softcap,
 --teacher-softcap, --label-smoothing, --z-loss, --kd-vocab; build.py resolves the defaults that
-depend on the models). Baseline and teacher runs use the same step with kd_weight 0 and no
-teacher. Under torchrun, every process trains on its own shard of the data with
+depend on the models). With --teacher-cache, stage 1 reads the teacher's top-k of each batch
+from disk instead of running the teacher (the batch carries its sequence ids; the loss is the
+top-k form, docs/design.md "Top-k teacher"). Baseline and teacher runs use the same step with
+kd_weight 0 and no teacher. Under torchrun, every process trains on its own shard of the data with
 DistributedDataParallel.
 
 Between two log steps the loop only queues work on the device: it synchronizes, reads the losses
@@ -108,10 +110,10 @@ def _train(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, on_
                                         total_steps=r.steps, min_lr_ratio=o.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = run.batch(step)
+            batch = run.batch(step)
             with run.autocast():
-                teacher_out = salt.teacher_forward(run.teacher, input_ids=x) if w > 0 else None
-                loss, parts = run.module(x, y, teacher_out, w)
+                teacher_out = run.teacher_out(batch) if w > 0 else None  # model or cached top-k
+                loss, parts = run.module(batch.inputs, batch.targets, teacher_out, w)
             loss.backward()
             if o.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
