@@ -100,10 +100,15 @@ def _optional_positive(name: str, value) -> float | None:
     return check_scalar(name, value, low=0.0, high=math.inf, low_open=True)
 
 
+_D = DEFAULT_OPTIONS
+
+
 def check_loss_options(
-    *, softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing, z_loss
+    *, softcap=_D.softcap, teacher_softcap=_D.teacher_softcap, kd_vocab=_D.kd_vocab, divergence=_D.divergence,
+    beta=_D.beta, label_smoothing=_D.label_smoothing, z_loss=_D.z_loss,
 ) -> LossOptions:
-    """The distillation options (docs/design.md, "Distillation options"), each range-checked."""
+    """The distillation options (docs/design.md, "Distillation options"), each range-checked; an
+    option not given has its LossOptions default."""
     softcap = _optional_positive("softcap", softcap)
     teacher_softcap = _optional_positive("teacher_softcap", teacher_softcap)
     if kd_vocab is not None:
@@ -146,10 +151,7 @@ def validate_salt_inputs(
     teacher,
     labels,
     *,
-    kd_weight,
-    temperature,
-    ignore_index,
-    reduction,
+    kd_weight, temperature, ignore_index, reduction,
     check_label_range: bool,
     options: LossOptions = DEFAULT_OPTIONS,
 ) -> tuple[float, float, int]:
@@ -245,10 +247,7 @@ def validate_linear_inputs(
     teacher_bias,
     labels,
     *,
-    kd_weight,
-    temperature,
-    ignore_index,
-    reduction,
+    kd_weight, temperature, ignore_index, reduction,
     chunk_size,
     check_label_range: bool,
     options: LossOptions = DEFAULT_OPTIONS,

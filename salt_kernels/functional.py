@@ -58,6 +58,18 @@ def _wants_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _wants_grads(*tensors) -> list[bool]:
+    """_wants_grad of each tensor (want_h, want_w, want_b of the fused linear ops)."""
+    return [_wants_grad(t) for t in tensors]
+
+
+def _check_topk(lead, indices, logprobs, labels, kd_weight, tail: str, lead_name: str) -> float:
+    """kd_weight (as a float) and the cached top-k teacher of the top-k losses, checked."""
+    kd_weight = check_scalar("kd_weight", kd_weight, low=0.0, high=1.0)
+    validate_topk_inputs(lead, indices, logprobs, labels, kd_weight=kd_weight, tail=tail, lead_name=lead_name)
+    return kd_weight
+
+
 def _finish(loss, parts, shape, reduction: str, return_parts: bool):
     if reduction == "none":
         loss, parts = loss.reshape(shape), [p.reshape(shape) for p in parts]
@@ -71,20 +83,10 @@ def salt_loss(
     teacher_logits: torch.Tensor | None,
     labels: torch.Tensor,
     *,
-    kd_weight: float = 0.5,
-    temperature: float = 1.0,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    backend: str = "auto",
-    return_parts: bool = False,
-    validate: bool = True,
-    softcap: float | None = None,
-    teacher_softcap: float | None = None,
-    kd_vocab: int | None = None,
-    divergence: str = "forward_kl",
-    beta: float = 0.5,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
+    kd_weight: float = 0.5, temperature: float = 1.0, ignore_index: int = -100, reduction: str = "mean",
+    backend: str = "auto", return_parts: bool = False, validate: bool = True,
+    softcap: float | None = None, teacher_softcap: float | None = None, kd_vocab: int | None = None,
+    divergence: str = "forward_kl", beta: float = 0.5, label_smoothing: float = 0.0, z_loss: float = 0.0,
 ):
     """SALT loss: (1 - w) * CE(student, labels) + w * tau^2 * KL(softmax(teacher/tau) ||
     softmax(student/tau)) per token, fused in one pass per row.
@@ -112,44 +114,19 @@ def salt_loss(
     Returns the loss in float32 (float64 for float64 inputs), and the parts when asked. The
     gradient is only computed when grad mode is on and student_logits requires grad.
     """
-    options = check_loss_options(
-        softcap=softcap,
-        teacher_softcap=teacher_softcap,
-        kd_vocab=kd_vocab,
-        divergence=divergence,
-        beta=beta,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-    )
+    options = check_loss_options(softcap=softcap, teacher_softcap=teacher_softcap, kd_vocab=kd_vocab,
+                                 divergence=divergence, beta=beta, label_smoothing=label_smoothing, z_loss=z_loss)
     kd_weight, temperature, ignore_index = validate_salt_inputs(
-        student_logits,
-        teacher_logits,
-        labels,
-        kd_weight=kd_weight,
-        temperature=temperature,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        check_label_range=_eager_label_check(validate, student_logits),
-        options=options,
+        student_logits, teacher_logits, labels, kd_weight=kd_weight, temperature=temperature, ignore_index=ignore_index,
+        reduction=reduction, check_label_range=_eager_label_check(validate, student_logits), options=options,
     )
     use_teacher = teacher_logits is not None and kd_weight > 0
     dtypes = (student_logits.dtype, teacher_logits.dtype if use_teacher else None)
     name = registry.resolve_name(backend, student_logits.device, _math_dtype(*dtypes), options)
     student = as_rows(student_logits)
     teacher = as_rows(teacher_logits.detach()) if use_teacher else None
-    loss, *parts, _ = SaltLossFunction.apply(
-        student,
-        teacher,
-        labels,
-        kd_weight,
-        temperature,
-        ignore_index,
-        reduction,
-        name,
-        *options.as_args(),
-        _wants_grad(student_logits),
-        bool(return_parts),
-    )
+    loss, *parts, _ = SaltLossFunction.apply(student, teacher, labels, kd_weight, temperature, ignore_index, reduction,
+                                             name, *options.as_args(), _wants_grad(student_logits), bool(return_parts))
     return _finish(loss, parts, labels.shape, reduction, return_parts)
 
 
@@ -162,21 +139,10 @@ def linear_salt_loss(
     *,
     student_bias: torch.Tensor | None = None,
     teacher_bias: torch.Tensor | None = None,
-    kd_weight: float = 0.5,
-    temperature: float = 1.0,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    backend: str = "auto",
-    return_parts: bool = False,
-    chunk_size: int | None = None,
-    validate: bool = True,
-    softcap: float | None = None,
-    teacher_softcap: float | None = None,
-    kd_vocab: int | None = None,
-    divergence: str = "forward_kl",
-    beta: float = 0.5,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
+    kd_weight: float = 0.5, temperature: float = 1.0, ignore_index: int = -100, reduction: str = "mean",
+    backend: str = "auto", return_parts: bool = False, chunk_size: int | None = None, validate: bool = True,
+    softcap: float | None = None, teacher_softcap: float | None = None, kd_vocab: int | None = None,
+    divergence: str = "forward_kl", beta: float = 0.5, label_smoothing: float = 0.0, z_loss: float = 0.0,
 ):
     """SALT loss of the output projections, without materializing either logits tensor:
     equal in value and gradients to
@@ -202,30 +168,12 @@ def linear_salt_loss(
     fp32, returned in their dtype). Returns the loss in float32 (and SaltParts when asked).
     """
     device = getattr(student_hidden, "device", None)
-    options = check_loss_options(
-        softcap=softcap,
-        teacher_softcap=teacher_softcap,
-        kd_vocab=kd_vocab,
-        divergence=divergence,
-        beta=beta,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-    )
+    options = check_loss_options(softcap=softcap, teacher_softcap=teacher_softcap, kd_vocab=kd_vocab,
+                                 divergence=divergence, beta=beta, label_smoothing=label_smoothing, z_loss=z_loss)
     kd_weight, temperature, ignore_index = validate_linear_inputs(
-        student_hidden,
-        student_weight,
-        student_bias,
-        teacher_hidden,
-        teacher_weight,
-        teacher_bias,
-        labels,
-        kd_weight=kd_weight,
-        temperature=temperature,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        chunk_size=chunk_size,
-        check_label_range=_eager_label_check(validate, student_hidden),
-        options=options,
+        student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias, labels,
+        kd_weight=kd_weight, temperature=temperature, ignore_index=ignore_index, reduction=reduction,
+        chunk_size=chunk_size, check_label_range=_eager_label_check(validate, student_hidden), options=options,
     )
     use_teacher = kd_weight > 0
     autocast_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
@@ -244,26 +192,9 @@ def linear_salt_loss(
         w_t = teacher_weight.detach()
         b_t = None if teacher_bias is None else teacher_bias.detach()
     loss, *parts = LinearSaltLossFunction.apply(
-        h_s,
-        student_weight,
-        student_bias,
-        h_t,
-        w_t,
-        b_t,
-        labels,
-        kd_weight,
-        temperature,
-        ignore_index,
-        reduction,
-        name,
-        plan_chunk_size(chunk_size, n, vocab, compute_dtype, teacher_dtype, device),
-        compute_dtype,
-        teacher_dtype,
-        *options.as_args(),
-        _wants_grad(student_hidden),
-        _wants_grad(student_weight),
-        _wants_grad(student_bias),
-        bool(return_parts),
+        h_s, student_weight, student_bias, h_t, w_t, b_t, labels, kd_weight, temperature, ignore_index, reduction, name,
+        plan_chunk_size(chunk_size, n, vocab, compute_dtype, teacher_dtype, device), compute_dtype, teacher_dtype,
+        *options.as_args(), *_wants_grads(student_hidden, student_weight, student_bias), bool(return_parts),
     )
     return _finish(loss, parts[:4], labels.shape, reduction, return_parts)
 
@@ -274,17 +205,9 @@ def topk_salt_loss(
     teacher_logprobs: torch.Tensor | None,
     labels: torch.Tensor,
     *,
-    kd_weight: float = 0.5,
-    temperature: float = 1.0,
-    tail: str = "bucket",
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    backend: str = "auto",
-    return_parts: bool = False,
-    validate: bool = True,
-    softcap: float | None = None,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
+    kd_weight: float = 0.5, temperature: float = 1.0, tail: str = "bucket", ignore_index: int = -100,
+    reduction: str = "mean", backend: str = "auto", return_parts: bool = False, validate: bool = True,
+    softcap: float | None = None, label_smoothing: float = 0.0, z_loss: float = 0.0,
 ):
     """SALT loss with an offline top-k teacher (docs/design.md, "Top-k teacher"): the teacher is
     its k most likely tokens per position, as cached by `salt-kernels teacher-cache` or returned
@@ -300,22 +223,13 @@ def topk_salt_loss(
     The other arguments are those of salt_loss (softcap, label_smoothing and z_loss apply to the
     student; the divergence is the forward KL).
     """
-    options = check_loss_options(softcap=softcap, teacher_softcap=None, kd_vocab=None, divergence="forward_kl",
-                                 beta=0.5, label_smoothing=label_smoothing, z_loss=z_loss)
+    options = check_loss_options(softcap=softcap, label_smoothing=label_smoothing, z_loss=z_loss)
+    # kd_weight=0.0: the teacher side is checked by validate_topk_inputs
     _, temperature, ignore_index = validate_salt_inputs(
-        student_logits,
-        None,
-        labels,
-        kd_weight=0.0,  # the teacher side is checked by validate_topk_inputs
-        temperature=temperature,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        check_label_range=_eager_label_check(validate, student_logits),
-        options=options,
+        student_logits, None, labels, kd_weight=0.0, temperature=temperature, ignore_index=ignore_index,
+        reduction=reduction, check_label_range=_eager_label_check(validate, student_logits), options=options,
     )
-    kd_weight = check_scalar("kd_weight", kd_weight, low=0.0, high=1.0)
-    validate_topk_inputs(student_logits, teacher_indices, teacher_logprobs, labels, kd_weight=kd_weight, tail=tail,
-                         lead_name="student_logits")
+    kd_weight = _check_topk(student_logits, teacher_indices, teacher_logprobs, labels, kd_weight, tail, "student_logits")
     use_teacher = kd_weight > 0
     dtypes = (student_logits.dtype, teacher_logprobs.dtype if use_teacher else None)
     name = registry.resolve_name(backend, student_logits.device, _math_dtype(*dtypes), options, kind="topk_rows")
@@ -327,21 +241,8 @@ def topk_salt_loss(
     else:
         indices, logprobs = _dummy_topk(student.shape[0], student.device)
     loss, *parts, _ = TopkSaltLossFunction.apply(
-        student,
-        indices,
-        logprobs,
-        labels,
-        kd_weight,
-        temperature,
-        ignore_index,
-        reduction,
-        name,
-        tail,
-        options.softcap,
-        options.label_smoothing,
-        options.z_loss,
-        _wants_grad(student_logits),
-        bool(return_parts),
+        student, indices, logprobs, labels, kd_weight, temperature, ignore_index, reduction, name, tail,
+        options.softcap, options.label_smoothing, options.z_loss, _wants_grad(student_logits), bool(return_parts),
     )
     return _finish(loss, parts, labels.shape, reduction, return_parts)
 
@@ -360,18 +261,9 @@ def linear_topk_salt_loss(
     labels: torch.Tensor,
     *,
     student_bias: torch.Tensor | None = None,
-    kd_weight: float = 0.5,
-    temperature: float = 1.0,
-    tail: str = "bucket",
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    backend: str = "auto",
-    return_parts: bool = False,
-    chunk_size: int | None = None,
-    validate: bool = True,
-    softcap: float | None = None,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
+    kd_weight: float = 0.5, temperature: float = 1.0, tail: str = "bucket", ignore_index: int = -100,
+    reduction: str = "mean", backend: str = "auto", return_parts: bool = False, chunk_size: int | None = None,
+    validate: bool = True, softcap: float | None = None, label_smoothing: float = 0.0, z_loss: float = 0.0,
 ):
     """topk_salt_loss of the student's output projection, without materializing its logits:
     equal in value and gradients to
@@ -382,28 +274,15 @@ def linear_topk_salt_loss(
     Tokens are processed in chunks as in linear_salt_loss; the teacher side is the cached top-k
     (teacher_indices / teacher_logprobs, (..., k), see topk_salt_loss), so no teacher model runs.
     """
-    options = check_loss_options(softcap=softcap, teacher_softcap=None, kd_vocab=None, divergence="forward_kl",
-                                 beta=0.5, label_smoothing=label_smoothing, z_loss=z_loss)
+    options = check_loss_options(softcap=softcap, label_smoothing=label_smoothing, z_loss=z_loss)
     device = getattr(student_hidden, "device", None)
+    # kd_weight=0.0: the teacher side is checked by validate_topk_inputs
     _, temperature, ignore_index = validate_linear_inputs(
-        student_hidden,
-        student_weight,
-        student_bias,
-        None,
-        None,
-        None,
-        labels,
-        kd_weight=0.0,  # the teacher side is checked by validate_topk_inputs
-        temperature=temperature,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        chunk_size=chunk_size,
-        check_label_range=_eager_label_check(validate, student_hidden),
-        options=options,
+        student_hidden, student_weight, student_bias, None, None, None, labels, kd_weight=0.0, temperature=temperature,
+        ignore_index=ignore_index, reduction=reduction, chunk_size=chunk_size,
+        check_label_range=_eager_label_check(validate, student_hidden), options=options,
     )
-    kd_weight = check_scalar("kd_weight", kd_weight, low=0.0, high=1.0)
-    validate_topk_inputs(student_hidden, teacher_indices, teacher_logprobs, labels, kd_weight=kd_weight, tail=tail,
-                         lead_name="student_hidden")
+    kd_weight = _check_topk(student_hidden, teacher_indices, teacher_logprobs, labels, kd_weight, tail, "student_hidden")
     autocast_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
     compute_dtype = matmul_dtype("student", student_hidden, student_weight, student_bias, autocast_dtype)
     vocab, d_s = student_weight.shape
@@ -417,26 +296,9 @@ def linear_topk_salt_loss(
     else:
         indices, logprobs = _dummy_topk(n, device)
     loss, *parts = LinearTopkSaltLossFunction.apply(
-        student_hidden.reshape(n, d_s),
-        student_weight,
-        student_bias,
-        indices,
-        logprobs,
-        labels,
-        kd_weight,
-        temperature,
-        ignore_index,
-        reduction,
-        name,
-        plan_chunk_size(chunk_size, n, vocab, compute_dtype, None, device),
-        compute_dtype,
-        tail,
-        options.softcap,
-        options.label_smoothing,
-        options.z_loss,
-        _wants_grad(student_hidden),
-        _wants_grad(student_weight),
-        _wants_grad(student_bias),
-        bool(return_parts),
+        student_hidden.reshape(n, d_s), student_weight, student_bias, indices, logprobs, labels, kd_weight, temperature,
+        ignore_index, reduction, name, plan_chunk_size(chunk_size, n, vocab, compute_dtype, None, device),
+        compute_dtype, tail, options.softcap, options.label_smoothing, options.z_loss,
+        *_wants_grads(student_hidden, student_weight, student_bias), bool(return_parts),
     )
     return _finish(loss, parts[:4], labels.shape, reduction, return_parts)

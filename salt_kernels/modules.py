@@ -2,44 +2,36 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from .functional import linear_salt_loss, salt_loss
 
 
 class _LossModule(torch.nn.Module):
-    """Keeps every keyword argument of the loss as an attribute of the same name."""
+    """Keeps every keyword argument of the loss (the parameters of the subclass's __init__) as an
+    attribute of the same name."""
 
     _keywords: tuple[str, ...] = ()
+    _listed_last: tuple[str, ...] = ()  # keywords the repr lists after the others
 
-    def __init__(self, **keywords):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        names = tuple(inspect.signature(cls.__init__).parameters)[1:]
+        cls._keywords = tuple(n for n in names if n not in cls._listed_last) + cls._listed_last
+
+    def _keep(self, arguments: dict) -> None:
+        """Called by __init__ with its locals(): the keyword arguments."""
         super().__init__()
         for name in self._keywords:
-            setattr(self, name, keywords[name])
+            setattr(self, name, arguments[name])
 
     def _kwargs(self) -> dict:
         return {name: getattr(self, name) for name in self._keywords}
 
     def extra_repr(self) -> str:
         return ", ".join(f"{name}={getattr(self, name)!r}" for name in self._keywords)
-
-
-_COMMON = dict(
-    kd_weight=0.5,
-    temperature=1.0,
-    ignore_index=-100,
-    reduction="mean",
-    backend="auto",
-    return_parts=False,
-    validate=True,
-    softcap=None,
-    teacher_softcap=None,
-    kd_vocab=None,
-    divergence="forward_kl",
-    beta=0.5,
-    label_smoothing=0.0,
-    z_loss=0.0,
-)
 
 
 class SaltLoss(_LossModule):
@@ -49,28 +41,14 @@ class SaltLoss(_LossModule):
         loss = crit(student_logits, teacher_logits, labels)
     """
 
-    _keywords = tuple(_COMMON)
-
     def __init__(
-        self,
-        kd_weight: float = 0.5,
-        temperature: float = 1.0,
-        ignore_index: int = -100,
-        reduction: str = "mean",
-        backend: str = "auto",
-        return_parts: bool = False,
-        validate: bool = True,
+        self, kd_weight: float = 0.5, temperature: float = 1.0, ignore_index: int = -100, reduction: str = "mean",
+        backend: str = "auto", return_parts: bool = False, validate: bool = True,
         *,
-        softcap: float | None = None,
-        teacher_softcap: float | None = None,
-        kd_vocab: int | None = None,
-        divergence: str = "forward_kl",
-        beta: float = 0.5,
-        label_smoothing: float = 0.0,
-        z_loss: float = 0.0,
+        softcap: float | None = None, teacher_softcap: float | None = None, kd_vocab: int | None = None,
+        divergence: str = "forward_kl", beta: float = 0.5, label_smoothing: float = 0.0, z_loss: float = 0.0,
     ):
-        kw = dict(locals())
-        super().__init__(**{name: kw[name] for name in self._keywords})
+        self._keep(locals())
 
     def forward(self, student_logits, teacher_logits, labels):
         return salt_loss(student_logits, teacher_logits, labels, **self._kwargs())
@@ -83,39 +61,20 @@ class LinearSaltLoss(_LossModule):
         loss = crit(h_s, student.lm_head.weight, h_t, teacher.lm_head.weight, labels)
     """
 
-    _keywords = tuple(_COMMON) + ("chunk_size",)
+    _listed_last = ("chunk_size",)
 
     def __init__(
-        self,
-        kd_weight: float = 0.5,
-        temperature: float = 1.0,
-        ignore_index: int = -100,
-        reduction: str = "mean",
-        backend: str = "auto",
-        return_parts: bool = False,
-        chunk_size: int | None = None,
-        validate: bool = True,
+        self, kd_weight: float = 0.5, temperature: float = 1.0, ignore_index: int = -100, reduction: str = "mean",
+        backend: str = "auto", return_parts: bool = False, chunk_size: int | None = None, validate: bool = True,
         *,
-        softcap: float | None = None,
-        teacher_softcap: float | None = None,
-        kd_vocab: int | None = None,
-        divergence: str = "forward_kl",
-        beta: float = 0.5,
-        label_smoothing: float = 0.0,
-        z_loss: float = 0.0,
+        softcap: float | None = None, teacher_softcap: float | None = None, kd_vocab: int | None = None,
+        divergence: str = "forward_kl", beta: float = 0.5, label_smoothing: float = 0.0, z_loss: float = 0.0,
     ):
-        kw = dict(locals())
-        super().__init__(**{name: kw[name] for name in self._keywords})
+        self._keep(locals())
 
     def forward(self, student_hidden, student_weight, teacher_hidden, teacher_weight, labels, student_bias=None,
                 teacher_bias=None):
         return linear_salt_loss(
-            student_hidden,
-            student_weight,
-            teacher_hidden,
-            teacher_weight,
-            labels,
-            student_bias=student_bias,
-            teacher_bias=teacher_bias,
-            **self._kwargs(),
+            student_hidden, student_weight, teacher_hidden, teacher_weight, labels, student_bias=student_bias,
+            teacher_bias=teacher_bias, **self._kwargs(),
         )

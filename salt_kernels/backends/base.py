@@ -2,6 +2,7 @@
 
     backend.rows(student [N, V_s], teacher [N, V_t] or None, labels [N], *, kd_weight, temperature,
                  ignore_index, grad=None, grad_scale=None, options=DEFAULT_OPTIONS) -> RowOutputs
+    (the arguments are those of RowArgs, which each backend builds from them)
     backend.supports_options(options) -> (bool, reason)
 
 computes per row the loss, its CE and KD parts, the accuracy (when the backend can) and the
@@ -17,7 +18,7 @@ and "auto" routes around it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import KW_ONLY, dataclass, fields
 
 import torch
 
@@ -74,6 +75,81 @@ class RowOutputs:
         )
 
 
+@dataclass(frozen=True)
+class RowArgs:
+    """The arguments of the row contract: rows(student, teacher, labels, **keywords) is
+    RowArgs(student, teacher, labels, **keywords) computed (see the module docstring)."""
+
+    student: torch.Tensor
+    teacher: torch.Tensor | None
+    labels: torch.Tensor
+    _: KW_ONLY
+    kd_weight: float
+    temperature: float
+    ignore_index: int
+    grad: torch.Tensor | None = None
+    grad_scale: torch.Tensor | None = None
+    options: LossOptions = DEFAULT_OPTIONS
+
+    @property
+    def use_teacher(self) -> bool:
+        """Whether the teacher is read: given, with kd_weight > 0."""
+        return self.teacher is not None and self.kd_weight > 0
+
+    def kernel_args(self, out: "RowOutputs", *, with_options: bool = True) -> dict:
+        """The fields of salt::RowsArgs (csrc/salt_math.h) as keyword arguments of the pybind11
+        `rows` functions: addresses, strides and dtype codes. Address 0 stands for "absent"; the
+        teacher is passed as absent when kd_weight == 0, so no kernel can read it.
+
+        with_options adds the distillation option fields and the accuracy output (out.accuracy,
+        absent when None), under their RowsArgs names, an option that is off as RowsArgs' "off"
+        value (0 for softcap, teacher_softcap and kd_vocab); without, only the plain loss's
+        fields (for a binding that does not take the options)."""
+        student, teacher, labels, grad, grad_scale = self.student, self.teacher, self.labels, self.grad, self.grad_scale
+        n, vocab = student.shape
+        use_teacher = self.use_teacher
+        if grad is not None:
+            grad_scale = grad_scale.to(device=student.device, dtype=torch.float32).contiguous()
+        extra = {}
+        if with_options:
+            options = self.options
+            extra = dict(
+                kd_vocab=options.kd_vocab or 0,
+                softcap=options.softcap or 0.0,
+                teacher_softcap=options.teacher_softcap or 0.0,
+                divergence=DIVERGENCES.index(options.divergence),  # salt::Divergence
+                beta=options.beta,
+                label_smoothing=options.label_smoothing,
+                z_loss=options.z_loss,
+                accuracy=out.accuracy.data_ptr() if out.accuracy is not None else 0,
+            )
+        return dict(
+            student=student.data_ptr(),
+            student_row_stride=student.stride(0),
+            student_dtype=DTYPE_CODES[student.dtype],
+            teacher=teacher.data_ptr() if use_teacher else 0,
+            teacher_row_stride=teacher.stride(0) if use_teacher else 0,
+            teacher_dtype=DTYPE_CODES[teacher.dtype] if use_teacher else 0,
+            labels=labels.data_ptr(),
+            labels_stride=labels.stride(0) if labels.dim() else 0,
+            labels_int64=labels.dtype == torch.int64,
+            n_rows=n,
+            vocab=vocab,
+            kd_weight=self.kd_weight if use_teacher else 0.0,
+            temperature=self.temperature,
+            ignore_index=self.ignore_index,
+            loss=out.loss.data_ptr(),
+            ce=out.ce.data_ptr(),
+            kd=out.kd.data_ptr(),
+            lse=out.lse.data_ptr(),
+            grad=grad.data_ptr() if grad is not None else 0,
+            grad_row_stride=grad.stride(0) if grad is not None else 0,
+            grad_scale=grad_scale.data_ptr() if grad is not None else 0,
+            grad_scale_stride=(1 if grad_scale.numel() > 1 else 0) if grad is not None else 0,
+            **extra,
+        )
+
+
 def result_dtype(logits_dtype: torch.dtype) -> torch.dtype:
     """Loss and parts come back in float32 (as autocast's cross_entropy), float64 for float64."""
     return torch.float64 if logits_dtype == torch.float64 else torch.float32
@@ -83,65 +159,8 @@ def result_dtype(logits_dtype: torch.dtype) -> torch.dtype:
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
-def compiled_rows_args(
-    student: torch.Tensor,
-    teacher: torch.Tensor | None,
-    labels: torch.Tensor,
-    out: RowOutputs,
-    *,
-    kd_weight: float,
-    temperature: float,
-    ignore_index: int,
-    grad: torch.Tensor | None,
-    grad_scale: torch.Tensor | None,
-    options: LossOptions | None = None,
-) -> dict:
-    """The fields of salt::RowsArgs (csrc/salt_math.h) as keyword arguments of the pybind11
-    `rows` functions: addresses, strides and dtype codes. Address 0 stands for "absent"; the
-    teacher is passed as absent when kd_weight == 0, so no kernel can read it.
-
-    With `options` the distillation option fields and the accuracy output (out.accuracy, absent
-    when None) are added, under their RowsArgs names, an option that is off as RowsArgs' "off"
-    value (0 for softcap, teacher_softcap and kd_vocab); without, only the plain loss's fields
-    (for a binding that does not take the options)."""
-    n, vocab = student.shape
-    use_teacher = teacher is not None and kd_weight > 0
-    if grad is not None:
-        grad_scale = grad_scale.to(device=student.device, dtype=torch.float32).contiguous()
-    extra = {}
-    if options is not None:
-        extra = dict(
-            kd_vocab=options.kd_vocab or 0,
-            softcap=options.softcap or 0.0,
-            teacher_softcap=options.teacher_softcap or 0.0,
-            divergence=DIVERGENCES.index(options.divergence),  # salt::Divergence
-            beta=options.beta,
-            label_smoothing=options.label_smoothing,
-            z_loss=options.z_loss,
-            accuracy=out.accuracy.data_ptr() if out.accuracy is not None else 0,
-        )
-    return dict(
-        student=student.data_ptr(),
-        student_row_stride=student.stride(0),
-        student_dtype=DTYPE_CODES[student.dtype],
-        teacher=teacher.data_ptr() if use_teacher else 0,
-        teacher_row_stride=teacher.stride(0) if use_teacher else 0,
-        teacher_dtype=DTYPE_CODES[teacher.dtype] if use_teacher else 0,
-        labels=labels.data_ptr(),
-        labels_stride=labels.stride(0) if labels.dim() else 0,
-        labels_int64=labels.dtype == torch.int64,
-        n_rows=n,
-        vocab=vocab,
-        kd_weight=kd_weight if use_teacher else 0.0,
-        temperature=temperature,
-        ignore_index=ignore_index,
-        loss=out.loss.data_ptr(),
-        ce=out.ce.data_ptr(),
-        kd=out.kd.data_ptr(),
-        lse=out.lse.data_ptr(),
-        grad=grad.data_ptr() if grad is not None else 0,
-        grad_row_stride=grad.stride(0) if grad is not None else 0,
-        grad_scale=grad_scale.data_ptr() if grad is not None else 0,
-        grad_scale_stride=(1 if grad_scale.numel() > 1 else 0) if grad is not None else 0,
-        **extra,
-    )
+def compiled_rows_args(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor, out: RowOutputs, *,
+                       options: LossOptions | None = None, **keywords) -> dict:
+    """RowArgs.kernel_args of these arguments, with the option fields only when `options` is given."""
+    args = RowArgs(student, teacher, labels, options=options or DEFAULT_OPTIONS, **keywords)
+    return args.kernel_args(out, with_options=options is not None)

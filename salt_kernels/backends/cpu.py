@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import DEFAULT_OPTIONS, LossOptions, RowOutputs, compiled_rows_args
+from .base import LossOptions, RowArgs, RowOutputs
 
 NAME = "cpu"
 
@@ -43,33 +43,10 @@ def isa() -> str:
     return _salt_cpu.isa() if _salt_cpu is not None else "not built"
 
 
-def rows(
-    student: torch.Tensor,
-    teacher: torch.Tensor | None,
-    labels: torch.Tensor,
-    *,
-    kd_weight: float,
-    temperature: float,
-    ignore_index: int,
-    grad: torch.Tensor | None = None,
-    grad_scale: torch.Tensor | None = None,
-    options: LossOptions = DEFAULT_OPTIONS,
-) -> RowOutputs:
+def rows(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor, **keywords) -> RowOutputs:
+    """The row contract of backends/base.py (keywords: those of RowArgs) on CPU tensors."""
+    a = RowArgs(student, teacher, labels, **keywords)
     out = RowOutputs.empty(student.shape[0], student.device)
     out.accuracy = torch.empty_like(out.loss)  # the kernel computes it with the statistics
-    _salt_cpu.rows(
-        **compiled_rows_args(
-            student,
-            teacher,
-            labels,
-            out,
-            kd_weight=kd_weight,
-            temperature=temperature,
-            ignore_index=ignore_index,
-            grad=grad,
-            grad_scale=grad_scale,
-            options=options,
-        ),
-        num_threads=torch.get_num_threads(),
-    )
+    _salt_cpu.rows(**a.kernel_args(out), num_threads=torch.get_num_threads())
     return out

@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from .base import DEFAULT_OPTIONS, LossOptions, DTYPE_CODES, RowOutputs, compiled_rows_args
+from .base import DTYPE_CODES, LossOptions, RowArgs, RowOutputs
 
 NAME = "cuda"
 MIN_CAPABILITY = (9, 0)
@@ -105,22 +105,12 @@ def launch_config(vocab: int, student_dtype: torch.dtype, teacher_dtype: torch.d
     )
 
 
-def rows(
-    student: torch.Tensor,
-    teacher: torch.Tensor | None,
-    labels: torch.Tensor,
-    *,
-    kd_weight: float,
-    temperature: float,
-    ignore_index: int,
-    grad: torch.Tensor | None = None,
-    grad_scale: torch.Tensor | None = None,
-    options: LossOptions = DEFAULT_OPTIONS,
-    block: int | None = None,
-    cluster: int | None = None,
-) -> RowOutputs:
-    """The row contract of backends/base.py on CUDA tensors. `block` / `cluster` override the launch
-    configuration (tests and tuning; None: SALT_CUDA_BLOCK / SALT_CUDA_CLUSTER, else automatic)."""
+def rows(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor, *, block: int | None = None,
+         cluster: int | None = None, **keywords) -> RowOutputs:
+    """The row contract of backends/base.py (keywords: those of RowArgs) on CUDA tensors. `block` /
+    `cluster` override the launch configuration (tests and tuning; None: SALT_CUDA_BLOCK /
+    SALT_CUDA_CLUSTER, else automatic)."""
+    a = RowArgs(student, teacher, labels, **keywords)
     n = student.shape[0]
     device = student.device
     out = RowOutputs.empty(n, device)
@@ -128,23 +118,12 @@ def rows(
         return out
     # With an option on, the options kernel runs and computes the accuracy along the way; the
     # plain loss keeps its kernel (and leaves the accuracy to the op, when asked for).
-    with_options = bool(options.non_default())
+    with_options = bool(a.options.non_default())
     if with_options:
         out.accuracy = torch.empty(n, dtype=torch.float32, device=device)
     index = device.index if device.index is not None else torch.cuda.current_device()
     _salt_cuda.rows(
-        **compiled_rows_args(
-            student,
-            teacher,
-            labels,
-            out,
-            kd_weight=kd_weight,
-            temperature=temperature,
-            ignore_index=ignore_index,
-            grad=grad,
-            grad_scale=grad_scale,
-            options=options if with_options else None,
-        ),
+        **a.kernel_args(out, with_options=with_options),
         stream=torch.cuda.current_stream(device).cuda_stream,
         device=index,
         block=_BLOCK if block is None else block,

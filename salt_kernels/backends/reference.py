@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .base import DEFAULT_OPTIONS, LossOptions, RowOutputs, result_dtype
+from .base import LossOptions, RowArgs, RowOutputs, result_dtype
 
 NAME = "reference"
 CHUNK_ELEMENTS = 1 << 21
@@ -82,8 +82,13 @@ def _student_terms(z: torch.Tensor, y: torch.Tensor, ignore_index: int, eps: flo
     return valid, y_safe, lse_z, ce, (z.argmax(dim=-1) == y_safe).to(z.dtype)
 
 
-def _store(out: RowOutputs, r0: int, r1: int, valid, loss, ce, kd, accuracy, lse3) -> None:
-    """One chunk's rows into the outputs, zeros on ignored rows."""
+def _store(out: RowOutputs, r0: int, r1: int, valid, ce, kd, accuracy, lse3, kd_weight: float, lam: float) -> None:
+    """One chunk's rows into the outputs, the loss (1 - w) * CE + w * KD + lam * lse_z^2 with
+    them, zeros on ignored rows."""
+    lse_z = lse3[0]
+    loss = combine_loss(ce, kd, kd_weight)
+    if lam > 0:  # never 0 * inf
+        loss = loss + lam * lse_z * lse_z
     zero = torch.zeros_like(loss)
     out.loss[r0:r1] = torch.where(valid, loss, zero)
     out.ce[r0:r1] = torch.where(valid, ce, zero)
@@ -112,32 +117,33 @@ def _finish_grad(g, z, valid, options: LossOptions, grad_scale, n: int, r0: int,
     grad[r0:r1].copy_(torch.where(valid[:, None], g * scale[:, None], torch.zeros_like(g)))
 
 
-def rows(
-    student: torch.Tensor,
-    teacher: torch.Tensor | None,
-    labels: torch.Tensor,
-    *,
-    kd_weight: float,
-    temperature: float,
-    ignore_index: int,
-    grad: torch.Tensor | None = None,
-    grad_scale: torch.Tensor | None = None,
-    options: LossOptions = DEFAULT_OPTIONS,
-) -> RowOutputs:
+def _outputs(a: RowArgs):
+    """The outputs of one call (accuracy included), the dtype of its math and the rows per chunk."""
+    n, vocab = a.student.shape
+    math_dtype = result_dtype(a.student.dtype)
+    out = RowOutputs.empty(n, a.student.device, math_dtype)
+    out.accuracy = torch.empty(n, dtype=math_dtype, device=a.student.device)
+    return out, math_dtype, max(1, CHUNK_ELEMENTS // max(vocab, 1))
+
+
+def _student_chunk(a: RowArgs, r0: int, r1: int, math_dtype):
+    """The capped student logits of rows r0:r1 and their _student_terms."""
+    z = _cap(a.student[r0:r1].to(math_dtype), a.options.softcap)
+    return z, _student_terms(z, a.labels[r0:r1].long(), a.ignore_index, a.options.label_smoothing)
+
+
+def rows(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor, **keywords) -> RowOutputs:
+    """The row contract of backends/base.py (keywords: those of RowArgs)."""
+    call = RowArgs(student, teacher, labels, **keywords)
+    kd_weight, tau, options, grad = call.kd_weight, call.temperature, call.options, call.grad
     n, vocab = student.shape
-    device = student.device
-    math_dtype = result_dtype(student.dtype)
-    out = RowOutputs.empty(n, device, math_dtype)
-    out.accuracy = torch.empty(n, dtype=math_dtype, device=device)
-    use_teacher = teacher is not None and kd_weight > 0
-    tau = temperature
+    out, math_dtype, step = _outputs(call)
+    use_teacher = call.use_teacher
     k = options.kd_vocab or vocab
-    eps, lam = options.label_smoothing, options.z_loss
-    step = max(1, CHUNK_ELEMENTS // max(vocab, 1))
+    lam = options.z_loss
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
-        z = _cap(student[r0:r1].to(math_dtype), options.softcap)
-        valid, y_safe, lse_z, ce, accuracy = _student_terms(z, labels[r0:r1].long(), ignore_index, eps)
+        z, (valid, y_safe, lse_z, ce, accuracy) = _student_chunk(call, r0, r1, math_dtype)
         if use_teacher:
             zt = z[:, :k] / tau if tau != 1 else z[:, :k]
             ut = _cap(teacher[r0:r1, :k].to(math_dtype), options.teacher_softcap) / tau
@@ -149,52 +155,35 @@ def rows(
             lse_zt = lse_z
             lse_u = torch.zeros_like(lse_z)
             kd = torch.zeros_like(ce)
-        loss = combine_loss(ce, kd, kd_weight)
-        if lam > 0:  # never 0 * inf
-            loss = loss + lam * lse_z * lse_z
-        _store(out, r0, r1, valid, loss, ce, kd, accuracy, [lse_z, lse_zt, lse_u])
+        _store(out, r0, r1, valid, ce, kd, accuracy, [lse_z, lse_zt, lse_u], kd_weight, lam)
         if grad is not None:
             g = _student_grad(z, y_safe, lse_z, kd_weight, options)
             if use_teacher:
                 g[:, :k] += kd_weight * tau * d_grad
-            _finish_grad(g, z, valid, options, grad_scale, n, r0, r1, grad)
+            _finish_grad(g, z, valid, options, call.grad_scale, n, r0, r1, grad)
     return out
 
 
-def topk_rows(
-    student: torch.Tensor,
-    indices: torch.Tensor,
-    logprobs: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    kd_weight: float,
-    temperature: float,
-    ignore_index: int,
-    tail: str = "bucket",
-    grad: torch.Tensor | None = None,
-    grad_scale: torch.Tensor | None = None,
-    options: LossOptions = DEFAULT_OPTIONS,
-) -> RowOutputs:
-    """The row contract with an offline top-k teacher (docs/design.md, "Top-k teacher"): per row,
-    indices [N, k] (negative: empty slot) and the teacher's log-probabilities at temperature 1
-    [N, k]. KD is the forward KL of the teacher over its filled slots K plus, with tail
-    "bucket", one outcome for the rest of the vocabulary (log-prob log r, r = 1 - sum_K p in
-    float64); "renormalize" drops the rest. lse holds (lse_z, lse_zt, lse_rest): lse_rest is the
-    log-sum-exp of z/tau outside K, computed over those entries (no cancellation)."""
+def topk_rows(student: torch.Tensor, indices: torch.Tensor, logprobs: torch.Tensor, labels: torch.Tensor, *,
+              tail: str = "bucket", **keywords) -> RowOutputs:
+    """The row contract with an offline top-k teacher (docs/design.md, "Top-k teacher"; keywords:
+    those of RowArgs): per row, indices [N, k] (negative: empty slot) and the teacher's
+    log-probabilities at temperature 1 [N, k]. KD is the forward KL of the teacher over its
+    filled slots K plus, with tail "bucket", one outcome for the rest of the vocabulary (log-prob
+    log r, r = 1 - sum_K p in float64); "renormalize" drops the rest. lse holds (lse_z, lse_zt,
+    lse_rest): lse_rest is the log-sum-exp of z/tau outside K, computed over those entries (no
+    cancellation)."""
+    call = RowArgs(student, None, labels, **keywords)
+    kd_weight, tau, options, grad = call.kd_weight, call.temperature, call.options, call.grad
     n, vocab = student.shape
     device = student.device
-    math_dtype = result_dtype(student.dtype)
-    out = RowOutputs.empty(n, device, math_dtype)
-    out.accuracy = torch.empty(n, dtype=math_dtype, device=device)
+    out, math_dtype, step = _outputs(call)
     use_teacher = kd_weight > 0
-    tau = temperature
-    eps, lam = options.label_smoothing, options.z_loss
-    step = max(1, CHUNK_ELEMENTS // max(vocab, 1))
+    lam = options.z_loss
     neg_inf = float("-inf")
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
-        z = _cap(student[r0:r1].to(math_dtype), options.softcap)
-        valid, y_safe, lse_z, ce, accuracy = _student_terms(z, labels[r0:r1].long(), ignore_index, eps)
+        z, (valid, y_safe, lse_z, ce, accuracy) = _student_chunk(call, r0, r1, math_dtype)
         lse_zt = lse_z
         lse_rest = torch.zeros_like(lse_z)
         kd = torch.zeros_like(ce)
@@ -221,10 +210,7 @@ def topk_rows(
             p = log_p.exp()
             terms = torch.where(p == 0, torch.zeros_like(p), p * (log_p - log_q))
             kd = tau * tau * terms.sum(dim=-1)
-        loss = combine_loss(ce, kd, kd_weight)
-        if lam > 0:  # never 0 * inf
-            loss = loss + lam * lse_z * lse_z
-        _store(out, r0, r1, valid, loss, ce, kd, accuracy, [lse_z, lse_zt, lse_rest])
+        _store(out, r0, r1, valid, ce, kd, accuracy, [lse_z, lse_zt, lse_rest], kd_weight, lam)
         if grad is not None:
             g = _student_grad(z, y_safe, lse_z, kd_weight, options)
             if use_teacher:
@@ -234,5 +220,5 @@ def topk_rows(
                 p_k = torch.where(filled, p[:, :-1], torch.zeros_like(p[:, :-1]))
                 d = d.scatter_add(1, idx_safe, -p_k)
                 g += kd_weight * tau * d
-            _finish_grad(g, z, valid, options, grad_scale, n, r0, r1, grad)
+            _finish_grad(g, z, valid, options, call.grad_scale, n, r0, r1, grad)
     return out

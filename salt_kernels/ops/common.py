@@ -1,12 +1,17 @@
-"""Pieces shared by the ops: row counts and reductions, the gradient scale, the hand-out of a
-gradient computed in the forward pass, and the checks that guard compiled code."""
+"""Pieces shared by the ops: their signatures, row counts and reductions, the gradient scale, the
+hand-out of a gradient computed in the forward pass (setup_context and backward), and the checks
+that guard compiled code."""
 
 from __future__ import annotations
+
+from dataclasses import fields
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor
 
 from .._validation import bad_label_error
+from ..backends.base import LossOptions
 
 try:  # the tensor types torch.compile / make_fx trace with
     from torch._subclasses.fake_tensor import FakeTensor
@@ -15,6 +20,52 @@ try:  # the tensor types torch.compile / make_fx trace with
     _TRACING_TYPES: tuple = (FakeTensor, FunctionalTensor)
 except ImportError:  # pragma: no cover - older torch
     _TRACING_TYPES = ()
+
+# Schema types of the LossOptions field annotations (strings: backends/base.py postpones annotations).
+_SCHEMA_TYPES = {"float | None": "float?", "int | None": "SymInt?", "str": "str", "float": "float"}
+
+
+def options_params(*names: str) -> str:
+    """The LossOptions fields `names` (all when none are named) as schema parameters, in field order."""
+    return ", ".join(f"{_SCHEMA_TYPES[f.type]} {f.name}" for f in fields(LossOptions) if not names or f.name in names)
+
+
+# The scalar arguments every loss op takes after its tensors.
+LOSS_PARAMS = "float kd_weight, float temperature, SymInt ignore_index, str reduction, str backend"
+
+
+class OpSignature:
+    """The parameters of a custom op, written once as schema fragments: its schema string, and
+    the names under which the implementation reads its positional arguments (bind)."""
+
+    def __init__(self, *fragments: str):
+        self.params = tuple(p.strip() for f in fragments for p in f.split(",") if p.strip())
+        self.names = tuple(p.split()[-1] for p in self.params)
+        self.n_tensors = sum(p.startswith("Tensor") for p in self.params)  # the tensors come first
+
+    def schema(self, n_outputs: int) -> str:
+        out = "Tensor" if n_outputs == 1 else f"({', '.join(['Tensor'] * n_outputs)})"
+        return f"({', '.join(self.params)}) -> {out}"
+
+    def bind(self, args: tuple) -> SimpleNamespace:
+        return SimpleNamespace(**dict(zip(self.names, args)))
+
+
+def op_signatures(tensors: str, extra: str, forward_flags: str, backward_flags: str = "") -> tuple:
+    """(forward, backward) signatures of a loss op and its backward op: (*tensors, LOSS_PARAMS,
+    *extra, *forward_flags) and (*tensors, grad_output, LOSS_PARAMS, *extra, *backward_flags)."""
+    return (OpSignature(tensors, LOSS_PARAMS, extra, forward_flags),
+            OpSignature(tensors, "Tensor grad_output", LOSS_PARAMS, extra, backward_flags))
+
+
+def loss_options(a: SimpleNamespace) -> LossOptions:
+    """The LossOptions of an op's bound arguments (a field the op does not take keeps its default)."""
+    return LossOptions(**{f.name: getattr(a, f.name) for f in fields(LossOptions) if hasattr(a, f.name)})
+
+
+def row_kwargs(a, options: LossOptions) -> dict:
+    """The keyword arguments of a backend's rows() / topk_rows() besides grad and grad_scale."""
+    return dict(kd_weight=a.kd_weight, temperature=a.temperature, ignore_index=a.ignore_index, options=options)
 
 
 def n_valid_rows(labels: Tensor, ignore_index: int) -> Tensor:
@@ -149,33 +200,34 @@ def check_labels_in_op(labels: Tensor, vocab: int, ignore_index: int) -> None:
         )
 
 
-def forward_rows(rows, student: Tensor, labels: Tensor, ignore_index: int, reduction: str, z_loss: float,
-                 compute_grad: bool, want_accuracy: bool) -> tuple:
-    """The forward of a row-wise loss op around `rows(flat_labels, grad, grad_scale) -> RowOutputs`:
-    label check, gradient buffer (mean/sum with compute_grad), reductions of the five parts.
-    Returns (loss, ce, kd, z_loss, accuracy, grad); grad is empty when not computed."""
-    check_labels_in_op(labels, student.shape[1], ignore_index)
-    shape, labels = labels.shape, labels.reshape(-1)
-    n_valid = n_valid_rows(labels, ignore_index)
+def forward_rows(rows, a: SimpleNamespace) -> tuple:
+    """The forward of a row-wise loss op around `rows(flat_labels, grad, grad_scale) -> RowOutputs`,
+    given its bound arguments (student, labels, ignore_index, reduction, z_loss, compute_grad,
+    want_accuracy): label check, gradient buffer (mean/sum with compute_grad), reductions of the
+    five parts. Returns (loss, ce, kd, z_loss, accuracy, grad); grad is empty when not computed."""
+    student, reduction = a.student, a.reduction
+    check_labels_in_op(a.labels, student.shape[1], a.ignore_index)
+    shape, labels = a.labels.shape, a.labels.reshape(-1)
+    n_valid = n_valid_rows(labels, a.ignore_index)
     grad = scale = None
-    if compute_grad and reduction != "none":
+    if a.compute_grad and reduction != "none":
         scale = grad_scale_for(reduction, n_valid, None)
         grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
     out = rows(labels, grad if student.shape[0] > 0 else None, scale)
-    per_row = (out.loss, out.ce, out.kd, z_loss_rows(out, z_loss),
-               accuracy_rows(out, student, labels, ignore_index, want_accuracy))
+    per_row = (out.loss, out.ce, out.kd, z_loss_rows(out, a.z_loss),
+               accuracy_rows(out, student, labels, a.ignore_index, a.want_accuracy))
     out_shape = shape if reduction == "none" else ()
     parts = [reduce_rows(x, part_reduction(reduction, i), n_valid).reshape(out_shape) for i, x in enumerate(per_row)]
     return (*parts, student.new_empty(0) if grad is None else grad)
 
 
-def backward_rows(rows, student: Tensor, labels: Tensor, ignore_index: int, reduction: str, grad_output: Tensor) -> Tensor:
+def backward_rows(rows, a: SimpleNamespace) -> Tensor:
     """The gradient of a row-wise loss op scaled by grad_output (the "none" reduction, or a
-    second backward through a retained graph)."""
-    labels = labels.reshape(-1)
+    second backward through a retained graph), given the backward op's bound arguments."""
+    student, labels = a.student, a.labels.reshape(-1)
     grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
     if student.shape[0] > 0:
-        rows(labels, grad, grad_scale_for(reduction, n_valid_rows(labels, ignore_index), grad_output))
+        rows(labels, grad, grad_scale_for(a.reduction, n_valid_rows(labels, a.ignore_index), a.grad_output))
     return grad
 
 
@@ -190,41 +242,112 @@ def fake_outputs(student: Tensor, labels: Tensor, reduction: str, compute_grad: 
     return (*parts, student.new_empty(grad_shape))
 
 
-def rows_autograd(name: str, *, n_tensors: int, arg_names: tuple, backward_op):
-    """setup_context and backward of a row-wise loss op whose inputs are (student, *tensors,
-    *args named arg_names, compute_grad, want_accuracy) and whose outputs end with the gradient
-    buffer. The buffer computed in the forward is handed out once (kept on ctx, not saved: once
-    handed out it belongs to autograd, which may adopt it as .grad and add into it); "none" and
-    a second backward through a retained graph call backward_op()(*tensors, grad_output, *args)."""
+def fake_grad(student: Tensor, *_args) -> Tensor:
+    """What a row-wise backward op returns, as shape and dtype only."""
+    return torch.empty_like(student, memory_format=torch.contiguous_format)
+
+
+def computed(grad: Tensor, like: Tensor | None) -> bool:
+    """Whether an op output holds a gradient (an empty 1-d tensor stands for "not computed")."""
+    return like is not None and grad.shape == like.shape
+
+
+def loss_autograd(name: str, forward: OpSignature, backward: OpSignature, backward_op, n_grads: int = 1):
+    """setup_context and backward of a loss op with signature `forward`: inputs (*tensors, *args),
+    outputs (loss, ce, kd, z_loss, accuracy, *grads), one gradient output for each of the first
+    n_grads tensors (the inputs that can get a gradient). The gradients computed in the forward are
+    kept on ctx, not saved, and handed out once: once handed out they belong to autograd, which may
+    adopt them as .grad and add into them. "none" and a second backward through a retained graph
+    call backward_op() with signature `backward`; its want_h / want_w / want_b flags, when it
+    has them, say which gradients this backward needs."""
+    # Plain values only below: torch.compile traces setup_context and backward.
+    n_tensors, n_inputs = forward.n_tensors, len(forward.names)
+    arg_names = forward.names[n_tensors:]
+    backward_args = backward.names[n_tensors + 1:]  # after the tensors and grad_output
 
     def setup_context(ctx, inputs, output):
-        tensors, args = inputs[:n_tensors], inputs[n_tensors:]
-        for arg, value in zip(arg_names, args):
+        tensors = inputs[:n_tensors]
+        for arg, value in zip(arg_names, inputs[n_tensors:]):
             setattr(ctx, arg, value)
-        loss, *parts, grad = output
-        ctx.mark_non_differentiable(*parts, grad)
+        grads = output[5:]
+        ctx.mark_non_differentiable(*output[1:])
         # Outputs other than the loss get no gradient: without this autograd would hand backward
         # a zero tensor for each of them, one of which is as large as the logits.
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*tensors)
-        student = tensors[0]
-        ctx.grad = grad if tuple(grad.shape) == tuple(student.shape) and ctx.reduction != "none" else None
+        fresh = ctx.reduction != "none" and any(computed(g, t) for g, t in zip(grads, tensors))
+        ctx.grads = grads if fresh else None
 
-    def backward(ctx, grad_loss, *_unused):
-        n_inputs = n_tensors + len(arg_names) + 2
+    def backward_fn(ctx, grad_loss, *_unused):
         if grad_loss is None:  # the loss got no gradient (grads are not materialized)
             return (None,) * n_inputs
         tensors = ctx.saved_tensors
-        args = [getattr(ctx, arg) for arg in arg_names]
-        grad, ctx.grad = ctx.grad, None  # handed out once; a second backward recomputes
-        if grad is not None:
-            g = finish_backward(grad, grad_loss)
+        # What the forward was asked for may be more than this backward needs (e.g. the weight only).
+        need = ctx.needs_input_grad[:n_grads]
+        grads, ctx.grads = ctx.grads, None  # handed out once; a second backward recomputes below
+        if grads is not None:
+            out = [finish_backward(g, grad_loss) if n and computed(g, t) else None
+                   for g, t, n in zip(grads, tensors, need)]
         else:
+            wanted = {f"want_{x}": bool(n) for x, n in zip("hwb", need)}
+            args = [wanted[arg] if arg in wanted else getattr(ctx, arg) for arg in backward_args]
             with torch.no_grad():  # not differentiable; once_differentiable below says so
-                g = backward_op()(*tensors, grad_loss, *args)
-        return once_differentiable(name, (g,)) + (None,) * (n_tensors - 1 + len(arg_names) + 2)
+                out = backward_op()(*tensors, grad_loss, *args)
+            out = (out,) if isinstance(out, Tensor) else out
+            out = [g if n and computed(g, t) else None for g, t, n in zip(out, tensors, need)]
+        return once_differentiable(name, tuple(out)) + (None,) * (n_inputs - n_grads)
 
-    return setup_context, backward
+    return setup_context, backward_fn
+
+
+def register_loss_ops(name: str, forward_op, backward_op, forward: OpSignature, backward: OpSignature,
+                      n_grads: int = 1) -> type:
+    """Registers the autograd of op salt_kernels::name and of its backward op (which is not
+    differentiable again). Returns the op with that autograd as an autograd.Function with
+    setup_context, so that torch.func.grad / vjp work on it (they refuse the wrapper
+    torch.library builds)."""
+    title = f"salt_kernels.{name}"
+    setup_context, backward_fn = loss_autograd(
+        title, forward, backward, lambda: getattr(torch.ops.salt_kernels, f"{name}_backward"), n_grads
+    )
+    forward_op.register_autograd(backward_fn, setup_context=setup_context)
+    backward_op.register_autograd(no_second_order(title), setup_context=no_context)
+    def forward_fn(*args):
+        return getattr(torch.ops.salt_kernels, name)(*args)
+
+    class_name = "".join(word.capitalize() for word in name.split("_")) + "Function"
+    members = dict(forward=staticmethod(forward_fn), setup_context=staticmethod(setup_context),
+                   backward=staticmethod(backward_fn), __doc__=f"torch.ops.{title} with its autograd.")
+    return type(class_name, (torch.autograd.Function,), members)
+
+
+def define_row_ops(name: str, forward: OpSignature, backward: OpSignature, rows_of, check=None) -> tuple:
+    """Defines salt_kernels::name and salt_kernels::name_backward, row-wise loss ops with signatures
+    `forward` and `backward` around rows_of(bound arguments) -> rows(flat_labels, grad, grad_scale)
+    (see forward_rows); check(bound arguments), when given, runs in the forward once rows_of has
+    run. Returns (op, backward op, the op's autograd.Function)."""
+
+    def forward_impl(*args):
+        a = forward.bind(args)
+        rows = rows_of(a)
+        if check is not None:
+            check(a)
+        return forward_rows(rows, a)
+
+    def backward_impl(*args):
+        a = backward.bind(args)
+        return backward_rows(rows_of(a), a)
+
+    def forward_fake(*args):
+        a = forward.bind(args)
+        return fake_outputs(a.student, a.labels, a.reduction, a.compute_grad)
+
+    op = torch.library.custom_op(f"salt_kernels::{name}", forward_impl, mutates_args=(), schema=forward.schema(6))
+    backward_op = torch.library.custom_op(f"salt_kernels::{name}_backward", backward_impl, mutates_args=(),
+                                          schema=backward.schema(1))
+    op.register_fake(forward_fake)
+    backward_op.register_fake(fake_grad)
+    return op, backward_op, register_loss_ops(name, op, backward_op, forward, backward)
 
 
 def no_second_order(name: str):

@@ -41,16 +41,18 @@ from .common import (
     accuracy_rows,
     check_addressable,
     check_labels_in_op,
-    finish_backward,
     grad_scale_for,
+    loss_options,
     n_valid_rows,
-    no_context,
-    no_second_order,
-    once_differentiable,
+    op_signatures,
+    options_params,
     part_reduction,
     reduce_rows,
+    register_loss_ops,
+    row_kwargs,
     z_loss_rows,
 )
+from .topk_salt_loss import TOPK_OPTIONS, check_teacher_topk
 
 F32 = torch.float32
 
@@ -208,14 +210,8 @@ def run_chunks(plan: LinearPlan, ch: _Chunks, *, row_scale, want_h: bool, want_w
         z = z_buf[:c]
         _project(h, ch.w_s, ch.b_s, z)
         g = g_buf[:c] if want_grad else None
-        kw = dict(
-            kd_weight=plan.kd_weight,
-            temperature=plan.temperature,
-            ignore_index=plan.ignore_index,
-            grad=g,
-            grad_scale=(row_scale[r0:r1] if per_row_scale else row_scale) if want_grad else None,
-            options=plan.options,
-        )
+        kw = dict(row_kwargs(plan, plan.options), grad=g,
+                  grad_scale=(row_scale[r0:r1] if per_row_scale else row_scale) if want_grad else None)
         if plan.topk_tail is not None:
             out = plan.backend.topk_rows(z, ch.t_idx[r0:r1], ch.t_lp[r0:r1], ch.labels[r0:r1], tail=plan.topk_tail, **kw)
         else:
@@ -260,67 +256,57 @@ def _finish_grads(ch: _Chunks, h_s, w_s, b_s, grad_h, grad_w, grad_b):
     return tuple(h_s.new_empty(0) if g is None else g for g in (grad_h, grad_w, grad_b))
 
 
-def _plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype, teacher_dtype,
-          options: LossOptions, want_accuracy: bool = False) -> LinearPlan:
+_LINEAR_GRADS = "bool want_h, bool want_w, bool want_b"
+FORWARD, BACKWARD = op_signatures(
+    "Tensor h_s, Tensor w_s, Tensor? b_s, Tensor? h_t, Tensor? w_t, Tensor? b_t, Tensor labels",
+    f"SymInt chunk_size, ScalarType compute_dtype, ScalarType? teacher_dtype, {options_params()}",
+    f"{_LINEAR_GRADS}, bool want_accuracy", _LINEAR_GRADS,
+)
+TOPK_FORWARD, TOPK_BACKWARD = op_signatures(
+    "Tensor h_s, Tensor w_s, Tensor? b_s, Tensor indices, Tensor logprobs, Tensor labels",
+    f"SymInt chunk_size, ScalarType compute_dtype, str tail, {TOPK_OPTIONS}",
+    f"{_LINEAR_GRADS}, bool want_accuracy", _LINEAR_GRADS,
+)
+
+
+def _bind(signature, args):
+    """The bound arguments of a fused linear op, with `teacher`: (h_t, w_t, b_t), or (indices,
+    log-probs, None) for a top-k teacher; refuses tensors without addressable storage."""
+    a = signature.bind(args)
+    a.teacher = (a.h_t, a.w_t, a.b_t) if hasattr(a, "h_t") else (a.indices, a.logprobs, None)
+    check_addressable(a.h_s, a.w_s, a.b_s, *a.teacher, a.labels)
+    return a
+
+
+def _plan(a) -> LinearPlan:
+    """The plan of a fused linear op's bound arguments (a top-k teacher when they have a tail)."""
+    tail = getattr(a, "tail", None)
+    teacher_dtype = getattr(a, "teacher_dtype", None)
     return LinearPlan(
-        backend=registry.get(backend),
-        kd_weight=kd_weight,
-        temperature=temperature,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        chunk_size=chunk_size,
-        compute_dtype=compute_dtype,
+        backend=registry.get(a.backend),
+        kd_weight=a.kd_weight,
+        temperature=a.temperature,
+        ignore_index=a.ignore_index,
+        reduction=a.reduction,
+        chunk_size=a.chunk_size,
+        compute_dtype=a.compute_dtype,
         teacher_dtype=teacher_dtype,
-        use_teacher=teacher_dtype is not None,
-        options=options,
-        want_accuracy=want_accuracy,
+        use_teacher=a.kd_weight > 0 if tail is not None else teacher_dtype is not None,
+        options=loss_options(a),
+        want_accuracy=getattr(a, "want_accuracy", False),
+        topk_tail=tail,
     )
 
 
-@torch.library.custom_op("salt_kernels::linear_salt_loss", mutates_args=())
-def linear_salt_loss_op(
-    h_s: Tensor,
-    w_s: Tensor,
-    b_s: Tensor | None,
-    h_t: Tensor | None,
-    w_t: Tensor | None,
-    b_t: Tensor | None,
-    labels: Tensor,
-    kd_weight: float,
-    temperature: float,
-    ignore_index: int,
-    reduction: str,
-    backend: str,
-    chunk_size: int,
-    compute_dtype: torch.dtype,
-    teacher_dtype: torch.dtype | None,
-    softcap: float | None,
-    teacher_softcap: float | None,
-    kd_vocab: int | None,
-    divergence: str,
-    beta: float,
-    label_smoothing: float,
-    z_loss: float,
-    want_h: bool,
-    want_w: bool,
-    want_b: bool,
-    want_accuracy: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    check_addressable(h_s, w_s, b_s, h_t, w_t, b_t, labels)
-    options = LossOptions(softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing, z_loss)
-    plan = _plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype,
-                 teacher_dtype, options, want_accuracy)
-    return _linear_forward(h_s, w_s, b_s, h_t, w_t, b_t, labels, plan, want_h, want_w, want_b)
-
-
-def _linear_forward(h_s, w_s, b_s, h_t, w_t, b_t, labels, plan: LinearPlan, want_h, want_w, want_b) -> tuple:
+def _linear_forward(a) -> tuple:
     """Forward of a fused linear op: parts (reduced) and the gradients asked for (mean/sum)."""
+    plan = _plan(a)
     reduction = plan.reduction
-    shape, labels = labels.shape, labels.reshape(-1)
-    want_b = want_b and b_s is not None
-    with torch.autocast(h_s.device.type, enabled=False), torch.no_grad():
-        check_labels_in_op(labels, w_s.shape[0], plan.ignore_index)
-        ch = _Chunks(plan, h_s, w_s, b_s, h_t, w_t, b_t, labels)
+    shape, labels = a.labels.shape, a.labels.reshape(-1)
+    want_h, want_w, want_b = a.want_h, a.want_w, a.want_b and a.b_s is not None
+    with torch.autocast(a.h_s.device.type, enabled=False), torch.no_grad():
+        check_labels_in_op(labels, a.w_s.shape[0], plan.ignore_index)
+        ch = _Chunks(plan, a.h_s, a.w_s, a.b_s, *a.teacher, labels)
         row_scale = None
         if reduction != "none" and (want_h or want_w or want_b):
             row_scale = grad_scale_for(reduction, ch.n_valid_t, None)
@@ -329,24 +315,26 @@ def _linear_forward(h_s, w_s, b_s, h_t, w_t, b_t, labels, plan: LinearPlan, want
             parts = [_scatter_rows(x, ch).reshape(shape) for x in parts]
         else:
             parts = [reduce_rows(x, part_reduction(reduction, i), ch.n_valid_t) for i, x in enumerate(parts)]
-        grads = _finish_grads(ch, h_s, w_s, b_s, gh, gw, gb)
+        grads = _finish_grads(ch, a.h_s, a.w_s, a.b_s, gh, gw, gb)
     return (*parts, *grads)
 
 
-def _linear_backward(h_s, w_s, b_s, h_t, w_t, b_t, labels, grad_output, plan: LinearPlan, want_h, want_w, want_b):
+def _linear_backward(a) -> tuple:
     """Gradients of a fused linear op scaled by grad_output ("none", or a second backward)."""
-    labels = labels.reshape(-1)
-    want_b = want_b and b_s is not None
-    with torch.autocast(h_s.device.type, enabled=False), torch.no_grad():
-        ch = _Chunks(plan, h_s, w_s, b_s, h_t, w_t, b_t, labels)
-        row_scale = grad_scale_for(plan.reduction, ch.n_valid_t, grad_output)
+    plan = _plan(a)
+    labels = a.labels.reshape(-1)
+    want_h, want_w, want_b = a.want_h, a.want_w, a.want_b and a.b_s is not None
+    with torch.autocast(a.h_s.device.type, enabled=False), torch.no_grad():
+        ch = _Chunks(plan, a.h_s, a.w_s, a.b_s, *a.teacher, labels)
+        row_scale = grad_scale_for(plan.reduction, ch.n_valid_t, a.grad_output)
         if plan.reduction == "none" and not ch.all_valid:
             row_scale = row_scale.index_select(0, ch.idx).contiguous()
         _, gh, gw, gb = run_chunks(plan, ch, row_scale=row_scale, want_h=want_h, want_w=want_w, want_b=want_b)
-        return _finish_grads(ch, h_s, w_s, b_s, gh, gw, gb)
+        return _finish_grads(ch, a.h_s, a.w_s, a.b_s, gh, gw, gb)
 
 
-def _grad_shapes(h_s, w_s, b_s, want_h, want_w, want_b):
+def _grad_shapes(a, want_h, want_w, want_b):
+    h_s, w_s, b_s = a.h_s, a.w_s, a.b_s
     return (
         h_s.new_empty(h_s.shape if want_h else (0,)),
         w_s.new_empty(w_s.shape if want_w else (0,)),
@@ -354,238 +342,56 @@ def _grad_shapes(h_s, w_s, b_s, want_h, want_w, want_b):
     )
 
 
-def _fake_forward(h_s, w_s, b_s, labels, reduction, compute_dtype, want_h, want_w, want_b):
-    shape = labels.shape if reduction == "none" else ()
-    parts = [h_s.new_empty(shape, dtype=result_dtype(compute_dtype)) for _ in range(5)]
-    fwd = reduction != "none"  # "none" computes its gradients in backward
-    return (*parts, *_grad_shapes(h_s, w_s, b_s, want_h and fwd, want_w and fwd, want_b and fwd))
+def _register_fakes(forward_op, backward_op, forward, backward) -> None:
+    """Shapes and dtypes of a fused linear op's outputs and of its backward op's."""
+
+    @forward_op.register_fake
+    def _(*args):
+        a = forward.bind(args)
+        shape = a.labels.shape if a.reduction == "none" else ()
+        parts = [a.h_s.new_empty(shape, dtype=result_dtype(a.compute_dtype)) for _ in range(5)]
+        fwd = a.reduction != "none"  # "none" computes its gradients in backward
+        return (*parts, *_grad_shapes(a, a.want_h and fwd, a.want_w and fwd, a.want_b and fwd))
+
+    @backward_op.register_fake
+    def _(*args):
+        a = backward.bind(args)
+        return _grad_shapes(a, a.want_h, a.want_w, a.want_b)
 
 
-@linear_salt_loss_op.register_fake
-def _(h_s, w_s, b_s, h_t, w_t, b_t, labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size,
-      compute_dtype, teacher_dtype, *options_and_flags):
-    want_h, want_w, want_b, _want_accuracy = options_and_flags[-4:]
-    return _fake_forward(h_s, w_s, b_s, labels, reduction, compute_dtype, want_h, want_w, want_b)
+@torch.library.custom_op("salt_kernels::linear_salt_loss", mutates_args=(), schema=FORWARD.schema(8))
+def linear_salt_loss_op(*args) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _linear_forward(_bind(FORWARD, args))
 
 
-@torch.library.custom_op("salt_kernels::linear_salt_loss_backward", mutates_args=())
-def linear_salt_loss_backward_op(
-    h_s: Tensor,
-    w_s: Tensor,
-    b_s: Tensor | None,
-    h_t: Tensor | None,
-    w_t: Tensor | None,
-    b_t: Tensor | None,
-    labels: Tensor,
-    grad_output: Tensor,
-    kd_weight: float,
-    temperature: float,
-    ignore_index: int,
-    reduction: str,
-    backend: str,
-    chunk_size: int,
-    compute_dtype: torch.dtype,
-    teacher_dtype: torch.dtype | None,
-    softcap: float | None,
-    teacher_softcap: float | None,
-    kd_vocab: int | None,
-    divergence: str,
-    beta: float,
-    label_smoothing: float,
-    z_loss: float,
-    want_h: bool,
-    want_w: bool,
-    want_b: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    check_addressable(h_s, w_s, b_s, h_t, w_t, b_t, labels)
-    options = LossOptions(softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing, z_loss)
-    plan = _plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype,
-                 teacher_dtype, options)
-    return _linear_backward(h_s, w_s, b_s, h_t, w_t, b_t, labels, grad_output, plan, want_h, want_w, want_b)
+@torch.library.custom_op("salt_kernels::linear_salt_loss_backward", mutates_args=(), schema=BACKWARD.schema(3))
+def linear_salt_loss_backward_op(*args) -> tuple[Tensor, Tensor, Tensor]:
+    return _linear_backward(_bind(BACKWARD, args))
 
 
-@linear_salt_loss_backward_op.register_fake
-def _(h_s, w_s, b_s, *args):
-    want_h, want_w, want_b = args[-3:]
-    return _grad_shapes(h_s, w_s, b_s, want_h, want_w, want_b)
-
-
-def _computed(grad: Tensor, like: Tensor | None) -> bool:
-    """Whether an op output holds a gradient (an empty 1-d tensor stands for "not computed")."""
-    return like is not None and grad.shape == like.shape
-
-
-def linear_autograd(name: str, *, n_tensors: int, arg_names: tuple, backward_op):
-    """setup_context and backward of a fused linear loss op whose inputs are (h_s, w_s, b_s,
-    *other tensors, *args named arg_names ending with want_h, want_w, want_b, want_accuracy) and
-    whose outputs are (loss, ce, kd, z_loss, accuracy, grad_h, grad_w, grad_b). The gradients
-    computed in the forward are kept on ctx, not saved, and handed out once (see
-    common.rows_autograd); "none" and a second backward call backward_op()."""
-
-    def setup_context(ctx, inputs, output):
-        tensors = inputs[:n_tensors]
-        for arg, value in zip(arg_names, inputs[n_tensors:]):
-            setattr(ctx, arg, value)
-        parts, grads = output[1:5], output[5:]
-        ctx.mark_non_differentiable(*parts, *grads)
-        # Outputs other than the loss get no gradient: without this autograd would hand backward
-        # a zero tensor for each of them, one of which is as large as the logits.
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(*tensors)
-        fresh = ctx.reduction != "none" and any(_computed(g, t) for g, t in zip(grads, tensors))
-        ctx.grads = grads if fresh else None
-
-    def backward(ctx, grad_loss, *_unused):
-        if grad_loss is None:  # the loss got no gradient (grads are not materialized)
-            return (None,) * (n_tensors + len(arg_names))
-        tensors = ctx.saved_tensors
-        args = [getattr(ctx, arg) for arg in arg_names]
-        # What the forward was asked for may be more than this backward needs (e.g. the weight only).
-        need = ctx.needs_input_grad[:3]
-        grads, ctx.grads = ctx.grads, None  # handed out once; a second backward recomputes below
-        if grads is not None:
-            out = [finish_backward(g, grad_loss) if n and _computed(g, t) else None
-                   for g, t, n in zip(grads, tensors[:3], need)]
-        else:
-            args = args[:-4] + [bool(n) for n in need]  # want_h, want_w, want_b; no want_accuracy
-            with torch.no_grad():  # not differentiable; once_differentiable below says so
-                out = backward_op()(*tensors, grad_loss, *args)
-            out = [g if n and _computed(g, t) else None for g, t, n in zip(out, tensors[:3], need)]
-        return once_differentiable(name, tuple(out)) + (None,) * (n_tensors - 3 + len(arg_names))
-
-    return setup_context, backward
-
-
-_ARGS = ("kd_weight", "temperature", "ignore_index", "reduction", "backend", "chunk_size", "compute_dtype",
-         "teacher_dtype", "softcap", "teacher_softcap", "kd_vocab", "divergence", "beta", "label_smoothing",
-         "z_loss", "want_h", "want_w", "want_b", "want_accuracy")
-setup_context, backward = linear_autograd(
-    "salt_kernels.linear_salt_loss", n_tensors=7, arg_names=_ARGS,
-    backward_op=lambda: torch.ops.salt_kernels.linear_salt_loss_backward,
-)
-linear_salt_loss_op.register_autograd(backward, setup_context=setup_context)
-linear_salt_loss_backward_op.register_autograd(no_second_order("salt_kernels.linear_salt_loss"), setup_context=no_context)
-
-
-class LinearSaltLossFunction(torch.autograd.Function):
-    """The op with its registered autograd, as an autograd.Function with setup_context (for the
-    torch.func transforms, which refuse the wrapper torch.library builds)."""
-
-    @staticmethod
-    def forward(*args):
-        return torch.ops.salt_kernels.linear_salt_loss(*args)
-
-    setup_context = staticmethod(setup_context)
-    backward = staticmethod(backward)
+_register_fakes(linear_salt_loss_op, linear_salt_loss_backward_op, FORWARD, BACKWARD)
+LinearSaltLossFunction = register_loss_ops("linear_salt_loss", linear_salt_loss_op, linear_salt_loss_backward_op,
+                                           FORWARD, BACKWARD, n_grads=3)
 
 
 # ---- the fused linear loss with an offline top-k teacher -----------------------------------
 
 
-@torch.library.custom_op("salt_kernels::linear_topk_salt_loss", mutates_args=())
-def linear_topk_salt_loss_op(
-    h_s: Tensor,
-    w_s: Tensor,
-    b_s: Tensor | None,
-    indices: Tensor,
-    logprobs: Tensor,
-    labels: Tensor,
-    kd_weight: float,
-    temperature: float,
-    ignore_index: int,
-    reduction: str,
-    backend: str,
-    chunk_size: int,
-    compute_dtype: torch.dtype,
-    tail: str,
-    softcap: float | None,
-    label_smoothing: float,
-    z_loss: float,
-    want_h: bool,
-    want_w: bool,
-    want_b: bool,
-    want_accuracy: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    from .topk_salt_loss import check_teacher_topk
-
-    check_addressable(h_s, w_s, b_s, indices, logprobs, labels)
-    if kd_weight > 0:
-        check_teacher_topk(indices, logprobs, w_s.shape[0])
-    return _linear_forward(h_s, w_s, b_s, indices, logprobs, None, labels, _topk_plan(
-        labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype, tail, softcap,
-        label_smoothing, z_loss, want_accuracy), want_h, want_w, want_b)
+@torch.library.custom_op("salt_kernels::linear_topk_salt_loss", mutates_args=(), schema=TOPK_FORWARD.schema(8))
+def linear_topk_salt_loss_op(*args) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    a = _bind(TOPK_FORWARD, args)
+    if a.kd_weight > 0:
+        check_teacher_topk(a.indices, a.logprobs, a.w_s.shape[0])
+    return _linear_forward(a)
 
 
-def _topk_plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype, tail, softcap,
-               label_smoothing, z_loss, want_accuracy=False) -> LinearPlan:
-    options = LossOptions(softcap=softcap, label_smoothing=label_smoothing, z_loss=z_loss)
-    plan = _plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype, None,
-                 options, want_accuracy)
-    plan.topk_tail = tail
-    plan.use_teacher = kd_weight > 0
-    return plan
+@torch.library.custom_op("salt_kernels::linear_topk_salt_loss_backward", mutates_args=(),
+                         schema=TOPK_BACKWARD.schema(3))
+def linear_topk_salt_loss_backward_op(*args) -> tuple[Tensor, Tensor, Tensor]:
+    return _linear_backward(_bind(TOPK_BACKWARD, args))
 
 
-@linear_topk_salt_loss_op.register_fake
-def _(h_s, w_s, b_s, indices, logprobs, labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size,
-      compute_dtype, *args):
-    want_h, want_w, want_b, _want_accuracy = args[-4:]
-    return _fake_forward(h_s, w_s, b_s, labels, reduction, compute_dtype, want_h, want_w, want_b)
-
-
-@torch.library.custom_op("salt_kernels::linear_topk_salt_loss_backward", mutates_args=())
-def linear_topk_salt_loss_backward_op(
-    h_s: Tensor,
-    w_s: Tensor,
-    b_s: Tensor | None,
-    indices: Tensor,
-    logprobs: Tensor,
-    labels: Tensor,
-    grad_output: Tensor,
-    kd_weight: float,
-    temperature: float,
-    ignore_index: int,
-    reduction: str,
-    backend: str,
-    chunk_size: int,
-    compute_dtype: torch.dtype,
-    tail: str,
-    softcap: float | None,
-    label_smoothing: float,
-    z_loss: float,
-    want_h: bool,
-    want_w: bool,
-    want_b: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    check_addressable(h_s, w_s, b_s, indices, logprobs, labels)
-    plan = _topk_plan(labels, kd_weight, temperature, ignore_index, reduction, backend, chunk_size, compute_dtype, tail,
-                      softcap, label_smoothing, z_loss)
-    return _linear_backward(h_s, w_s, b_s, indices, logprobs, None, labels, grad_output, plan, want_h, want_w, want_b)
-
-
-@linear_topk_salt_loss_backward_op.register_fake
-def _(h_s, w_s, b_s, *args):
-    want_h, want_w, want_b = args[-3:]
-    return _grad_shapes(h_s, w_s, b_s, want_h, want_w, want_b)
-
-
-_TOPK_ARGS = ("kd_weight", "temperature", "ignore_index", "reduction", "backend", "chunk_size", "compute_dtype", "tail",
-              "softcap", "label_smoothing", "z_loss", "want_h", "want_w", "want_b", "want_accuracy")
-_topk_setup_context, _topk_backward = linear_autograd(
-    "salt_kernels.linear_topk_salt_loss", n_tensors=6, arg_names=_TOPK_ARGS,
-    backward_op=lambda: torch.ops.salt_kernels.linear_topk_salt_loss_backward,
-)
-linear_topk_salt_loss_op.register_autograd(_topk_backward, setup_context=_topk_setup_context)
-linear_topk_salt_loss_backward_op.register_autograd(no_second_order("salt_kernels.linear_topk_salt_loss"),
-                                                    setup_context=no_context)
-
-
-class LinearTopkSaltLossFunction(torch.autograd.Function):
-    """The top-k op with its registered autograd, as an autograd.Function (for torch.func)."""
-
-    @staticmethod
-    def forward(*args):
-        return torch.ops.salt_kernels.linear_topk_salt_loss(*args)
-
-    setup_context = staticmethod(_topk_setup_context)
-    backward = staticmethod(_topk_backward)
+_register_fakes(linear_topk_salt_loss_op, linear_topk_salt_loss_backward_op, TOPK_FORWARD, TOPK_BACKWARD)
+LinearTopkSaltLossFunction = register_loss_ops("linear_topk_salt_loss", linear_topk_salt_loss_op,
+                                               linear_topk_salt_loss_backward_op, TOPK_FORWARD, TOPK_BACKWARD,
+                                               n_grads=3)

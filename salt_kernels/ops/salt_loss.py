@@ -22,104 +22,23 @@ raises a ValueError naming its position; on a GPU a device-side assert costs no 
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
 from ..backends import registry
-from ..backends.base import LossOptions
-from .common import backward_rows, check_addressable, fake_outputs, forward_rows, no_context, no_second_order, rows_autograd
+from .common import check_addressable, define_row_ops, loss_options, op_signatures, options_params, row_kwargs
 
-OP = "salt_kernels::salt_loss"
+FORWARD, BACKWARD = op_signatures("Tensor student, Tensor? teacher, Tensor labels", options_params(),
+                                  "bool compute_grad, bool want_accuracy")
 
 
-@torch.library.custom_op(OP, mutates_args=())
-def salt_loss_op(
-    student: Tensor,
-    teacher: Tensor | None,
-    labels: Tensor,
-    kd_weight: float,
-    temperature: float,
-    ignore_index: int,
-    reduction: str,
-    backend: str,
-    softcap: float | None,
-    teacher_softcap: float | None,
-    kd_vocab: int | None,
-    divergence: str,
-    beta: float,
-    label_smoothing: float,
-    z_loss: float,
-    compute_grad: bool,
-    want_accuracy: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    impl = registry.get(backend)
-    options = LossOptions(softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing, z_loss)
-    check_addressable(student, teacher, labels)
+def _rows(a):
+    """rows(flat_labels, grad, grad_scale) of the backend the op's bound arguments `a` name."""
+    impl = registry.get(a.backend)
+    kwargs = row_kwargs(a, loss_options(a))
+    check_addressable(a.student, a.teacher, a.labels)
 
     def rows(flat_labels, grad, scale):
-        return impl.rows(student, teacher, flat_labels, kd_weight=kd_weight, temperature=temperature,
-                         ignore_index=ignore_index, grad=grad, grad_scale=scale, options=options)
+        return impl.rows(a.student, a.teacher, flat_labels, grad=grad, grad_scale=scale, **kwargs)
 
-    return forward_rows(rows, student, labels, ignore_index, reduction, z_loss, compute_grad, want_accuracy)
-
-
-@salt_loss_op.register_fake
-def _(student, teacher, labels, kd_weight, temperature, ignore_index, reduction, backend, *options_and_flags):
-    compute_grad = options_and_flags[-2]
-    return fake_outputs(student, labels, reduction, compute_grad)
+    return rows
 
 
-@torch.library.custom_op("salt_kernels::salt_loss_backward", mutates_args=())
-def salt_loss_backward_op(
-    student: Tensor,
-    teacher: Tensor | None,
-    labels: Tensor,
-    grad_output: Tensor,
-    kd_weight: float,
-    temperature: float,
-    ignore_index: int,
-    reduction: str,
-    backend: str,
-    softcap: float | None,
-    teacher_softcap: float | None,
-    kd_vocab: int | None,
-    divergence: str,
-    beta: float,
-    label_smoothing: float,
-    z_loss: float,
-) -> Tensor:
-    impl = registry.get(backend)
-    options = LossOptions(softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing, z_loss)
-    check_addressable(student, teacher, labels)
-
-    def rows(flat_labels, grad, scale):
-        return impl.rows(student, teacher, flat_labels, kd_weight=kd_weight, temperature=temperature,
-                         ignore_index=ignore_index, grad=grad, grad_scale=scale, options=options)
-
-    return backward_rows(rows, student, labels, ignore_index, reduction, grad_output)
-
-
-@salt_loss_backward_op.register_fake
-def _(student, *args):
-    return torch.empty_like(student, memory_format=torch.contiguous_format)
-
-
-_ARGS = ("kd_weight", "temperature", "ignore_index", "reduction", "backend", "softcap", "teacher_softcap",
-         "kd_vocab", "divergence", "beta", "label_smoothing", "z_loss")
-setup_context, backward = rows_autograd(
-    "salt_kernels.salt_loss", n_tensors=3, arg_names=_ARGS, backward_op=lambda: torch.ops.salt_kernels.salt_loss_backward
-)
-salt_loss_op.register_autograd(backward, setup_context=setup_context)
-salt_loss_backward_op.register_autograd(no_second_order("salt_kernels.salt_loss"), setup_context=no_context)
-
-
-class SaltLossFunction(torch.autograd.Function):
-    """The op with its registered autograd, as an autograd.Function with setup_context, so that
-    torch.func.grad / vjp work on it (they refuse the wrapper torch.library builds)."""
-
-    @staticmethod
-    def forward(*args):
-        return torch.ops.salt_kernels.salt_loss(*args)
-
-    setup_context = staticmethod(setup_context)
-    backward = staticmethod(backward)
+salt_loss_op, salt_loss_backward_op, SaltLossFunction = define_row_ops("salt_loss", FORWARD, BACKWARD, _rows)

@@ -18,8 +18,7 @@ import torch
 from torch import Tensor
 
 from ..backends import registry
-from ..backends.base import LossOptions
-from .common import backward_rows, check_addressable, fake_outputs, forward_rows, no_context, no_second_order, rows_autograd
+from .common import check_addressable, define_row_ops, loss_options, op_signatures, options_params, row_kwargs
 
 # Log-probabilities above this are not rounding of a value <= 0 (bf16 keeps ~3 digits).
 LOGPROB_TOLERANCE = 1e-2
@@ -55,93 +54,30 @@ def check_teacher_topk(indices: Tensor, logprobs: Tensor, vocab: int) -> None:
         )
 
 
-@torch.library.custom_op("salt_kernels::topk_salt_loss", mutates_args=())
-def topk_salt_loss_op(
-    student: Tensor,
-    indices: Tensor,
-    logprobs: Tensor,
-    labels: Tensor,
-    kd_weight: float,
-    temperature: float,
-    ignore_index: int,
-    reduction: str,
-    backend: str,
-    tail: str,
-    softcap: float | None,
-    label_smoothing: float,
-    z_loss: float,
-    compute_grad: bool,
-    want_accuracy: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    impl = registry.get(backend)
-    options = LossOptions(softcap=softcap, label_smoothing=label_smoothing, z_loss=z_loss)
-    check_addressable(student, indices, logprobs, labels)
-    if kd_weight > 0:
-        check_teacher_topk(indices, logprobs, student.shape[1])
+# The options of a top-k teacher: those of the student side (the divergence is the forward KL).
+TOPK_OPTIONS = options_params("softcap", "label_smoothing", "z_loss")
+FORWARD, BACKWARD = op_signatures("Tensor student, Tensor indices, Tensor logprobs, Tensor labels",
+                                  f"str tail, {TOPK_OPTIONS}", "bool compute_grad, bool want_accuracy")
+
+
+def _rows(a):
+    """rows(flat_labels, grad, grad_scale) of the backend the op's bound arguments `a` name."""
+    impl = registry.get(a.backend)
+    kwargs = row_kwargs(a, loss_options(a))
+    check_addressable(a.student, a.indices, a.logprobs, a.labels)
 
     def rows(flat_labels, grad, scale):
-        return impl.topk_rows(student, indices, logprobs, flat_labels, kd_weight=kd_weight, temperature=temperature,
-                              ignore_index=ignore_index, tail=tail, grad=grad, grad_scale=scale, options=options)
+        return impl.topk_rows(a.student, a.indices, a.logprobs, flat_labels, tail=a.tail, grad=grad, grad_scale=scale,
+                              **kwargs)
 
-    return forward_rows(rows, student, labels, ignore_index, reduction, z_loss, compute_grad, want_accuracy)
-
-
-@topk_salt_loss_op.register_fake
-def _(student, indices, logprobs, labels, kd_weight, temperature, ignore_index, reduction, *args):
-    compute_grad = args[-2]
-    return fake_outputs(student, labels, reduction, compute_grad)
+    return rows
 
 
-@torch.library.custom_op("salt_kernels::topk_salt_loss_backward", mutates_args=())
-def topk_salt_loss_backward_op(
-    student: Tensor,
-    indices: Tensor,
-    logprobs: Tensor,
-    labels: Tensor,
-    grad_output: Tensor,
-    kd_weight: float,
-    temperature: float,
-    ignore_index: int,
-    reduction: str,
-    backend: str,
-    tail: str,
-    softcap: float | None,
-    label_smoothing: float,
-    z_loss: float,
-) -> Tensor:
-    impl = registry.get(backend)
-    options = LossOptions(softcap=softcap, label_smoothing=label_smoothing, z_loss=z_loss)
-    check_addressable(student, indices, logprobs, labels)
-
-    def rows(flat_labels, grad, scale):
-        return impl.topk_rows(student, indices, logprobs, flat_labels, kd_weight=kd_weight, temperature=temperature,
-                              ignore_index=ignore_index, tail=tail, grad=grad, grad_scale=scale, options=options)
-
-    return backward_rows(rows, student, labels, ignore_index, reduction, grad_output)
+def _check_teacher(a) -> None:
+    if a.kd_weight > 0:
+        check_teacher_topk(a.indices, a.logprobs, a.student.shape[1])
 
 
-@topk_salt_loss_backward_op.register_fake
-def _(student, *args):
-    return torch.empty_like(student, memory_format=torch.contiguous_format)
-
-
-_ARGS = ("kd_weight", "temperature", "ignore_index", "reduction", "backend", "tail", "softcap", "label_smoothing",
-         "z_loss")
-setup_context, backward = rows_autograd(
-    "salt_kernels.topk_salt_loss", n_tensors=4, arg_names=_ARGS,
-    backward_op=lambda: torch.ops.salt_kernels.topk_salt_loss_backward,
+topk_salt_loss_op, topk_salt_loss_backward_op, TopkSaltLossFunction = define_row_ops(
+    "topk_salt_loss", FORWARD, BACKWARD, _rows, _check_teacher
 )
-topk_salt_loss_op.register_autograd(backward, setup_context=setup_context)
-topk_salt_loss_backward_op.register_autograd(no_second_order("salt_kernels.topk_salt_loss"), setup_context=no_context)
-
-
-class TopkSaltLossFunction(torch.autograd.Function):
-    """The op with its registered autograd, as an autograd.Function with setup_context (for the
-    torch.func transforms)."""
-
-    @staticmethod
-    def forward(*args):
-        return torch.ops.salt_kernels.topk_salt_loss(*args)
-
-    setup_context = staticmethod(setup_context)
-    backward = staticmethod(backward)

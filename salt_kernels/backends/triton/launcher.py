@@ -26,7 +26,7 @@ import os
 
 import torch
 
-from ..base import DEFAULT_OPTIONS, LossOptions, RowOutputs
+from ..base import LossOptions, RowArgs, RowOutputs
 
 NAME = "triton"
 
@@ -150,25 +150,18 @@ def plan(n: int, vocab: int, device: torch.device) -> dict:
     return dict(mode=mode, block_v=block, num_warps=warps, split=split, slice_v=slice_v)
 
 
-def rows(
-    student: torch.Tensor,
-    teacher: torch.Tensor | None,
-    labels: torch.Tensor,
-    *,
-    kd_weight: float,
-    temperature: float,
-    ignore_index: int,
-    grad: torch.Tensor | None = None,
-    grad_scale: torch.Tensor | None = None,
-    options: LossOptions = DEFAULT_OPTIONS,
-) -> RowOutputs:
+def rows(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor, **keywords) -> RowOutputs:
+    """The row contract of backends/base.py (keywords: those of RowArgs)."""
+    a = RowArgs(student, teacher, labels, **keywords)
+    kd_weight, temperature, ignore_index, grad, grad_scale, options = (
+        a.kd_weight, a.temperature, a.ignore_index, a.grad, a.grad_scale, a.options)
     k = _load()
     n, vocab = student.shape
     device = student.device
     out = RowOutputs.empty(n, device)
     if n == 0:
         return out
-    use_teacher = teacher is not None and kd_weight > 0
+    use_teacher = a.use_teacher
     tau = float(temperature)
     p = plan(n, vocab, device)
     has_grad = grad is not None
