@@ -1,4 +1,5 @@
-"""The public functional API: salt_loss and linear_salt_loss (docs/design.md, "API").
+"""The public functional API: salt_loss and linear_salt_loss (docs/design.md, "API"); DTensor
+arguments go to distributed/dtensor.py (docs/design.md, "Vocab-parallel").
 
 Each function validates its arguments (_validation.py), resolves the backend (backends/) and
 calls its op (ops/). Nothing here computes the loss.
@@ -19,6 +20,7 @@ from ._validation import (
     validate_topk_inputs,
 )
 from .backends import registry
+from .distributed import dtensor as _dt
 from .ops.linear_salt_loss import LinearSaltLossFunction, LinearTopkSaltLossFunction, plan_chunk_size
 from .ops.salt_loss import SaltLossFunction
 from .ops.topk_salt_loss import TopkSaltLossFunction
@@ -78,6 +80,7 @@ def _finish(loss, parts, shape, reduction: str, return_parts: bool):
     return loss
 
 
+@_dt.routes_dtensors(_dt.salt_loss)
 def salt_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor | None,
@@ -130,6 +133,7 @@ def salt_loss(
     return _finish(loss, parts, labels.shape, reduction, return_parts)
 
 
+@_dt.routes_dtensors(_dt.linear_salt_loss)
 def linear_salt_loss(
     student_hidden: torch.Tensor,
     student_weight: torch.Tensor,

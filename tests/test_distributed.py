@@ -39,3 +39,21 @@ def test_vocab_parallel_matches_one_process(tmp_path, nproc):
         assert err["parts"] <= 1e-6, (case, err)
         assert err["grad"] <= grad_tol, (case, err)
         assert err["accuracy"] == 0.0, (case, err)
+
+
+def test_dtensor_inputs_and_fsdp2_lm_head(tmp_path):
+    """salt_loss / linear_salt_loss given DTensors: Shard(-1) logits and Shard(0) weights with
+    replicated hidden states take the vocab-parallel path, replicated ones the ordinary path; an
+    FSDP2-sharded lm_head read outside its forward is gathered inside autograd and its gradient
+    averaged over the ranks as FSDP2 does; refused placements name the argument."""
+    doc = torchrun("dtensor_worker.py", 2, tmp_path / "out.json")
+    results, errors = doc["results"], doc["errors"]
+    assert set(results) >= {"logits/default/dtensor", "logits/default/plain", "logits/replicate",
+                            "linear_tp/dtensor", "linear_tp/plain", "fsdp2_lm_head"}, sorted(results)
+    for case, err in results.items():
+        assert err["loss"] <= 1e-9 and err["grad"] <= 1e-6 and err["plain"], (case, err)
+    assert results["logits/default/dtensor"]["grad_placements"] == "(Shard(dim=2),)"
+    assert results["linear_tp/dtensor"]["grad_placements"] == "(Shard(dim=0),)"
+    assert errors["logits_shard0"].startswith("TypeError: student_logits is a DTensor"), errors
+    assert errors["teacher_only"].startswith("TypeError: teacher_logits is a DTensor"), errors
+    assert errors["hidden_sharded"].startswith("TypeError: student_hidden is a DTensor"), errors
