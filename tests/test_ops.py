@@ -268,7 +268,10 @@ def _gloo_group():
     return dist
 
 
-def test_dtensor_gets_a_clear_type_error(gen):
+def test_dtensors_take_their_path_or_a_clear_type_error(gen):
+    """In one process: vocabulary-sharded logits give the plain loss, a DTensor weight with plain
+    hidden states (FSDP2) is gathered, a batch-sharded DTensor is refused by name, and the op
+    itself never sees a DTensor (tests/test_distributed.py covers several processes)."""
     dist = _gloo_group()
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
@@ -277,11 +280,14 @@ def test_dtensor_gets_a_clear_type_error(gen):
         mesh = init_device_mesh("cpu", (1,))
         z, u, y = _salt_inputs(gen)
         dz = distribute_tensor(z.detach(), mesh, [Shard(1)])
-        with pytest.raises(TypeError, match="student_logits is a DTensor.*full_tensor"):
-            sk.salt_loss(dz, u, y)
-        dw = distribute_tensor(torch.randn(50, 8), mesh, [Shard(0)])
-        with pytest.raises(TypeError, match="student_weight is a DTensor"):
-            sk.linear_salt_loss(torch.randn(12, 8), dw, None, None, y, kd_weight=0.0)
+        torch.testing.assert_close(sk.salt_loss(dz, u, y), sk.salt_loss(z.detach(), u, y), rtol=1e-6, atol=1e-6)
+        with pytest.raises(TypeError, match="student_logits is a DTensor.*Shard\\(-1\\)"):
+            sk.salt_loss(distribute_tensor(z.detach(), mesh, [Shard(0)]), u, y)
+        w = torch.randn(50, 8)
+        h = torch.randn(12, 8)
+        dw = distribute_tensor(w, mesh, [Shard(0)])
+        torch.testing.assert_close(sk.linear_salt_loss(h, dw, None, None, y, kd_weight=0.0),
+                                   sk.linear_salt_loss(h, w, None, None, y, kd_weight=0.0))
         # The op itself, handed a DTensor, is refused by DTensor's dispatch, never reaching a kernel.
         with pytest.raises(Exception):
             OPS.salt_loss(dz, None, y, 0.0, 1.0, -100, "mean", "cpu", *OPTS, False, False)
