@@ -189,3 +189,40 @@ def test_cache_that_does_not_fit_the_run_is_refused(cache_k8, teacher_dir, corpu
     with pytest.raises(ConfigError, match="--teacher-cache: .*other training sequences"):
         build.check_teacher_cache(build.open_teacher_cache(cfg), cfg, data)
     assert load_tokenizer(str(cache_k8 / "tokenizer")).get_vocab() == load_tokenizer(teacher_dir).get_vocab()
+
+
+def test_demo_topk_run_and_its_report(corpus, tmp_path, capsys):
+    """`salt-kernels demo --topk`: the cache, a salt-topk run like the SALT run, and a report that
+    compares the three, its top-k wall-clock including the cache's recorded build time."""
+    import json
+
+    from salt_kernels.train.report import eval_rows
+
+    flags = ["demo", "--runs-dir", str(tmp_path), "--data", str(corpus), "--teacher-model", "tiny",
+             "--student-model", "tiny", "--teacher-steps", "6", "--steps", "8", "--n-kd", "4",
+             "--eval-interval", "4", "--vocab-size", "300", "--seq-len", str(SEQ_LEN), "--batch-size", "4",
+             "--warmup-steps", "1", "--threads", "1", "--measure-steps", "0", "--no-progress"]
+    assert main(flags + ["--topk", "--select-data"]) == 2
+    assert "--topk and --select-data" in capsys.readouterr().err
+    assert main(flags + ["--topk", "--topk-k", "4"]) == 2
+    assert "--topk-k must be in" in capsys.readouterr().err
+    assert main(flags + ["--topk", "--topk-k", "8"]) == 0
+    root = tmp_path / "demo"
+    summary = json.loads((root / "summary.json").read_text())
+    t = summary["topk"]
+    m = tc.Manifest.load(root / "teacher-cache")
+    assert (t["k"], m.k, t["cache_build_time_s"]) == (8, 8, m.build_time_s) and m.build_time_s > 0
+    run = json.loads((root / "salt-topk" / "summary.json").read_text())
+    assert t["final_val_loss"] == run["final_val_loss"] and t["total_time_s"] == run["wall_time_s"] + m.build_time_s
+    config = json.loads((root / "salt-topk" / "config.json").read_text())
+    assert config["salt"]["teacher"] is None and config["salt"]["teacher_cache"] == str(root / "teacher-cache")
+    assert config["run"]["seed"] == json.loads((root / "salt" / "config.json").read_text())["run"]["seed"]
+    target = summary["baseline"]["final_val_loss"]
+    first = next((r for r in eval_rows(root / "salt-topk") if r["step"] > 0 and r["val_loss"] <= target), None)
+    assert t["steps_to_match"] == (first["step"] if first else None)
+    if first:
+        assert t["time_to_match_s"] == first["train_time_s"] + m.build_time_s
+    report = (root / "report.md").read_text()
+    assert "## SALT from a top-k teacher cache (`--topk`)" in report
+    assert f"| SALT, top-8 cache | {t['final_val_loss']:.4f} |" in report
+    assert "salt-topk (top-8 cache)" in capsys.readouterr().err  # the closing line

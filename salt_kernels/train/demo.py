@@ -5,9 +5,12 @@
    initialization and data order: baseline (cross-entropy only) and SALT (KD from the frozen
    teacher for the first n_KD steps, then cross-entropy only); --seeds N repeats this pair for N
    seeds (one teacher);
-3. time a CE-only step and a SALT stage-1 step of the student interleaved in this process (the
+3. with --topk: write the teacher's top-k over the training data to disk (`salt-kernels
+   teacher-cache`, into runs/<name>/teacher-cache/) and train the first seed's student once more
+   like the SALT run, distilling from that cache instead of the teacher model (salt-topk/);
+4. time a CE-only step and a SALT stage-1 step of the student interleaved in this process (the
    profiler's method), for the wall-clock accounting;
-4. write runs/<name>/report.md, curves.png and summary.json comparing the runs.
+5. write runs/<name>/report.md, curves.png and summary.json comparing the runs.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import BACKENDS, DEVICES, LOSS_PATHS, TRANSITIONS, ConfigError, TrainConfig, opt
+from .report import TOPK_RUN
 
 # the profiler's name of each loss path (salt_kernels.benchmarking.profiling.STEP_PATHS)
 PROFILE_LOSS = {"linear": "linear", "logits": "fused"}
 MEASURE_WARMUP = 2  # untimed rounds before the measured ones
+TOPK_CACHE = "teacher-cache"  # the --topk run's cache, next to its run (report.TOPK_RUN)
 
 
 @dataclass
@@ -39,6 +44,14 @@ class DemoConfig:
     temperature: float = opt(1.0, "distillation temperature")
     transition: str = opt("step", "how w ends at n_KD: step or linear", TRANSITIONS)
     select_data: bool = opt(False, "SALT data selection during stage 1 (teacher-scored top half)")
+    topk: bool = opt(False, "also run salt-topk: cache the teacher's top --topk-k predictions over the "
+                     "training data (`salt-kernels teacher-cache`), then train the first seed's student "
+                     "like the SALT run from that cache; the report compares it with SALT and the "
+                     "baseline, wall-clock including the cache's build time. Off by default: at the "
+                     "defaults it adds about 40%% to the demo's time (a third student run, plus the cache: "
+                     "about 1.5 minutes and 430 MB of disk for the built-in corpus at k = 64, measured on "
+                     "2 shared CPU cores)")
+    topk_k: int = opt(64, "--topk: teacher tokens kept per position (8 to 256)")
     seeds: int = opt(1, "seeds of the baseline/SALT pair (--seed, --seed + 1, ...; one teacher): "
                      "with 2 or more the report gives the mean and spread of each result")
     batch_size: int = opt(16, "sequences per step")
@@ -104,7 +117,21 @@ def run_configs(dc: DemoConfig) -> dict[str, TrainConfig]:
             role="salt", teacher=teacher_final, n_kd=dc.n_kd, kd_weight=dc.kd_weight,
             temperature=dc.temperature, transition=dc.transition, select_data=dc.select_data,
             out_dir=str(root / r["salt"]), **student)
+    if dc.topk:  # the first seed's SALT run, its teacher read from the cache
+        first = configs[seed_runs(dc)[0]["salt"]]
+        configs[TOPK_RUN] = first.replace(teacher=None, teacher_cache=str(root / TOPK_CACHE),
+                                          out_dir=str(root / TOPK_RUN))
     return configs
+
+
+def cache_config(dc: DemoConfig):
+    """The --topk run's teacher cache: the teacher's top --topk-k over the runs' training data."""
+    from .teacher_cache import CacheConfig
+
+    root = Path(dc.runs_dir) / dc.name
+    return CacheConfig(teacher=str(root / "teacher" / "final"), out_dir=str(root / TOPK_CACHE), data=list(dc.data),
+                       seq_len=dc.seq_len, k=dc.topk_k, device=dc.device, threads=dc.threads,
+                       progress=dc.progress)
 
 
 def check_demo(dc: DemoConfig) -> None:
@@ -122,6 +149,14 @@ def check_demo(dc: DemoConfig) -> None:
         raise ConfigError(f"--kd-weight must be in (0, 1], got {dc.kd_weight}")
     if not dc.temperature > 0:
         raise ConfigError(f"--temperature must be positive, got {dc.temperature}")
+    if dc.topk:
+        from .teacher_cache import K_RANGE
+
+        if not K_RANGE[0] <= dc.topk_k <= K_RANGE[1]:
+            raise ConfigError(f"--topk-k must be in [{K_RANGE[0]}, {K_RANGE[1]}], got {dc.topk_k}")
+        if dc.select_data:
+            raise ConfigError("--topk and --select-data exclude each other: data selection scores the "
+                              "sequences with the teacher model, which the top-k run does not load")
     from .config import check_config
     from .models import check_model_spec
 
@@ -202,6 +237,9 @@ def _clear_old_report(root: Path, dc: DemoConfig) -> None:
     keep = set(run_configs(dc))
     for name in ("summary.json", "report.md", "curves.png"):
         (root / name).unlink(missing_ok=True)
+    shutil.rmtree(root / TOPK_CACHE, ignore_errors=True)  # the teacher is trained again
+    if TOPK_RUN not in keep:
+        shutil.rmtree(root / TOPK_RUN, ignore_errors=True)
     if root.is_dir():
         from .report import SEED_DIR
 
@@ -236,6 +274,17 @@ def _run(dc: DemoConfig, root: Path, command: str) -> DemoResult:
 
     t0 = time.perf_counter()
     for name, cfg in run_configs(dc).items():
+        if name == TOPK_RUN:
+            from .teacher_cache import build_teacher_cache
+
+            cc = cache_config(dc)
+            log(f"==== {TOPK_CACHE}: the teacher's top {cc.k} over the training data -> {cc.out_dir}")
+            try:
+                build_teacher_cache(cc)
+            except KeyboardInterrupt:
+                log(f"demo stopped while writing {cc.out_dir} (its finished shards are kept); continue "
+                    f"with: {command} --resume")
+                return DemoResult("interrupted", signal="SIGINT")
         log(f"==== {name}: {cfg.run.steps} steps -> {cfg.run.out_dir}")
         result = train(cfg)
         if result.status != "finished":
@@ -248,7 +297,7 @@ def _run(dc: DemoConfig, root: Path, command: str) -> DemoResult:
     step_times = None
     if dc.measure_steps:
         step_times = measure_step_times(dc, str(root / "teacher" / "final"))
-    summary = write_report(root, command, seed_runs(dc), step_times)
+    summary = write_report(root, command, seed_runs(dc), step_times, topk=TOPK_RUN if dc.topk else None)
     log(f"==== done in {time.perf_counter() - t0:.0f}s: " + headline(summary)
         + f"\nreport: {root / 'report.md'}  curves: {root / 'curves.png'}")
     return DemoResult("finished", summary)
@@ -270,6 +319,11 @@ def headline(summary: dict) -> str:
                 f"{sl['mean']:.4f} ± {sl['std']:.4f}; SALT matches the baseline in "
                 f"{a['seeds_matched']} of {n} seeds"
                 + (f", at step {k['mean']:.0f} on average" if k else ""))
+    topk = summary.get("topk")
+    if topk:
+        stm = topk["steps_to_match"]
+        line += (f"; salt-topk (top-{topk['k']} cache) {topk['final_val_loss']:.4f}, "
+                 + (f"matches at step {stm}" if stm is not None else "does not match"))
     acc = summary.get("accounting")
     if acc and acc["saving_mean"] is not None:
         from ..benchmarking.accounting import verdict

@@ -5,7 +5,10 @@ first SALT evaluation at or below the final validation loss of the baseline with
 per seed and, with several seeds, their mean and spread. Wall-clock comes only from the demo's
 interleaved step-time measurement (summary.json "step_times") through
 salt_kernels.benchmarking.accounting.demo_accounting; the runs' whole-run times are reported as
-measured, with the load they were measured under, and never compared across runs."""
+measured, with the load they were measured under, and never compared across runs, except in the
+section of the demo's --topk run (salt-topk, distilled from a teacher cache): its cost is the
+cache's build time plus a run, which only the runs' recorded times give (measured one after
+another, so under the load each met; the report says so)."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from pathlib import Path
 from .checkpoint import atomic_write_text
 
 SEED_DIR = re.compile(r"^(baseline|salt)-seed(\d+)$")
+TOPK_RUN = "salt-topk"  # the demo's --topk run (demo.TOPK_RUN)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -79,11 +83,49 @@ def spread(values: list[float]) -> dict | None:
             "min": min(values), "max": max(values)}
 
 
-def build_summary(root: Path, runs: list[dict] | None = None, step_times: dict | None = None) -> dict:
+def topk_section(root: Path, name: str, baseline: dict, salt_dir: str) -> dict:
+    """The --topk run against the first seed's baseline and SALT run: final validation loss,
+    steps and train time to the baseline's final validation loss, and the cache's build time
+    (its manifest), which the top-k run's wall-clock includes."""
+    from .teacher_cache import Manifest, bytes_per_token
+
+    run = run_section(root / name)
+    config = json.loads((root / name / "config.json").read_text())
+    cache_dir = Path(config["salt"]["teacher_cache"])
+    m = Manifest.load(cache_dir)
+    target = baseline["final_val_loss"]
+    match = steps_to_match(eval_rows(root / name), target)
+    salt_match = steps_to_match(eval_rows(root / salt_dir), target)
+    salt = run_section(root / salt_dir)
+    build = m.build_time_s
+    return {
+        "run": name, "cache": str(cache_dir), "k": m.k, "dtype": m.dtype, "tail": config["salt"].get("topk_tail"),
+        "bytes_per_token": bytes_per_token(m.k), "cache_bytes": bytes_per_token(m.k) * m.tokens,
+        "cache_tokens": m.tokens, "cache_build_time_s": build,
+        "final_val_loss": run["final_val_loss"],
+        "val_loss_gain": target - run["final_val_loss"],
+        "minus_salt": run["final_val_loss"] - salt["final_val_loss"],
+        "steps_to_match": match["step"] if match else None,
+        "steps_to_match_fraction": match["step"] / baseline["steps"] if match else None,
+        "train_time_s": run["wall_time_s"], "total_time_s": run["wall_time_s"] + build,
+        "time_to_match_s": match["train_time_s"] + build if match else None,
+        "salt_steps_to_match": salt_match["step"] if salt_match else None,
+        "salt_time_to_match_s": salt_match["train_time_s"] if salt_match else None,
+        "salt_train_time_s": salt["wall_time_s"], "baseline_train_time_s": baseline["wall_time_s"],
+        "stage1_step_time_s": run.get("stage1_step_time_s"), "salt_stage1_step_time_s": salt.get("stage1_step_time_s"),
+        "load_avg_1m_start": run.get("load_avg_1m_start"), "load_avg_1m_end": run.get("load_avg_1m_end"),
+    }
+
+
+def build_summary(root: Path, runs: list[dict] | None = None, step_times: dict | None = None,
+                  topk: str | None = None) -> dict:
     """summary.json of a demo. runs: [{"seed", "baseline": folder, "salt": folder}], the first
-    seed's folders first; step_times: the demo's interleaved measurement (or None)."""
+    seed's folders first; step_times: the demo's interleaved measurement (or None); topk: the
+    folder of the --topk run (found by itself when runs are not given)."""
     from ..benchmarking.accounting import demo_accounting
 
+    if runs is None and topk is None and (root / TOPK_RUN / "summary.json").exists():
+        topk = TOPK_RUN
     runs = runs or discover_runs(root)
     teacher = run_section(root / "teacher")
     per_seed, sections = [], {}
@@ -120,6 +162,9 @@ def build_summary(root: Path, runs: list[dict] | None = None, step_times: dict |
         "runs": {"teacher": teacher, **sections},
         "step_times": step_times,
     }
+    if topk is not None:
+        summary["topk"] = topk_section(root, topk, summary["baseline"], first["salt"])
+        summary["runs"][topk] = run_section(root / topk)
     summary["accounting"] = demo_accounting(summary)
     return summary
 
@@ -158,6 +203,12 @@ def plot_curves(root: Path, summary: dict, path: Path) -> None:
             ax.fill_between(steps, [min(vs) for vs in values], [max(vs) for vs in values],
                             color=color, alpha=0.2, lw=0, label=f"{label.split(' (')[0]}: min-max over seeds")
         ax.plot(steps, mean, "-", color=color, label=label)
+    topk = summary.get("topk")
+    if topk:
+        rows = [r for r in eval_rows(root / topk["run"]) if r["step"] > 0]
+        ax.plot([r["step"] for r in rows], [r["val_loss"] for r in rows], "--", color="tab:red",
+                label=f"SALT from a top-{topk['k']} teacher cache" + (f" (seed {per_seed[0]['seed']})" if n > 1 else ""))
+        ys_all += [r["val_loss"] for r in rows]
     n_kd = summary["salt"].get("n_kd")
     if n_kd:
         ax.axvline(n_kd, color="gray", ls=":", label=f"n_KD = {n_kd}")
@@ -284,6 +335,54 @@ def _wall_clock(summary: dict) -> list[str]:
     ]
 
 
+def _topk(summary: dict) -> list[str]:
+    """The --topk section: SALT from the teacher cache against SALT and the baseline."""
+    t = summary.get("topk")
+    if not t:
+        return []
+
+    def time(x):
+        return "n/a" if x is None else f"{x:.1f}"
+
+    def step(x):
+        return "never" if x is None else str(x)
+
+    b, s = summary["baseline"], summary["salt"]
+    seed = summary["per_seed"][0]
+    return [
+        "## SALT from a top-k teacher cache (`--topk`)", "",
+        f"`{t['run']}/` is the SALT run (seed {seed['seed']}) again, with the teacher's top {t['k']} "
+        f"next tokens per position read from `{t['cache']}` (written by `salt-kernels teacher-cache`; "
+        f"{t['bytes_per_token']} bytes per token, {t['cache_bytes'] / 1e6:.1f} MB for {t['cache_tokens']:,} "
+        f"tokens, log-probs in {t['dtype']}) instead of running the teacher at every stage-1 step; the "
+        f"top-k loss keeps the rest of the teacher's mass as one outcome (tail `{t['tail']}`, "
+        "docs/design.md, 'Top-k teacher').", "",
+        "| run | final val loss | steps to the baseline's final val loss | train time to it (s) | "
+        "cache build (s) | train time (s) | total (s) |",
+        "|---|---|---|---|---|---|---|",
+        f"| baseline (CE only) | {b['final_val_loss']:.4f} | | | | {b['wall_time_s']:.1f} | {b['wall_time_s']:.1f} |",
+        f"| SALT, teacher model | {s['final_val_loss']:.4f} | {step(t['salt_steps_to_match'])} | "
+        f"{time(t['salt_time_to_match_s'])} | | {s['wall_time_s']:.1f} | {s['wall_time_s']:.1f} |",
+        f"| SALT, top-{t['k']} cache | {t['final_val_loss']:.4f} | {step(t['steps_to_match'])} | "
+        f"{time(t['time_to_match_s'])} (cache included) | {t['cache_build_time_s']:.1f} | "
+        f"{t['train_time_s']:.1f} | {t['total_time_s']:.1f} |", "",
+        f"Final validation loss of the cached-teacher run minus the teacher-model run: "
+        f"{t['minus_salt']:+.4f} (negative: the cache did better); against the baseline "
+        f"{t['val_loss_gain']:+.4f} in its favour when positive. Stage-1 step: "
+        f"{_ms(t['stage1_step_time_s'])} from the cache, {_ms(t['salt_stage1_step_time_s'])} with the teacher model.",
+        "",
+        "These times are the runs' own recorded train times (steps only; evaluations excluded) and "
+        "the cache's recorded build time (the teacher's passes over every training sequence and the "
+        "writes), measured one run after the other, each under the load in the table below, not "
+        "interleaved: read them as what these runs took here. The cache is built once per teacher, "
+        "data and k; further runs or seeds reuse it.",
+    ]
+
+
+def _ms(x) -> str:
+    return "n/a" if x is None else f"{x * 1000:.1f} ms"
+
+
 def _verdict(saving: float) -> str:
     return f"{-saving:.0%} more" if saving < 0 else f"{saving:.0%} less"
 
@@ -302,6 +401,8 @@ def render_markdown(summary: dict, command: str) -> str:
         suffix = f", seed {p['seed']}" if len(summary["per_seed"]) > 1 else ""
         rows.append(row(f"baseline (CE only){suffix}", summary["runs"][p["baseline"]]))
         rows.append(row(f"SALT{suffix}", summary["runs"][p["salt"]]))
+    if summary.get("topk"):
+        rows.append(row(f"SALT, top-{summary['topk']['k']} cache", summary["runs"][summary["topk"]["run"]]))
     lines = [
         "# SALT demo report",
         "",
@@ -320,6 +421,7 @@ def render_markdown(summary: dict, command: str) -> str:
         "",
         *_wall_clock(summary),
         "",
+        *([*_topk(summary), ""] if summary.get("topk") else []),
         "## The runs",
         "",
         "| run | model | params | steps | final val loss | val ppl | val acc | train time (s) | ms/step | load avg (1 min, start to end) |",
@@ -330,27 +432,31 @@ def render_markdown(summary: dict, command: str) -> str:
         "excluded); the teacher's own training is not charged to SALT, as in the paper, where the "
         "small model already exists. The runs were trained one after the other, each under the "
         "load shown: their times describe each run, not SALT's cost, and are not compared across "
-        "runs (the wall-clock section above uses the interleaved measurement).",
+        "runs (the wall-clock section above uses the interleaved measurement)"
+        + ("; the top-k section compares them because the cache's build time has no interleaved "
+           "counterpart." if summary.get("topk") else "."),
         "",
         _machine_line(list(summary["runs"].values())),
         "",
         "Files: `teacher/`, `baseline/`, `salt/` (and `baseline-seedN/`, `salt-seedN/` for further "
         "seeds) each hold `metrics.jsonl` (train and validation rows), `checkpoint.pt`, `final/` (a "
-        "Hugging Face model directory) and `summary.json`; `summary.json` here holds the numbers "
-        "above.",
+        "Hugging Face model directory) and `summary.json`; "
+        + ("`salt-topk/` the same for the top-k run, `teacher-cache/` its cache (manifest.json, "
+           "shards, tokenizer); " if summary.get("topk") else "")
+        + "`summary.json` here holds the numbers above.",
         "",
     ]
     return "\n".join(lines)
 
 
 def write_report(root: str | Path, command: str = "salt-kernels demo", runs: list[dict] | None = None,
-                 step_times: dict | None = None) -> dict:
+                 step_times: dict | None = None, topk: str | None = None) -> dict:
     """summary.json, curves.png and report.md of the demo in `root`. Without `step_times`, the
-    measurement already in root/summary.json (if any) is kept."""
+    measurement already in root/summary.json (if any) is kept. topk: the --topk run's folder."""
     root = Path(root)
     if step_times is None and (root / "summary.json").exists():
         step_times = json.loads((root / "summary.json").read_text()).get("step_times")
-    summary = build_summary(root, runs, step_times)
+    summary = build_summary(root, runs, step_times, topk)
     atomic_write_text(json.dumps(summary, indent=2) + "\n", root / "summary.json")
     plot_curves(root, summary, root / "curves.png")
     atomic_write_text(render_markdown(summary, command), root / "report.md")
