@@ -203,6 +203,7 @@ def linear_salt_loss(
     return _finish(loss, parts[:4], labels.shape, reduction, return_parts)
 
 
+@_dt.routes_dtensors(_dt.topk_salt_loss)
 def topk_salt_loss(
     student_logits: torch.Tensor,
     teacher_indices: torch.Tensor | None,

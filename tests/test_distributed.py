@@ -1,6 +1,7 @@
 """The vocab-parallel SALT loss under torchrun (gloo on CPU, 2 and 3 processes, uneven vocabulary
 slices) against the loss of one process on the joined vocabulary: loss, parts, accuracy and
-gradients, every option, the logits and the linear forms (tests/distributed/*_worker.py)."""
+gradients, every option, the logits, top-k and linear forms, DTensor inputs and an FSDP2 lm_head
+(tests/distributed/*_worker.py)."""
 
 import json
 import os
@@ -49,7 +50,7 @@ def test_dtensor_inputs_and_fsdp2_lm_head(tmp_path):
     doc = torchrun("dtensor_worker.py", 2, tmp_path / "out.json")
     results, errors = doc["results"], doc["errors"]
     assert set(results) >= {"logits/default/dtensor", "logits/default/plain", "logits/replicate",
-                            "linear_tp/dtensor", "linear_tp/plain", "fsdp2_lm_head"}, sorted(results)
+                            "linear_tp/dtensor", "linear_tp/plain", "fsdp2_lm_head", "topk/dtensor"}, sorted(results)
     for case, err in results.items():
         assert err["loss"] <= 1e-9 and err["grad"] <= 1e-6 and err["plain"], (case, err)
     assert results["logits/default/dtensor"]["grad_placements"] == "(Shard(dim=2),)"

@@ -1,7 +1,7 @@
 """DTensor inputs of salt_loss and linear_salt_loss (docs/design.md, "Vocab-parallel"): which
 placements mean what.
 
-salt_loss(student_logits, teacher_logits, labels):
+salt_loss(student_logits, teacher_logits, labels) (and topk_salt_loss, whose top-k ids are global):
   - logits sharded along the vocabulary, Shard(-1) on one mesh dimension (Replicate on any
     other): the vocab-parallel loss over that dimension's process group, each rank on its local
     columns; the teacher may be a DTensor with the same placements or a plain tensor holding the
@@ -117,6 +117,25 @@ def salt_loss(student, teacher, labels, **kw):
     teacher_local = None if teacher is None else _columns("teacher_logits", teacher, student.device_mesh, dim,
                                                           local, group, -1)
     return vocab_parallel_salt_loss(local, teacher_local, labels, group=group, **kw)
+
+
+def topk_salt_loss(student, teacher_indices, teacher_logprobs, labels, **kw):
+    """topk_salt_loss for DTensor inputs: Shard(-1) student logits (the top-k ids are global,
+    plain tensors or Replicate DTensors) -> the vocab-parallel top-k loss."""
+    from .. import functional
+    from .vocab_parallel import vocab_parallel_topk_salt_loss
+
+    labels = _replicated("labels", labels)
+    indices = _replicated("teacher_indices", teacher_indices)
+    logprobs = _replicated("teacher_logprobs", teacher_logprobs)
+    if not is_dtensor(student):
+        return functional.topk_salt_loss(student, indices, logprobs, labels, **kw)
+    dim = _vocab_dim("student_logits", student, -1)
+    if dim is None:
+        return functional.topk_salt_loss(student.to_local(), indices, logprobs, labels, **kw)
+    kw.pop("backend", None)
+    return vocab_parallel_topk_salt_loss(student.to_local(), indices, logprobs, labels,
+                                         group=student.device_mesh.get_group(dim), **kw)
 
 
 def gather_weight(weight):

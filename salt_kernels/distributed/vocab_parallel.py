@@ -163,14 +163,100 @@ def shard_rows(z_shard, u_shard, labels, shard: Shard, *, kd_weight, temperature
     return outs, grad
 
 
+def shard_topk_rows(z_shard, indices, logprobs, labels, shard: Shard, *, kd_weight, temperature, ignore_index,
+                    tail: str, options: LossOptions, want_grad: bool):
+    """shard_rows for an offline top-k teacher (docs/design.md, "Top-k teacher"): indices are
+    vocabulary-wide ids (negative: empty slot), log-probabilities at temperature 1. Besides the
+    statistics of shard_rows, the group sums z/tau at the top k (each id from the rank that owns
+    it) and the sum of exps of z/tau outside the top k (the tail, without cancellation)."""
+    n = z_shard.shape[0]
+    device = z_shard.device
+    dt = result_dtype(z_shard.dtype)
+    outs = {k: torch.zeros(n, dtype=dt, device=device) for k in ("loss", "ce", "kd", "accuracy")}
+    grad = torch.empty_like(z_shard) if want_grad else None
+    tau, w, o = float(temperature), float(kd_weight), shard.start
+    eps, lam = options.label_smoothing, options.z_loss
+    use_teacher = w > 0
+    neg_inf = float("-inf")
+    for r0 in range(0, n, shard.chunk_rows()):
+        r1 = min(n, r0 + shard.chunk_rows())
+        z = _cap(z_shard[r0:r1].to(dt), options.softcap)
+        zt = z / tau if tau != 1 else z
+        y = labels[r0:r1].long()
+        valid = y != ignore_index
+        mine = valid & (y >= o) & (y < o + shard.local)
+        y_loc = torch.where(mine, y - o, torch.zeros_like(y))
+        idx = indices[r0:r1].long()
+        filled = idx >= 0
+        owned = filled & (idx >= o) & (idx < o + shard.local)
+        idx_loc = torch.where(owned, idx - o, torch.zeros_like(idx))
+        in_k = torch.zeros(z.shape, dtype=torch.int32, device=device).scatter_add_(1, idx_loc, owned.to(torch.int32)) > 0
+        m = shard.all_reduce(torch.stack([_rowmax(z), _rowmax(zt)], 1), dist.ReduceOp.MAX)
+        shift = torch.where(torch.isfinite(m[:, 1]), m[:, 1], torch.zeros_like(m[:, 1]))
+        rest = torch.where(in_k, torch.zeros_like(zt), (zt - shift[:, None]).exp()).sum(-1)
+        z_y = torch.where(mine, z.gather(1, y_loc[:, None])[:, 0], torch.zeros_like(z[:, 0]))
+        zt_k = torch.where(owned, zt.gather(1, idx_loc), torch.zeros_like(idx, dtype=dt))
+        sums = torch.cat([torch.stack([_sumexp(z, m[:, 0]), _sumexp(zt, m[:, 1]), rest, z_y, z.sum(-1)], 1), zt_k], 1)
+        shard.all_reduce(sums, dist.ReduceOp.SUM)
+        first = torch.where(_rowmax(z) == m[:, 0], z.argmax(-1) + o, torch.full_like(y, _NO_INDEX))
+        shard.all_reduce(first, dist.ReduceOp.MIN)
+        lse_z, lse_zt = _lse(m[:, 0], sums[:, 0]), _lse(m[:, 1], sums[:, 1])
+        lse_rest = torch.where(sums[:, 2] > 0, _lse(m[:, 1], sums[:, 2]), torch.full_like(lse_z, neg_inf))
+        ce = lse_z - sums[:, 3]
+        if eps > 0:
+            ce = (1 - eps) * ce + eps * (lse_z - sums[:, 4] / shard.vocab)
+        kd = torch.zeros_like(ce)
+        if use_teacher:
+            n_filled = filled.sum(-1)
+            l64 = torch.where(filled, logprobs[r0:r1].to(torch.float64).clamp(max=0.0), neg_inf)
+            tail_mass = torch.clamp(1.0 - l64.exp().sum(-1), min=0.0)  # float64: no loss of the tail
+            bucket = (tail_mass > 0) & (n_filled < shard.vocab)
+            if tail == "renormalize":
+                bucket = bucket & (n_filled == 0)
+            bucket = bucket | (n_filled == 0)
+            log_tail = torch.where(bucket, tail_mass.log(), torch.full_like(tail_mass, neg_inf)).to(dt)
+            a = torch.cat([l64.to(dt), log_tail[:, None]], 1) / tau
+            log_p = a - torch.logsumexp(a, dim=-1, keepdim=True)
+            zt_all = torch.where(filled, sums[:, 5:], torch.zeros_like(sums[:, 5:]))
+            log_q = torch.cat([zt_all, lse_rest[:, None]], 1) - lse_zt[:, None]
+            p = log_p.exp()
+            kd = tau * tau * _xlogy_terms(p, log_p - log_q).sum(-1)
+        loss = combine_loss(ce, kd, w)
+        if lam > 0:
+            loss = loss + lam * lse_z * lse_z
+        zero = torch.zeros_like(loss)
+        for key, value in (("loss", loss), ("ce", ce), ("kd", kd), ("accuracy", (first == y).to(dt))):
+            outs[key][r0:r1] = torch.where(valid, value, zero)
+        if not want_grad:
+            continue
+        softmax = (z - lse_z[:, None]).exp()
+        g = (1 - w) * softmax
+        hit = torch.full_like(g[:, :1], -(1 - w) * (1 - eps))
+        g.scatter_add_(1, y_loc[:, None], torch.where(mine[:, None], hit, torch.zeros_like(hit)))
+        if eps > 0:
+            g -= (1 - w) * eps / shard.vocab
+        if lam > 0:
+            g += (2 * lam) * lse_z[:, None] * softmax
+        if use_teacher:
+            # d D / d(z/tau): q_i - p_i on K, q_i - p_rest * q_i / Q_rest elsewhere
+            q = (zt - lse_zt[:, None]).exp()
+            d = q - p[:, -1:] * torch.where(in_k, torch.zeros_like(q), (zt - lse_rest[:, None]).exp())
+            p_k = torch.where(owned, p[:, :-1], torch.zeros_like(p[:, :-1]))
+            g += w * tau * d.scatter_add(1, idx_loc, -p_k)
+        if options.softcap is not None:
+            g *= 1 - (z / options.softcap) ** 2
+        grad[r0:r1].copy_(torch.where(valid[:, None], g, torch.zeros_like(g)))
+    return outs, grad
+
+
 class _VocabParallelRows(torch.autograd.Function):
-    """Per-row loss (and detached parts) of the vocab-parallel loss; the student slice's
-    gradient is made in the forward and scaled per row in the backward."""
+    """Per-row loss (and detached parts) of a vocab-parallel loss, `compute(z_shard, want_grad)`
+    -> (outputs, gradient); the student slice's gradient is made in the forward and scaled per
+    row in the backward."""
 
     @staticmethod
-    def forward(ctx, z_shard, u_shard, labels, shard, kd_weight, temperature, ignore_index, options, want):
-        outs, grad = shard_rows(z_shard, u_shard, labels, shard, kd_weight=kd_weight, temperature=temperature,
-                                ignore_index=ignore_index, options=options, want_grad=want)
+    def forward(ctx, z_shard, compute, want):
+        outs, grad = compute(z_shard, want)
         ctx.save_for_backward(grad if grad is not None else z_shard.new_empty(0))
         ctx.mark_non_differentiable(outs["ce"], outs["kd"], outs["accuracy"])
         return outs["loss"], outs["ce"], outs["kd"], outs["accuracy"]
@@ -179,8 +265,8 @@ class _VocabParallelRows(torch.autograd.Function):
     def backward(ctx, grad_loss, *_):
         (grad,) = ctx.saved_tensors
         if grad_loss is None or grad.numel() == 0:
-            return (None,) * 9
-        return (grad * grad_loss.to(grad.dtype)[:, None],) + (None,) * 8
+            return None, None, None
+        return grad * grad_loss.to(grad.dtype)[:, None], None, None
 
 
 def _group(group):
@@ -224,8 +310,6 @@ def vocab_parallel_salt_loss(student_shard, teacher_shard, labels, *, group=None
     `labels` (...) holds vocabulary-wide ids. Value, parts and gradient equal salt_loss on the
     joined logits. The teacher's slices follow the student's; `kd_vocab` counts global columns.
     Returns the loss (and SaltParts with return_parts), the same on every rank."""
-    from ..functional import SaltParts
-
     group = _group(group)
     V.check_logits("student_shard", student_shard)
     if teacher_shard is not None:
@@ -247,8 +331,19 @@ def vocab_parallel_salt_loss(student_shard, teacher_shard, labels, *, group=None
     z = student_shard.reshape(-1, student_shard.shape[-1])
     u = None if teacher_shard is None else teacher_shard.reshape(-1, teacher_shard.shape[-1])
     y = labels.reshape(-1)
+    def compute(z_rows, want):
+        return shard_rows(z_rows, u, y, shard, kd_weight=kd_weight, temperature=temperature,
+                          ignore_index=ignore_index, options=options, want_grad=want)
+
+    return _finish(z, y, compute, ignore_index, reduction, return_parts, kd_weight, options, lead)
+
+
+def _finish(z, y, compute, ignore_index, reduction, return_parts, kd_weight, options, lead):
+    """Runs a per-row vocab-parallel loss through autograd and applies the reduction."""
+    from ..functional import SaltParts
+
     want = torch.is_grad_enabled() and z.requires_grad
-    loss, ce, kd, acc = _VocabParallelRows.apply(z, u, y, shard, kd_weight, temperature, ignore_index, options, want)
+    loss, ce, kd, acc = _VocabParallelRows.apply(z, compute, want)
     valid = y != ignore_index
     out = _reduce(loss, valid, reduction)
     if reduction == "none":
@@ -263,6 +358,42 @@ def vocab_parallel_salt_loss(student_shard, teacher_shard, labels, *, group=None
     if reduction == "none":
         parts, accuracy = [p.reshape(lead) for p in parts], accuracy.reshape(lead)
     return out, SaltParts(*parts, accuracy)
+
+
+def vocab_parallel_topk_salt_loss(student_shard, teacher_indices, teacher_logprobs, labels, *, group=None,
+                                  kd_weight=0.5, temperature=1.0, tail="bucket", ignore_index=-100,
+                                  reduction="mean", return_parts=False, validate=True, softcap=None,
+                                  label_smoothing=0.0, z_loss=0.0):
+    """topk_salt_loss over a vocabulary split across `group`: `student_shard` (..., V_r) is this
+    rank's contiguous columns (rank order); teacher_indices / teacher_logprobs (..., k) and
+    labels hold vocabulary-wide ids and are the same on every rank. Equal to topk_salt_loss on the
+    joined logits."""
+    group = _group(group)
+    V.check_logits("student_shard", student_shard)
+    kd_weight, temperature, ignore_index, options = _check_common(
+        labels, student_shard.shape[:-1], student_shard.device, "student_shard", kd_weight, temperature,
+        ignore_index, reduction, dict(softcap=softcap, label_smoothing=label_smoothing, z_loss=z_loss))
+    V.validate_topk_inputs(student_shard, teacher_indices, teacher_logprobs, labels, kd_weight=kd_weight, tail=tail,
+                           lead_name="student_shard")
+    shard = Shard(student_shard.shape[-1], group, student_shard.device)
+    _check_labels_global(labels, shard.vocab, ignore_index, validate)
+    lead = labels.shape
+    z = student_shard.reshape(-1, student_shard.shape[-1])
+    y = labels.reshape(-1)
+    if kd_weight > 0:
+        k = teacher_indices.shape[-1]
+        idx, lp = teacher_indices.reshape(-1, k), teacher_logprobs.detach().reshape(-1, k)
+        if validate and bool(((idx >= shard.vocab) | (idx < -1)).any()):
+            raise ValueError(f"teacher_indices must be in [0, {shard.vocab}) (or negative for an empty slot)")
+    else:
+        idx = torch.full((z.shape[0], 1), -1, dtype=torch.int64, device=z.device)
+        lp = torch.zeros(z.shape[0], 1, dtype=torch.float32, device=z.device)
+
+    def compute(z_rows, want):
+        return shard_topk_rows(z_rows, idx, lp, y, shard, kd_weight=kd_weight, temperature=temperature,
+                               ignore_index=ignore_index, tail=tail, options=options, want_grad=want)
+
+    return _finish(z, y, compute, ignore_index, reduction, return_parts, kd_weight, options, lead)
 
 
 class _VocabParallelLinear(torch.autograd.Function):

@@ -62,6 +62,17 @@ def main(out_path: str) -> None:
                 loss=rel(loss, ref), grad=rel(zd.grad.full_tensor(), ref_grad),
                 plain=not isinstance(loss, torch.distributed.tensor.DTensor),
                 grad_placements=str(tuple(zd.grad.placements)))
+    # top-k teacher with Shard(-1) student logits: global ids
+    lp, idx = torch.log_softmax(u, dim=-1).topk(8, dim=-1)
+    zf = z.clone().requires_grad_(True)
+    ref = sk.topk_salt_loss(zf, idx, lp, y, temperature=2.0, backend="reference")
+    (ref_grad,) = torch.autograd.grad(ref, zf)
+    zd = distribute_tensor(z, mesh, [Shard(-1)]).requires_grad_(True)
+    loss = sk.topk_salt_loss(zd, idx, lp, y, temperature=2.0)
+    loss.backward()
+    results["topk/dtensor"] = dict(loss=rel(loss, ref), grad=rel(zd.grad.full_tensor(), ref_grad),
+                                   plain=not isinstance(loss, torch.distributed.tensor.DTensor),
+                                   grad_placements=str(tuple(zd.grad.placements)))
     # replicated logits: the ordinary loss
     zr = distribute_tensor(z, mesh, [Replicate()]).requires_grad_(True)
     loss = sk.salt_loss(zr, distribute_tensor(u, mesh, [Replicate()]), y)

@@ -14,7 +14,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import salt_kernels as sk
-from salt_kernels.distributed import vocab_parallel_linear_salt_loss, vocab_parallel_salt_loss
+from salt_kernels.distributed import (vocab_parallel_linear_salt_loss, vocab_parallel_salt_loss,
+                                      vocab_parallel_topk_salt_loss)
 
 SPLITS = {1: [1000], 2: [430, 570], 3: [300, 450, 250]}
 CASES = {
@@ -67,6 +68,27 @@ def main(out_path: str) -> None:
                                                   reduction=reduction, return_parts=True, **kw)
             (grad,) = torch.autograd.grad((got * w).sum(), zs)
             results[f"logits/{name}/{reduction}"] = dict(
+                loss=rel(got, ref), grad=rel(grad, ref_grad[..., lo:hi]),
+                parts=max(rel(getattr(parts, f), getattr(ref_parts, f)) for f in ("ce", "kd", "z_loss")),
+                accuracy=max_diff(parts.accuracy, ref_parts.accuracy))
+    # an offline top-k teacher: global ids, both tails, empty slots, k up to the whole vocabulary
+    for k, tail, tau, extra in ((1, "bucket", 1.0, {}), (16, "bucket", 2.0, dict(label_smoothing=0.1)),
+                                (16, "renormalize", 1.0, dict(softcap=8.0, z_loss=1e-3)), (vocab, "bucket", 1.0, {})):
+        logp = torch.log_softmax(u, dim=-1)
+        lp, idx = logp.topk(k, dim=-1)
+        if k > 1:
+            idx[0, 0, -1] = -1  # an empty slot
+            idx[1, 7, :] = -1  # a row without teacher entries
+        for reduction in ("mean", "none"):
+            kw = dict(kd_weight=0.5, temperature=tau, tail=tail, reduction=reduction, return_parts=True, **extra)
+            zf = z.clone().requires_grad_(True)
+            ref, ref_parts = sk.topk_salt_loss(zf, idx, lp, y, backend="reference", **kw)
+            w = torch.randn(ref.shape, generator=g, dtype=torch.float64) if reduction == "none" else 1.0
+            (ref_grad,) = torch.autograd.grad((ref * w).sum(), zf)
+            zs = z[..., lo:hi].clone().requires_grad_(True)
+            got, parts = vocab_parallel_topk_salt_loss(zs, idx, lp, y, **kw)
+            (grad,) = torch.autograd.grad((got * w).sum(), zs)
+            results[f"topk/k{k}/{tail}/tau{tau:g}/{reduction}"] = dict(
                 loss=rel(got, ref), grad=rel(grad, ref_grad[..., lo:hi]),
                 parts=max(rel(getattr(parts, f), getattr(ref_parts, f)) for f in ("ce", "kd", "z_loss")),
                 accuracy=max_diff(parts.accuracy, ref_parts.accuracy))
