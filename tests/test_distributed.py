@@ -58,3 +58,70 @@ def test_dtensor_inputs_and_fsdp2_lm_head(tmp_path):
     assert errors["logits_shard0"].startswith("TypeError: student_logits is a DTensor"), errors
     assert errors["teacher_only"].startswith("TypeError: teacher_logits is a DTensor"), errors
     assert errors["hidden_sharded"].startswith("TypeError: student_hidden is a DTensor"), errors
+
+
+def _train_cmd(corpus, out, *extra):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "salt_kernels", "train", "--model", "tiny", "--data", str(corpus), "--vocab-size", "300",
+            "--seq-len", "32", "--batch-size", "8", "--eval-interval", "3", "--eval-sequences", "16",
+            "--log-interval", "1", "--warmup-steps", "2", "--no-progress", "--out-dir", str(out), *extra]
+
+
+def _losses(out) -> list[float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r.get("loss", r.get("val_loss")) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    import random
+
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 6))) for _ in range(300)]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(80)) for _ in range(200)))
+    return path
+
+
+def test_fsdp_training_matches_ddp_and_resumes_after_sigterm(tmp_path, corpus):
+    """`train --fsdp` under torchrun (2 processes), SALT on the tiny preset (fused linear loss,
+    lm_head in the root unit): stopped by SIGTERM it saves a checkpoint and fails, --resume
+    finishes it, and the whole loss curve is the DDP run's."""
+    import signal
+    import time
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def run(out, *extra):
+        res = subprocess.run(_train_cmd(corpus, out, *extra), capture_output=True, text=True, timeout=300, env=env,
+                             cwd=ROOT)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        return res
+
+    run(tmp_path / "teacher", "--role", "teacher", "--steps", "4")
+    salt = ("--role", "salt", "--teacher", str(tmp_path / "teacher"), "--n-kd", "4")
+    run(tmp_path / "ddp", *salt, "--steps", "8")
+    ddp = _losses(tmp_path / "ddp")
+    # the FSDP run, stopped by SIGTERM after its first steps: a checkpoint and a failing exit status
+    out = tmp_path / "fsdp"
+    cmd = _train_cmd(corpus, out, *salt, "--steps", "8", "--fsdp", "--ckpt-interval", "0")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        metrics = out / "metrics.jsonl"
+        if metrics.exists() and metrics.read_text().count('"split": "train"') >= 2:
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+        time.sleep(0.2)
+    log = proc.communicate(timeout=240)[0]
+    assert "sharded by FSDP2" in log, log[-3000:]
+    assert proc.returncode != 0 and (out / "checkpoint.pt").exists(), log[-3000:]
+    assert "stopped by SIGTERM" in log, log[-3000:]
+    stopped_at = len(_losses(out))
+    assert stopped_at < len(ddp)
+    # --resume finishes it; the whole curve is DDP's
+    run(out, *salt, "--steps", "8", "--fsdp", "--ckpt-interval", "0", "--resume")
+    fsdp = _losses(out)
+    assert len(fsdp) == len(ddp) > 8
+    assert fsdp == pytest.approx(ddp, rel=1e-5), (ddp, fsdp)

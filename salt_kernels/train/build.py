@@ -38,6 +38,7 @@ from .models import (
     make_model,
     model_dir_vocab_size,
 )
+from .parallel import shard_student
 from .runtime import Dist
 from .step import SaltStep, StudentLoss, TopkTeacher, final_logit_softcap, plain_projection, resolve_kd_vocab
 from .teacher_cache import CacheError, TeacherCache, sequences_hash
@@ -266,6 +267,11 @@ def build_run(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, 
         check_teacher_cache(cache, cfg, data)
     n_eval = cfg.data.eval_sequences or len(data.val)
     eval_ids = torch.linspace(0, len(data.val) - 1, min(n_eval, len(data.val))).long().unique()
+    if r.fsdp:  # every process must run as many forwards (FSDP's collectives): a multiple of them
+        eval_ids = eval_ids[: len(eval_ids) // d.world * d.world]
+        if not len(eval_ids):
+            raise ConfigError(f"--fsdp evaluates on a multiple of the {d.world} processes' count of sequences: "
+                              "raise --eval-sequences (or the validation split)")
     if d.main:
         ckpt.atomic_write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", out / "config.json")
 
@@ -287,7 +293,12 @@ def build_run(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, 
                 raise ConfigError(str(exc)) from None
     salt = _resolve_step(cfg, model, teacher, tokenizer, d)
     module = StudentLoss(model, salt)
-    if d.world > 1:
+    if r.fsdp:
+        try:
+            shard_student(model)  # in place, before the optimizer sees the parameters
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    elif d.world > 1:
         module = torch.nn.parallel.DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None)
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -344,7 +355,8 @@ def describe(cfg: TrainConfig, run: Run, d: Dist) -> str:
     return (f"[{r.role}] {cfg.model_spec()}: {count_parameters(run.model) / 1e6:.2f}M parameters, "
             f"vocab {run.vocab}, {len(run.data.train)} train / {len(run.data.val)} val sequences of "
             f"{cfg.data.seq_len} tokens, {r.steps} steps x {r.batch_size} sequences on "
-            f"{d.world} x {run.device.type}, loss path {r.loss}{stage}"
+            f"{d.world} x {run.device.type}{' (student sharded by FSDP2)' if r.fsdp else ''}, loss path "
+            f"{r.loss}{stage}"
             + (f", loss options: {options}" if options else ""))
 
 

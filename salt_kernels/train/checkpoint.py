@@ -1,5 +1,6 @@
 """Atomic checkpoints (temporary file, fsync, rename) with everything a resume needs: model,
 optimizer, step, the RNG states of every process, counters, and the config that made the run.
+Under --fsdp the model and optimizer states are gathered into full state dicts (parallel.py).
 The data position is the step itself: batches are a pure function of (seed, step)."""
 
 from __future__ import annotations
@@ -64,9 +65,12 @@ def save_run(path: str | Path, step: int, model, optimizer, counters: dict, conf
              sampler) -> None:
     """The state of a run after `step` steps, written by the main process with the RNG states of
     every process (a collective: every process calls it)."""
+    from .parallel import full_states
+
+    model_state, optim_state = full_states(model, optimizer)  # a collective under --fsdp
     rngs = d.gather(rng_state())
     if d.main:
-        atomic_save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        atomic_save({"step": step, "model": model_state, "optimizer": optim_state,
                      "rng": rngs, "counters": dict(counters), "config": config, "world_size": d.world,
                      # batches are a function of (seed, step): the step is the position
                      "data_position": {"step": step, "epoch": sampler.epoch_of(step)}}, path)
@@ -76,8 +80,9 @@ def save_run(path: str | Path, step: int, model, optimizer, counters: dict, conf
 def restore_run(state: dict, model, optimizer, counters: dict, d) -> int:
     """Load a save_run state into model, optimizer, counters and this process's RNGs; returns
     the step to continue from."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    from .parallel import load_full_states
+
+    load_full_states(model, optimizer, state["model"], state["optimizer"])
     set_rng_state(state["rng"][d.rank])
     counters.update(state["counters"])
     return state["step"]

@@ -151,6 +151,10 @@ class RunConfig:
     backend: str = opt("auto", "salt_loss backend", BACKENDS)
     loss: str = opt("linear", "linear: fused output projection + loss (linear_salt_loss, never "
                     "materializes logits); logits: model logits + salt_loss", LOSS_PATHS)
+    fsdp: bool = opt(False, "shard the student with FSDP2 under torchrun (fully_shard per transformer "
+                     "block; the root unit holds the embedding, final norm and lm_head and keeps them "
+                     "gathered until the loss); the teacher stays replicated; checkpoints hold full "
+                     "state dicts (resume with the same number of processes)")
     resume: bool = opt(False, "continue from OUT_DIR/checkpoint.pt (same flags and seed)")
     overwrite: bool = opt(False, "start over in an OUT_DIR that already holds a run")
     progress: bool = opt(True, "show a progress bar")

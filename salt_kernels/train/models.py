@@ -148,8 +148,9 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_model_dir(model, tokenizer, path: str | Path) -> None:
-    """save_pretrained of the model and its tokenizer, written to a temp dir then renamed."""
+def save_model_dir(model, tokenizer, path: str | Path, state_dict: dict | None = None) -> None:
+    """save_pretrained of the model (with `state_dict` when given: a sharded model's gathered
+    weights) and its tokenizer, written to a temp dir then renamed."""
     import shutil
 
     path = Path(path)
@@ -157,7 +158,7 @@ def save_model_dir(model, tokenizer, path: str | Path) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     with _quiet_hf():
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
     if path.exists():
         shutil.rmtree(path)

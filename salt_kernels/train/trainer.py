@@ -12,7 +12,7 @@ depend on the models). With --teacher-cache, stage 1 reads the teacher's top-k o
 from disk instead of running the teacher (the batch carries its sequence ids; the loss is the
 top-k form, docs/design.md "Top-k teacher"). Baseline and teacher runs use the same step with
 kd_weight 0 and no teacher. Under torchrun, every process trains on its own shard of the data with
-DistributedDataParallel.
+DistributedDataParallel, or with --fsdp on a student sharded by FSDP2 (parallel.py).
 
 Between two log steps the loop only queues work on the device: it synchronizes, reads the losses
 back, reduces them over the processes and looks for a stop request at the log steps (every
@@ -39,6 +39,7 @@ from .config import ConfigError, TrainConfig
 from .metrics import (Metrics, Pace, Progress, eval_line, eval_row, fmt_time, load_average, log,
                       run_summary, train_row)
 from .models import count_parameters, save_model_dir
+from .parallel import full_model_state
 from .runtime import (CheckpointClock, Dist, StopOnSignal, init_distributed,
                       remove_if_failed_start, resolve_device)
 
@@ -157,8 +158,9 @@ def _train(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, on_
     save(r.steps)
     summary = run_summary(cfg, out, pace.counters, count_parameters(model), run.n_kd, d, device,
                           load_start)
+    full = full_model_state(model)  # a collective under --fsdp; None otherwise
     if d.main:
-        save_model_dir(model, run.tokenizer, out / "final")
+        save_model_dir(model, run.tokenizer, out / "final", state_dict=full)
         ckpt.atomic_write_text(json.dumps(summary, indent=2) + "\n", out / "summary.json")
         log(f"[{r.role}] done: final val loss {summary['final_val_loss']:.4f}, "
             f"{summary['tokens_per_s']:,.0f} tok/s, train time {fmt_time(summary['wall_time_s'])}; "
