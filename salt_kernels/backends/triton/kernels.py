@@ -30,10 +30,15 @@ Statistics (per row, or per slice) are kept relative to the running maximum m_z 
 u: s_z = sum exp(z - m_z), s_zt = sum exp((z - m_z) / tau), s_u = sum exp((u - m_u) / tau) and
 acc = sum exp((u - m_u) / tau) * (u - z) over u != -inf, so lse_z = m_z + log s_z,
 lse_zt = m_z / tau + log s_zt, lse_u = m_u / tau + log s_u and KD = tau * acc / s_u +
-tau^2 * (lse_zt - lse_u). Sums are kept as per-lane vectors rescaled by a scalar factor, so each
-block costs one cross-lane reduction (the max) per input. With an integer tau (TAU_MODE 2..4)
-exp(z - m) = exp((z - m) / tau)^tau: a multiply instead of an exp, which matters because the
-loss is bound by memory only if it spends few exps per element.
+tau^2 * (lse_zt - lse_u). Sums are kept as per-lane vectors; the statistics loop reads a block as
+ROWS rows of 256 entries, one row per warp, and keeps the running maxima and rescale factors per
+row, so a block's maximum reduces within a warp (shuffles, no shared memory or barrier); the rows
+merge once after the loop. Exponents are FMA-folded: exp2(x * c - k), k = m * c (+ log2 s) once
+per row and block, one FFMA per entry; the statistics loop carries k from block to block so that
+rescales are exact and its merge puts back the rounding of m * c, so the sums stay relative to m.
+With an integer tau (TAU_MODE 2..4) exp(z - m) = exp((z - m) / tau)^tau: a multiply instead of
+an exp, which matters because the loss is bound by memory only if it spends few exps per element.
+The folded form needs |x| * log2(e) / tau below the float maximum (about 2.4e38 at tau 1).
 
 Options, per row (docs/design.md, "Distillation options"; z and u below are the capped logits
 when SOFTCAP / TEACHER_SOFTCAP, c * tanh(x / c) applied on load, the gradient multiplied by
@@ -96,6 +101,18 @@ def _tau_pow(e, TAU_MODE: tl.constexpr):
 
 
 @triton.jit
+def _tau_pow_m1(e, TAU_MODE: tl.constexpr):
+    """e ** (tau - 1) for an integer tau in 2..4."""
+    if TAU_MODE == 2:
+        r = e
+    elif TAU_MODE == 3:
+        r = e * e
+    else:
+        r = e * e * e
+    return r
+
+
+@triton.jit
 def _softcap(x, cap, inv_cap):
     """cap * tanh(x / cap) in fp32: below |x / cap| = 0.625 the odd polynomial of Cephes' tanhf
     (no cancellation near 0), above it 1 - 2 / (exp(2 |x / cap|) + 1), which saturates to 1 (so
@@ -120,22 +137,41 @@ def _slice_stats(z_row, u_row, start, end, edge_lo, edge_hi, y, zy, inv_tau, cap
     the entries [edge_lo, edge_hi) (at most one block, any alignment) in a loop of their own, so
     that only that block gives up vector loads (the order of the entries does not matter).
     EVICT is the L2 policy of the loads: "evict_last" when this program reads the same entries
-    again, so they are still in L2 then."""
+    again, so they are still in L2 then.
+
+    A block is ROWS x W entries, a row of W = 256 per warp (module docstring, "Statistics"):
+    every running maximum, offset and rescale factor is per row, so the maxima reduce within a
+    warp (shuffles only; one block-wide maximum costs shared memory and two barriers per input and
+    block), and the rows merge once, after the loop.
+    Both loads of a block are issued before its first reduction: one trip to memory per block
+    (memory-level parallelism), not one per input.
+    The exponents are FMA-folded: exp2(x * c - k) with k = m * c once per row and block, so an
+    entry costs one FFMA instead of x - m then * c; the sums are relative to 2^k and k is carried
+    to the next block, so rescales are exact, and the merge puts back the rounding of m * c."""
     NEG_INF: tl.constexpr = float("-inf")
     C_Z: tl.constexpr = 1.4426950408889634
+    ROWS: tl.constexpr = (BLOCK_V + 255) // 256
+    W: tl.constexpr = BLOCK_V // ROWS
     c_t = inv_tau * 1.4426950408889634
-    m_z = float("-inf")
-    m_u = float("-inf")
-    vs_z = tl.zeros([BLOCK_V], dtype=tl.float32)
-    vs_zt = tl.zeros([BLOCK_V], dtype=tl.float32)
-    vs_u = tl.zeros([BLOCK_V], dtype=tl.float32)
-    vacc = tl.zeros([BLOCK_V], dtype=tl.float32)
+    grid = tl.arange(0, ROWS)[:, None] * W + tl.arange(0, W)[None, :]
+    # Per row: the maximum, and k = m * c (-inf while the row has seen only -inf) that the sums
+    # are relative to: kz for s_z (TAU_MODE 0, 1), kt for s_zt (and s_z = sum e_t^tau with an
+    # integer tau), ku for s_u and the forward KL's acc.
+    m_z = tl.full([ROWS], NEG_INF, tl.float32)
+    m_u = tl.full([ROWS], NEG_INF, tl.float32)
+    kz = tl.full([ROWS], NEG_INF, tl.float32)
+    kt = tl.full([ROWS], NEG_INF, tl.float32)
+    ku = tl.full([ROWS], NEG_INF, tl.float32)
+    vs_z = tl.zeros([ROWS, W], dtype=tl.float32)
+    vs_zt = tl.zeros([ROWS, W], dtype=tl.float32)
+    vs_u = tl.zeros([ROWS, W], dtype=tl.float32)
+    vacc = tl.zeros([ROWS, W], dtype=tl.float32)
     vsum = 0.0
     if SMOOTHING:
-        vsum = tl.zeros([BLOCK_V], dtype=tl.float32)
+        vsum = tl.zeros([ROWS, W], dtype=tl.float32)
     vmiss = False
     if ACCURACY:
-        vmiss = tl.zeros([BLOCK_V], dtype=tl.int1)
+        vmiss = tl.zeros([ROWS, W], dtype=tl.int1)
     for piece in tl.static_range(1 + EDGE):
         if piece == 0:
             lo = start
@@ -144,10 +180,12 @@ def _slice_stats(z_row, u_row, start, end, edge_lo, edge_hi, y, zy, inv_tau, cap
             lo = edge_lo
             hi = edge_hi
         for off in range(lo, hi, BLOCK_V):
-            cols = off + tl.arange(0, BLOCK_V)
+            cols = off + grid
             mask = cols < hi
             # Padding lanes read -inf: no mass, no KD term, never a new maximum.
             z = tl.load(z_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
+            if HAS_TEACHER:
+                u = tl.load(u_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
             if SOFTCAP:
                 z = tl.where(mask, _softcap(z, cap, inv_cap), NEG_INF)  # the cap maps -inf to -cap
             if SMOOTHING:
@@ -159,61 +197,88 @@ def _slice_stats(z_row, u_row, start, end, edge_lo, edge_hi, y, zy, inv_tau, cap
                 beats = tl.where(cols < y, (z >= zy) | nan,
                                  tl.where(zy == zy, (cols > y) & ((z > zy) | nan), False))
                 vmiss = vmiss | (beats & mask)
-            m_new = tl.maximum(m_z, tl.max(z, 0))
-            # An all -inf prefix keeps the maximum at -inf; shift by 0 then so that no -inf - -inf
-            # appears (exp(-inf - 0) = 0 is the right answer for every term).
-            m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)
-            d = z - m_safe
-            dm = m_z - m_safe
+            m_z = tl.maximum(m_z, tl.max(z, 1))
             # e_t = exp((z - m) / tau) and its rescale factor a_t: the reverse KL's cross term.
-            if TAU_MODE == 1:
-                vs_z = vs_z * tl.exp2(dm * C_Z) + tl.exp2(d * C_Z)
-                if DIVERGENCE == 1:
-                    a_t = tl.exp2(dm * C_Z)  # the same exps: merged by the compiler
-                    e_t = tl.exp2(d * C_Z)
-            elif TAU_MODE == 0:
-                vs_z = vs_z * tl.exp2(dm * C_Z) + tl.exp2(d * C_Z)
-                a_t = tl.exp2(dm * c_t)
-                e_t = tl.exp2(d * c_t)
-                vs_zt = vs_zt * a_t + e_t
-            else:
-                e_t = tl.exp2(d * c_t)
-                a_t = tl.exp2(dm * c_t)
-                vs_zt = vs_zt * a_t + e_t
-                vs_z = vs_z * tl.exp2(dm * C_Z) + _tau_pow(e_t, TAU_MODE)
-            m_z = m_new
+            # A row of -inf only so far shifts by 0 (k = -inf there): exp2(-inf) = 0 for every
+            # term, no -inf - -inf; the previous k of -inf rescales by exp2(-inf) = 0.
+            if TAU_MODE == 1 or TAU_MODE == 0:
+                kz_new = m_z * C_Z
+                kz_s = tl.where(kz_new == NEG_INF, 0.0, kz_new)
+                a_z = tl.exp2(kz - kz_s)
+                e_z = tl.exp2(tl.fma(z, C_Z, -kz_s[:, None]))
+                vs_z = vs_z * a_z[:, None] + e_z
+                kz = kz_new
+                if TAU_MODE == 1:
+                    a_t = a_z
+                    e_t = e_z
+            if TAU_MODE != 1:
+                kt_new = m_z * c_t
+                kt_s = tl.where(kt_new == NEG_INF, 0.0, kt_new)
+                a_t = tl.exp2(kt - kt_s)
+                e_t = tl.exp2(tl.fma(z, c_t, -kt_s[:, None]))
+                vs_zt = vs_zt * a_t[:, None] + e_t
+                kt = kt_new
+                if TAU_MODE != 0:
+                    # exp(z - m) = exp((z - m) / tau)^tau: relative to tau * kt.
+                    vs_z = vs_z * _tau_pow(a_t, TAU_MODE)[:, None] + _tau_pow(e_t, TAU_MODE)
             if HAS_TEACHER:
-                u = tl.load(u_row + cols, mask=mask, other=NEG_INF, eviction_policy=EVICT).to(tl.float32)
                 if TEACHER_SOFTCAP:
                     u = tl.where(mask, _softcap(u, tcap, inv_tcap), NEG_INF)
-                mu_new = tl.maximum(m_u, tl.max(u, 0))
-                mu_safe = tl.where(mu_new == NEG_INF, 0.0, mu_new)
-                alpha = tl.exp2((m_u - mu_safe) * c_t)
-                e_u = tl.exp2((u - mu_safe) * c_t)
+                m_u = tl.maximum(m_u, tl.max(u, 1))
+                ku_new = m_u * c_t
+                ku_s = tl.where(ku_new == NEG_INF, 0.0, ku_new)
+                alpha = tl.exp2(ku - ku_s)
+                e_u = tl.exp2(tl.fma(u, c_t, -ku_s[:, None]))
+                ku = ku_new
+                vs_u = vs_u * alpha[:, None] + e_u
                 if DIVERGENCE == 0:
                     # kd_term of salt_math.h: p_j == 0 adds 0; z == -inf under teacher mass adds +inf.
                     term = tl.where(u == NEG_INF, 0.0, tl.where(z == NEG_INF, float("inf"), e_u * (u - z)))
-                    vs_u = vs_u * alpha + e_u
-                    vacc = vacc * alpha + term
-                else:
-                    vs_u = vs_u * alpha + e_u
-                    if DIVERGENCE == 1:
-                        # The mirror image: q_j == 0 adds 0; u == -inf under student mass adds +inf.
-                        term = tl.where(z == NEG_INF, 0.0, tl.where(u == NEG_INF, float("inf"), e_t * (z - u)))
-                        vacc = vacc * a_t + term
-                m_u = mu_new
-    s_z = tl.sum(vs_z, 0)
+                    vacc = vacc * alpha[:, None] + term
+                elif DIVERGENCE == 1:
+                    # The mirror image: q_j == 0 adds 0; u == -inf under student mass adds +inf.
+                    term = tl.where(z == NEG_INF, 0.0, tl.where(u == NEG_INF, float("inf"), e_t * (z - u)))
+                    vacc = vacc * a_t[:, None] + term
+    # Merge the rows: row r's sums are relative to 2^k_r, the slice's to 2^(m * c) exactly, so
+    # row r is scaled by exp2(k_r - m * c) (one fma: m * c - k_r rounds once). A row of -inf only
+    # (k_r = -inf) scales by 0: its sums are 0, or NaN if it read a NaN, which stays.
+    mz = tl.max(m_z, 0)
+    mz_s = tl.where(mz == NEG_INF, 0.0, mz)
+    if TAU_MODE == 1 or TAU_MODE == 0:
+        f_z = tl.exp2(-tl.fma(mz_s, C_Z, -kz))
+    if TAU_MODE != 1:
+        f_t = tl.exp2(-tl.fma(mz_s, c_t, -kt))
+        if TAU_MODE != 0:
+            f_z = _tau_pow(f_t, TAU_MODE)
+    else:
+        f_t = f_z
+    s_z = tl.sum(tl.sum(vs_z, 1) * f_z, 0)
     if TAU_MODE == 1:
         s_zt = s_z
     else:
-        s_zt = tl.sum(vs_zt, 0)
+        s_zt = tl.sum(tl.sum(vs_zt, 1) * f_t, 0)
+    mu = tl.max(m_u, 0)
+    s_u = 0.0
+    acc = 0.0
+    if HAS_TEACHER:
+        mu_s = tl.where(mu == NEG_INF, 0.0, mu)
+        f_u = tl.exp2(-tl.fma(mu_s, c_t, -ku))
+        s_u = tl.sum(tl.sum(vs_u, 1) * f_u, 0)
+        if DIVERGENCE != 2:
+            # A +inf term (-inf where the other side has mass) stays +inf in a row that scales by 0.
+            racc = tl.sum(vacc, 1)
+            if DIVERGENCE == 0:
+                racc = tl.where(racc == float("inf"), racc, racc * f_u)
+            else:
+                racc = tl.where(racc == float("inf"), racc, racc * f_t)
+            acc = tl.sum(racc, 0)
     sum_z = 0.0
     if SMOOTHING:
-        sum_z = tl.sum(vsum, 0)
+        sum_z = tl.sum(tl.sum(vsum, 1), 0)
     miss = 0
     if ACCURACY:
-        miss = tl.max(vmiss.to(tl.int32), 0)
-    return m_z, s_z, s_zt, m_u, tl.sum(vs_u, 0), tl.sum(vacc, 0), sum_z, miss
+        miss = tl.max(tl.max(vmiss.to(tl.int32), 1), 0)
+    return mz, s_z, s_zt, mu, s_u, acc, sum_z, miss
 
 
 @triton.jit
@@ -468,7 +533,11 @@ def _grad_slice(z_row, u_row, g_row, start, end, edge_lo, edge_hi, y, V, m_z, s_
     c_zloss * softmax(z) (c_zloss = scale * 2 * z_loss * lse_z), label smoothing scales the
     one-hot by 1 - eps and subtracts eps / V everywhere, the KD term follows DIVERGENCE
     (kd_shift: E_q[z - u] for the reverse KL, log2(e) * KL(q || m) for JSD), and a soft cap
-    multiplies the whole gradient by 1 - (z / cap)^2 at the capped z."""
+    multiplies the whole gradient by 1 - (z / cap)^2 at the capped z.
+    The exponents are FMA-folded: exp2(x * c - k) with k = m * c + log2 s once per row, one
+    FFMA per entry instead of x - m, * c and - log2 s (k rounds once, to its own size).
+    y is the label as a 32-bit column (-1 when outside [0, V)): one 32-bit compare per entry.
+    The loads keep no `other`: a padding lane's value is never stored."""
     C_Z: tl.constexpr = 1.4426950408889634
     c_t = inv_tau * 1.4426950408889634
     c_label = scale * (1.0 - kd_weight)
@@ -498,6 +567,16 @@ def _grad_slice(z_row, u_row, g_row, start, end, edge_lo, edge_hi, y, V, m_z, s_
     l_u = 0.0
     if HAS_TEACHER:
         l_u = tl.log2(s_u)
+    # The folded offsets: an all -inf row has m = -inf and log2 s = -inf, so k = -inf and every
+    # entry gets -inf + inf = NaN, as (z - m) did.
+    k_z = tl.fma(m_z, C_Z, l_z)
+    if KD_VOCAB:
+        k_t = tl.fma(m_t, c_t, l_zt)
+    elif TAU_MODE == 1:
+        k_t = k_z
+    else:
+        k_t = tl.fma(m_z, c_t, l_zt)
+    k_u = tl.fma(m_u, c_t, l_u)
     for piece in tl.static_range(1 + EDGE):
         if piece == 0:
             lo = start
@@ -509,57 +588,54 @@ def _grad_slice(z_row, u_row, g_row, start, end, edge_lo, edge_hi, y, V, m_z, s_
             cols = off + tl.arange(0, BLOCK_V)
             mask = cols < hi
             # Last use of these entries: let them leave L2 first.
-            z = tl.load(z_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+            z = tl.load(z_row + cols, mask=mask, eviction_policy="evict_first").to(tl.float32)
+            if HAS_TEACHER:
+                u = tl.load(u_row + cols, mask=mask, eviction_policy="evict_first").to(tl.float32)
             if SOFTCAP:
                 z = _softcap(z, cap, inv_cap)
-            d = z - m_z
-            if KD_VOCAB:
-                dt = z - m_t
-            else:
-                dt = d
             # q = softmax(z / tau) over the KD entries, a = log2 q.
             if TAU_MODE == 0:
-                g = c_z * tl.exp2(d * C_Z - l_z)
+                g = c_z * tl.exp2(tl.fma(z, C_Z, -k_z))
                 if HAS_TEACHER:
-                    a = dt * c_t - l_zt
+                    a = tl.fma(z, c_t, -k_t)
                     q = tl.exp2(a)
                     if DIVERGENCE == 0:
                         g += c_kd * q
             elif TAU_MODE == 1:
-                sm = tl.exp2(d * C_Z - l_z)
+                sm = tl.exp2(tl.fma(z, C_Z, -k_z))
                 g = c_z * sm
                 if HAS_TEACHER:
                     if KD_VOCAB:
-                        a = dt * C_Z - l_zt
+                        a = tl.fma(z, C_Z, -k_t)
                         q = tl.exp2(a)
                         if DIVERGENCE == 0:
                             g += c_kd * q
                     else:
-                        a = d * C_Z - l_z
+                        a = tl.fma(z, C_Z, -k_z)
                         q = sm  # forward KL: already in c_z
             else:
-                a = dt * c_t - l_zt
+                a = tl.fma(z, c_t, -k_t)
                 q = tl.exp2(a)
-                g = c_z * _tau_pow(q, TAU_MODE)
-                if HAS_TEACHER:
-                    if DIVERGENCE == 0:
-                        g += c_kd * q
+                if HAS_TEACHER and DIVERGENCE == 0:
+                    # c_z q^tau + c_kd q as q (c_z q^(tau - 1) + c_kd): one multiply fewer.
+                    g = q * tl.fma(c_z, _tau_pow_m1(q, TAU_MODE), c_kd)
+                else:
+                    g = c_z * _tau_pow(q, TAU_MODE)
             if HAS_TEACHER:
-                u = tl.load(u_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
                 if TEACHER_SOFTCAP:
                     u = _softcap(u, tcap, inv_tcap)
                 if DIVERGENCE == 0:
-                    g -= c_kd * tl.exp2((u - m_u) * c_t - l_u)
+                    g -= c_kd * tl.exp2(tl.fma(u, c_t, -k_u))
                 elif DIVERGENCE == 1:
                     # tau * q_j * (log q_j - log p_j - D) = q_j * (z_j - u_j - E_q[z - u]), q_j == 0 adds 0
                     g += (c_kd * inv_tau) * tl.where(q == 0.0, 0.0, q * (z - u - kd_shift))
                 else:
                     # tau * (1 - beta) * q_j * (log(q_j / m_j) - KL(q || m)), the logs in base 2
-                    b = (u - m_u) * c_t - l_u
+                    b = tl.fma(u, c_t, -k_u)
                     lm = tl.log2(beta * tl.exp2(b) + (1.0 - beta) * q)
                     c_js = c_kd * (1.0 - beta) * 0.6931471805599453
                     g += c_js * tl.where(q == 0.0, 0.0, q * (a - lm - kd_shift))
-            g = tl.where(cols == y, g - c_y, g)
+            g = tl.where(tl.arange(0, BLOCK_V) == y - off, g - c_y, g)
             if SMOOTHING:
                 g -= c_unif
             if SOFTCAP:
@@ -699,19 +775,21 @@ def _rows(
                         kd_shift = acc / s_zt
                     elif DIVERGENCE == 2:
                         kd_shift = kl_qm * 1.4426950408889634
+                # The label as a 32-bit column: one outside [0, V) matches none.
+                y32 = tl.where((y >= 0) & (y < V), y, -1).to(tl.int32)
                 if KD_VOCAB:
                     a1, e_lo1, e_hi1, e_lo2, e_hi2, a2 = _kd_bounds(start, end, kd_vocab, BLOCK_V)
-                    _grad_slice(z_row, u_row, g_row, start, a1, e_lo1, e_hi1, y, V, m_z, s_z, m_t, s_zt, m_u,
+                    _grad_slice(z_row, u_row, g_row, start, a1, e_lo1, e_hi1, y32, V, m_z, s_z, m_t, s_zt, m_u,
                                 s_u, scale, kd_weight, tau, inv_tau, c_zloss, kd_shift, softcap, inv_cap,
                                 teacher_softcap, inv_tcap, beta, smoothing, BLOCK_V, HAS_TEACHER, TAU_MODE,
                                 SOFTCAP, TEACHER_SOFTCAP, KD_VOCAB, DIVERGENCE, SMOOTHING, Z_LOSS, True)
                     # The entries from k on: cross-entropy side only.
-                    _grad_slice(z_row, u_row, g_row, a2, end, e_lo2, e_hi2, y, V, m_z, s_z, m_t, s_zt, m_u,
+                    _grad_slice(z_row, u_row, g_row, a2, end, e_lo2, e_hi2, y32, V, m_z, s_z, m_t, s_zt, m_u,
                                 s_u, scale, kd_weight, tau, inv_tau, c_zloss, kd_shift, softcap, inv_cap,
                                 teacher_softcap, inv_tcap, beta, smoothing, BLOCK_V, False, 1, SOFTCAP, False,
                                 False, 0, SMOOTHING, Z_LOSS, True)
                 else:
-                    _grad_slice(z_row, u_row, g_row, start, end, start, start, y, V, m_z, s_z, m_t, s_zt, m_u,
+                    _grad_slice(z_row, u_row, g_row, start, end, start, start, y32, V, m_z, s_z, m_t, s_zt, m_u,
                                 s_u, scale, kd_weight, tau, inv_tau, c_zloss, kd_shift, softcap, inv_cap,
                                 teacher_softcap, inv_tcap, beta, smoothing, BLOCK_V, HAS_TEACHER, TAU_MODE,
                                 SOFTCAP, TEACHER_SOFTCAP, KD_VOCAB, DIVERGENCE, SMOOTHING, Z_LOSS, False)
