@@ -79,6 +79,30 @@ def _rowmax(x: torch.Tensor) -> torch.Tensor:
     return x.max(-1).values
 
 
+def _store_rows(outs: dict, r0: int, r1: int, valid, ce, kd, accuracy, lse_z, w: float, lam: float) -> None:
+    """A chunk's per-row results into `outs`, zeros on ignored rows."""
+    loss = combine_loss(ce, kd, w)
+    if lam > 0:
+        loss = loss + lam * lse_z * lse_z
+    zero = torch.zeros_like(loss)
+    for key, value in (("loss", loss), ("ce", ce), ("kd", kd), ("accuracy", accuracy)):
+        outs[key][r0:r1] = torch.where(valid, value, zero)
+
+
+def _student_grad(z, lse_z, y_loc, mine, w: float, eps: float, lam: float, vocab: int) -> torch.Tensor:
+    """d loss / d z of the CE (label smoothing) and z-loss terms on this slice, before the KD term
+    and the softcap's chain factor; the label's -1 only on the rank that owns it."""
+    softmax = (z - lse_z[:, None]).exp()
+    g = (1 - w) * softmax
+    hit = torch.full_like(g[:, :1], -(1 - w) * (1 - eps))
+    g.scatter_add_(1, y_loc[:, None], torch.where(mine[:, None], hit, torch.zeros_like(hit)))
+    if eps > 0:
+        g -= (1 - w) * eps / vocab
+    if lam > 0:
+        g += (2 * lam) * lse_z[:, None] * softmax
+    return g
+
+
 def shard_rows(z_shard, u_shard, labels, shard: Shard, *, kd_weight, temperature, ignore_index,
                options: LossOptions, want_grad: bool):
     """Per-row loss, ce, kd, accuracy of the whole-vocabulary SALT loss from this rank's slice, and
@@ -131,22 +155,10 @@ def shard_rows(z_shard, u_shard, labels, shard: Shard, *, kd_weight, temperature
             d_parts = shard.all_reduce(torch.stack(parts, 1), dist.ReduceOp.SUM)
             d = d_parts[:, 0] if len(parts) == 1 else beta * d_parts[:, 0] + (1 - beta) * d_parts[:, 1]
             kd = tau * tau * d
-        loss = combine_loss(ce, kd, w)
-        if lam > 0:
-            loss = loss + lam * lse_z * lse_z
-        zero = torch.zeros_like(loss)
-        for key, value in (("loss", loss), ("ce", ce), ("kd", kd), ("accuracy", (first == y).to(dt))):
-            outs[key][r0:r1] = torch.where(valid, value, zero)
+        _store_rows(outs, r0, r1, valid, ce, kd, (first == y).to(dt), lse_z, w, lam)
         if not want_grad:
             continue
-        softmax = (z - lse_z[:, None]).exp()
-        g = (1 - w) * softmax
-        hit = torch.full_like(g[:, :1], -(1 - w) * (1 - eps))
-        g.scatter_add_(1, y_loc[:, None], torch.where(mine[:, None], hit, torch.zeros_like(hit)))
-        if eps > 0:
-            g -= (1 - w) * eps / shard.vocab
-        if lam > 0:
-            g += (2 * lam) * lse_z[:, None] * softmax
+        g = _student_grad(z, lse_z, y_loc, mine, w, eps, lam, shard.vocab)
         if use_teacher and kl > 0:
             if options.divergence == "forward_kl":
                 dg = q - p
@@ -221,22 +233,10 @@ def shard_topk_rows(z_shard, indices, logprobs, labels, shard: Shard, *, kd_weig
             log_q = torch.cat([zt_all, lse_rest[:, None]], 1) - lse_zt[:, None]
             p = log_p.exp()
             kd = tau * tau * _xlogy_terms(p, log_p - log_q).sum(-1)
-        loss = combine_loss(ce, kd, w)
-        if lam > 0:
-            loss = loss + lam * lse_z * lse_z
-        zero = torch.zeros_like(loss)
-        for key, value in (("loss", loss), ("ce", ce), ("kd", kd), ("accuracy", (first == y).to(dt))):
-            outs[key][r0:r1] = torch.where(valid, value, zero)
+        _store_rows(outs, r0, r1, valid, ce, kd, (first == y).to(dt), lse_z, w, lam)
         if not want_grad:
             continue
-        softmax = (z - lse_z[:, None]).exp()
-        g = (1 - w) * softmax
-        hit = torch.full_like(g[:, :1], -(1 - w) * (1 - eps))
-        g.scatter_add_(1, y_loc[:, None], torch.where(mine[:, None], hit, torch.zeros_like(hit)))
-        if eps > 0:
-            g -= (1 - w) * eps / shard.vocab
-        if lam > 0:
-            g += (2 * lam) * lse_z[:, None] * softmax
+        g = _student_grad(z, lse_z, y_loc, mine, w, eps, lam, shard.vocab)
         if use_teacher:
             # d D / d(z/tau): q_i - p_i on K, q_i - p_rest * q_i / Q_rest elsewhere
             q = (zt - lse_zt[:, None]).exp()
@@ -291,6 +291,21 @@ def _check_common(labels, lead, device, what, kd_weight, temperature, ignore_ind
     return kd_weight, temperature, ignore_index, V.check_loss_options(**options)
 
 
+def _setup(what, lead, local_vocab, group, labels, teacher, teacher_name, validate, *, kd_weight, temperature,
+           ignore_index, reduction, options: dict):
+    """Checks shared by the vocab-parallel losses; (kd_weight, temperature, ignore_index,
+    LossOptions, Shard). `lead` is the tensor whose leading shape the labels have."""
+    kd_weight, temperature, ignore_index, opts = _check_common(
+        labels, lead.shape[:-1], lead.device, what, kd_weight, temperature, ignore_index, reduction, options)
+    if teacher is None and kd_weight > 0:
+        raise ValueError(f"{teacher_name} is None: pass the teacher's side, or kd_weight=0 for cross-entropy alone")
+    shard = Shard(local_vocab, group, lead.device)
+    _check_labels_global(labels, shard.vocab, ignore_index, validate)
+    if opts.kd_vocab is not None and opts.kd_vocab > shard.vocab:
+        raise ValueError(f"kd_vocab must be at most the joined vocabulary ({shard.vocab}), got {opts.kd_vocab}")
+    return kd_weight, temperature, ignore_index, opts, shard
+
+
 def _check_labels_global(labels, vocab, ignore_index, validate):
     if validate:
         V.check_label_values(labels, vocab, ignore_index)
@@ -317,16 +332,10 @@ def vocab_parallel_salt_loss(student_shard, teacher_shard, labels, *, group=None
         if teacher_shard.shape != student_shard.shape:
             raise ValueError(f"teacher_shard must have the shape of student_shard {tuple(student_shard.shape)} "
                              f"(the same vocabulary slice), got {tuple(teacher_shard.shape)}")
-    kd_weight, temperature, ignore_index, options = _check_common(
-        labels, student_shard.shape[:-1], student_shard.device, "student_shard", kd_weight, temperature,
-        ignore_index, reduction, _options(softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing,
-                                          z_loss))
-    if teacher_shard is None and kd_weight > 0:
-        raise ValueError("teacher_shard is None: pass the teacher's slice, or kd_weight=0 for cross-entropy alone")
-    shard = Shard(student_shard.shape[-1], group, student_shard.device)
-    _check_labels_global(labels, shard.vocab, ignore_index, validate)
-    if options.kd_vocab is not None and options.kd_vocab > shard.vocab:
-        raise ValueError(f"kd_vocab must be at most the joined vocabulary ({shard.vocab}), got {options.kd_vocab}")
+    kd_weight, temperature, ignore_index, options, shard = _setup(
+        "student_shard", student_shard, student_shard.shape[-1], group, labels, teacher_shard, "teacher_shard",
+        validate, kd_weight=kd_weight, temperature=temperature, ignore_index=ignore_index, reduction=reduction,
+        options=_options(softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing, z_loss))
     lead = labels.shape
     z = student_shard.reshape(-1, student_shard.shape[-1])
     u = None if teacher_shard is None else teacher_shard.reshape(-1, teacher_shard.shape[-1])
@@ -487,14 +496,11 @@ def vocab_parallel_linear_salt_loss(student_hidden, student_weight_shard, teache
         if teacher_weight_shard.shape[1] != teacher_hidden.shape[-1]:
             raise ValueError(f"teacher_weight_shard must be (V_r, {teacher_hidden.shape[-1]}), got "
                              f"{tuple(teacher_weight_shard.shape)}")
-    kd_weight, temperature, ignore_index, options = _check_common(
-        labels, student_hidden.shape[:-1], student_hidden.device, "student_hidden", kd_weight, temperature,
-        ignore_index, reduction, _options(softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing,
-                                          z_loss))
-    if teacher_hidden is None and kd_weight > 0:
-        raise ValueError("teacher_hidden is None: pass the teacher's hidden states, or kd_weight=0")
-    shard = Shard(student_weight_shard.shape[0], group, student_hidden.device)
-    _check_labels_global(labels, shard.vocab, ignore_index, validate)
+    kd_weight, temperature, ignore_index, options, shard = _setup(
+        "student_hidden", student_hidden, student_weight_shard.shape[0], group, labels, teacher_hidden,
+        "teacher_hidden", validate, kd_weight=kd_weight, temperature=temperature, ignore_index=ignore_index,
+        reduction=reduction, options=_options(softcap, teacher_softcap, kd_vocab, divergence, beta, label_smoothing,
+                                              z_loss))
     lead = labels.shape
     h_s = student_hidden.reshape(-1, student_hidden.shape[-1])
     h_t = None if teacher_hidden is None else teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
