@@ -273,3 +273,26 @@ def test_kernel_check_dry_run_and_summary(tmp_path):
     assert "triton-sync: ran" in res.stdout
     res = _run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu", "summarize.py"), str(out)])
     assert res.returncode == 0 and "crosscheck triton" in res.stdout and "OK" in res.stdout, res.stdout
+
+
+def test_auto_plan_reads_each_row_from_hbm_once(monkeypatch):
+    """plan()'s automatic choice on a GPU (132 SMs, 60 MB of L2, as an H200): sync when the rows
+    the fused plan keeps in flight overflow the L2 and the gradient pass re-reads them, with the
+    slices in flight inside half the L2; fused when they fit or nothing is re-read; split for few
+    long rows; a forced mode wins."""
+    monkeypatch.setattr(tb, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(tb, "_l2_bytes", lambda device: 60 << 20)
+    monkeypatch.setattr(tb, "MODE", "auto")
+    monkeypatch.setattr(tb, "SLICE_V", None)
+    monkeypatch.setattr(tb, "BLOCK_V", None)
+    gpu = torch.device("cuda")
+    p = tb.plan(16384, 128256, gpu, entry_bytes=4, reread=True)
+    assert p["mode"] == "sync" and 1 < p["split"] <= tb.MAX_SPLIT, p
+    in_flight = tb.PROGRAMS_PER_SM * 132 * p["slice_v"] * 4
+    assert in_flight <= (60 << 20) // 2 or p["slice_v"] == tb.SYNC_SLICE_BLOCKS * p["block_v"], p
+    assert tb.plan(16384, 128256, gpu, entry_bytes=4, reread=False)["mode"] == "fused"
+    assert tb.plan(16384, 4096, gpu, entry_bytes=4, reread=True)["mode"] == "fused"
+    assert tb.plan(64, 128256, gpu, entry_bytes=4, reread=True)["mode"] == "split"
+    assert tb.plan(16384, 128256, torch.device("cpu"), entry_bytes=4, reread=True)["mode"] == "fused"
+    monkeypatch.setattr(tb, "MODE", "fused")
+    assert tb.plan(16384, 128256, gpu, entry_bytes=4, reread=True)["mode"] == "fused"

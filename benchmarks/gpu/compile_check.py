@@ -344,12 +344,14 @@ def compile_triton(args, records) -> int:
             fn = getattr(tk, kname)
             names = list(fn.arg_names)
             c = dict(HAS_TEACHER=True, HAS_GRAD=True)
+            if "FIELDS" in names:  # the options kernel's workspace width (its default)
+                c["FIELDS"] = tk.WS_FIELDS_OPTIONS
             c.update(const)
             c["BLOCK_V"] = block
             c["SPLIT_POW2"] = max(2, 1 << (c["SPLIT"] - 1).bit_length())
             ptr_types = dict(z_ptr=f"*{TRITON_PTR[dt]}", u_ptr=f"*{TRITON_PTR[ut]}", y_ptr="*i64",
                              g_ptr=f"*{TRITON_PTR[dt]}", loss_ptr="*fp32", ce_ptr="*fp32", kd_ptr="*fp32",
-                             lse_ptr="*fp32", acc_ptr="*fp32", scale_ptr="*fp32", ws_ptr="*fp32", cnt_ptr="*i32")
+                             lse_ptr="*fp32", accuracy_ptr="*fp32", scale_ptr="*fp32", ws_ptr="*fp32", cnt_ptr="*i32")
             signature, constexprs, attrs = {}, {}, {}
             for i, name in enumerate(names):
                 if name in c:

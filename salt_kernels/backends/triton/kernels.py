@@ -113,6 +113,19 @@ def _tau_pow_m1(e, TAU_MODE: tl.constexpr):
 
 
 @triton.jit
+def _piece(piece: tl.constexpr, start, end, edge_lo, edge_hi):
+    """Bounds of one piece of a slice: the whole blocks [start, end), then (EDGE) the edge
+    block [edge_lo, edge_hi)."""
+    if piece == 0:
+        lo = start
+        hi = end
+    else:
+        lo = edge_lo
+        hi = edge_hi
+    return lo, hi
+
+
+@triton.jit
 def _softcap(x, cap, inv_cap):
     """cap * tanh(x / cap) in fp32: below |x / cap| = 0.625 the odd polynomial of Cephes' tanhf
     (no cancellation near 0), above it 1 - 2 / (exp(2 |x / cap|) + 1), which saturates to 1 (so
@@ -173,12 +186,7 @@ def _slice_stats(z_row, u_row, start, end, edge_lo, edge_hi, y, zy, inv_tau, cap
     if ACCURACY:
         vmiss = tl.zeros([ROWS, W], dtype=tl.int1)
     for piece in tl.static_range(1 + EDGE):
-        if piece == 0:
-            lo = start
-            hi = end
-        else:
-            lo = edge_lo
-            hi = edge_hi
+        lo, hi = _piece(piece, start, end, edge_lo, edge_hi)
         for off in range(lo, hi, BLOCK_V):
             cols = off + grid
             mask = cols < hi
@@ -345,12 +353,7 @@ def _jsd_sums(z_row, u_row, start, end, edge_lo, edge_hi, m_t, s_zt, m_u, s_u, i
     vpm = tl.zeros([BLOCK_V], dtype=tl.float32)
     vqm = tl.zeros([BLOCK_V], dtype=tl.float32)
     for piece in tl.static_range(1 + EDGE):
-        if piece == 0:
-            lo = start
-            hi = end
-        else:
-            lo = edge_lo
-            hi = edge_hi
+        lo, hi = _piece(piece, start, end, edge_lo, edge_hi)
         for off in range(lo, hi, BLOCK_V):
             cols = off + tl.arange(0, BLOCK_V)
             mask = cols < hi
@@ -578,12 +581,7 @@ def _grad_slice(z_row, u_row, g_row, start, end, edge_lo, edge_hi, y, V, m_z, s_
         k_t = tl.fma(m_z, c_t, l_zt)
     k_u = tl.fma(m_u, c_t, l_u)
     for piece in tl.static_range(1 + EDGE):
-        if piece == 0:
-            lo = start
-            hi = end
-        else:
-            lo = edge_lo
-            hi = edge_hi
+        lo, hi = _piece(piece, start, end, edge_lo, edge_hi)
         for off in range(lo, hi, BLOCK_V):
             cols = off + tl.arange(0, BLOCK_V)
             mask = cols < hi
@@ -665,7 +663,7 @@ def _wait_row(cnt_ptr, row, target):
 
 
 @triton.jit
-def _rows(
+def salt_rows_options_kernel(
     z_ptr, z_stride, u_ptr, u_stride, y_ptr, y_stride,
     loss_ptr, ce_ptr, kd_ptr, lse_ptr, accuracy_ptr,
     g_ptr, g_stride, scale_ptr, scale_stride,
@@ -676,8 +674,14 @@ def _rows(
     HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr, HAS_GRAD: tl.constexpr,
     SOFTCAP: tl.constexpr, TEACHER_SOFTCAP: tl.constexpr, KD_VOCAB: tl.constexpr,
     DIVERGENCE: tl.constexpr, SMOOTHING: tl.constexpr, Z_LOSS: tl.constexpr,
-    ACCURACY: tl.constexpr, FIELDS: tl.constexpr,
+    ACCURACY: tl.constexpr, FIELDS: tl.constexpr = 16,
 ):
+    """The loss with the distillation options (docs/design.md, "Distillation options"), each
+    one a constexpr flag with its value beside it (a value whose flag is off is not read):
+    softcap / teacher_softcap (SOFTCAP / TEACHER_SOFTCAP), kd_vocab (KD_VOCAB, when it is less
+    than V), DIVERGENCE (DIV_*) with beta, smoothing (SMOOTHING), z_loss (Z_LOSS), and the per-row
+    accuracy into accuracy_ptr (ACCURACY). FIELDS floats of workspace per (row, slice):
+    WS_FIELDS_OPTIONS here, WS_FIELDS when salt_rows_kernel runs it with every option off."""
     # MODE: 0 fused, 1 partials, 2 merge + gradient, 3 all in one launch, 4 JSD partials
     # (module docstring). The workspace holds FIELDS floats per (row, slice).
     if MODE == 3:
@@ -813,39 +817,11 @@ def salt_rows_kernel(
 ):
     """The plain SALT loss (docs/design.md, "The loss"): every option off, WS_FIELDS floats of
     workspace per (row, slice)."""
-    _rows(z_ptr, z_stride, u_ptr, u_stride, y_ptr, y_stride,
-          loss_ptr, ce_ptr, kd_ptr, lse_ptr, loss_ptr,
-          g_ptr, g_stride, scale_ptr, scale_stride,
-          ws_ptr, cnt_ptr,
-          V, SLICE_V, kd_weight, tau, inv_tau, ignore_index,
-          1.0, 1.0, V, 0.5, 0.0, 0.0,
-          MODE, SPLIT, SPLIT_POW2, BLOCK_V, HAS_TEACHER, TAU_MODE, HAS_GRAD,
-          False, False, False, 0, False, False, False, 8)
-
-
-@triton.jit
-def salt_rows_options_kernel(
-    z_ptr, z_stride, u_ptr, u_stride, y_ptr, y_stride,
-    loss_ptr, ce_ptr, kd_ptr, lse_ptr, acc_ptr,
-    g_ptr, g_stride, scale_ptr, scale_stride,
-    ws_ptr, cnt_ptr,
-    V, SLICE_V, kd_weight, tau, inv_tau, ignore_index,
-    softcap, teacher_softcap, kd_vocab, beta, smoothing, z_loss,
-    MODE: tl.constexpr, SPLIT: tl.constexpr, SPLIT_POW2: tl.constexpr, BLOCK_V: tl.constexpr,
-    HAS_TEACHER: tl.constexpr, TAU_MODE: tl.constexpr, HAS_GRAD: tl.constexpr,
-    SOFTCAP: tl.constexpr, TEACHER_SOFTCAP: tl.constexpr, KD_VOCAB: tl.constexpr,
-    DIVERGENCE: tl.constexpr, SMOOTHING: tl.constexpr, Z_LOSS: tl.constexpr, ACCURACY: tl.constexpr,
-):
-    """The loss with the distillation options (docs/design.md, "Distillation options"), each
-    one a constexpr flag with its value beside it (a value whose flag is off is not read):
-    softcap / teacher_softcap (SOFTCAP / TEACHER_SOFTCAP), kd_vocab (KD_VOCAB, when it is less
-    than V), DIVERGENCE (DIV_*) with beta, smoothing (SMOOTHING), z_loss (Z_LOSS), and the per-row
-    accuracy into acc_ptr (ACCURACY). WS_FIELDS_OPTIONS floats of workspace per (row, slice)."""
-    _rows(z_ptr, z_stride, u_ptr, u_stride, y_ptr, y_stride,
-          loss_ptr, ce_ptr, kd_ptr, lse_ptr, acc_ptr,
-          g_ptr, g_stride, scale_ptr, scale_stride,
-          ws_ptr, cnt_ptr,
-          V, SLICE_V, kd_weight, tau, inv_tau, ignore_index,
-          softcap, teacher_softcap, kd_vocab, beta, smoothing, z_loss,
-          MODE, SPLIT, SPLIT_POW2, BLOCK_V, HAS_TEACHER, TAU_MODE, HAS_GRAD,
-          SOFTCAP, TEACHER_SOFTCAP, KD_VOCAB, DIVERGENCE, SMOOTHING, Z_LOSS, ACCURACY, 16)
+    salt_rows_options_kernel(z_ptr, z_stride, u_ptr, u_stride, y_ptr, y_stride,
+                             loss_ptr, ce_ptr, kd_ptr, lse_ptr, loss_ptr,
+                             g_ptr, g_stride, scale_ptr, scale_stride,
+                             ws_ptr, cnt_ptr,
+                             V, SLICE_V, kd_weight, tau, inv_tau, ignore_index,
+                             1.0, 1.0, V, 0.5, 0.0, 0.0,
+                             MODE, SPLIT, SPLIT_POW2, BLOCK_V, HAS_TEACHER, TAU_MODE, HAS_GRAD,
+                             False, False, False, 0, False, False, False, 8)

@@ -15,7 +15,8 @@ With distillation options (docs/design.md, "Distillation options") that change t
 salt_rows_options_kernel runs instead of salt_rows_kernel, in the same plans, and also returns
 the per-row accuracy; divergence "jsd" adds one launch to split (its sums need the merged
 normalizers) and one more wait to sync.
-"auto" picks fused when there are enough rows to fill the device, else split. The knobs below
+"auto" picks split for few long rows, sync when the fused plan's rows in flight overflow the L2
+and the gradient pass re-reads them, else fused (plan() has the figures). The knobs below
 (module attributes, or SALT_TRITON_MODE / SALT_TRITON_BLOCK_V) let tests force small blocks
 and several slices under the interpreter, and let benchmarks compare plans.
 """
@@ -115,14 +116,33 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def plan(n: int, vocab: int, device: torch.device) -> dict:
-    """Block size, warps and launch mode for n rows of vocab entries (exposed for benchmarks).
+def _l2_bytes(device: torch.device) -> int:
+    """The device's L2 cache size (50 MB, an H100's, where it cannot be read)."""
+    try:
+        return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0)) or DEFAULT_L2
+    except (RuntimeError, AssertionError, AttributeError):
+        return DEFAULT_L2
 
-    The GPU defaults are first choices, not yet timed on a GPU (benchmarks/bench_loss_gpu.py
-    --sweep times the alternatives): 2048-entry blocks at 8 warps, 8 entries per thread, which
-    compiles (triton 3.6 and 3.9, sm_90) to about 80 registers, so three programs share an SM;
-    4096 at 8 warps needs about 150 and allows one. Split only when rows are too few to give
-    every SM two programs."""
+
+DEFAULT_L2 = 50 << 20
+PROGRAMS_PER_SM = 3  # the fused/sync kernels at 8 warps compile to ~80 registers: 3 fit an SM
+SYNC_SLICE_BLOCKS = 8  # blocks per sync slice at least: spreads its fixed cost (ticket, wait, merge)
+
+
+def plan(n: int, vocab: int, device: torch.device, entry_bytes: int = 4, reread: bool = True) -> dict:
+    """Block size, warps and launch mode for n rows of vocab entries (exposed for benchmarks).
+    entry_bytes: bytes read per vocabulary entry (student + teacher element sizes); reread: the
+    gradient pass reads each entry a second time.
+
+    Choices (first principles, not yet timed on a GPU; benchmarks/gpu/check.sh times every plan):
+    2048-entry blocks at 8 warps, 8 entries per thread, which compile (triton 3.6 and 3.9, sm_90)
+    to about 80 registers, so three programs share an SM. "auto" takes
+      split  when rows are too few to give every SM two programs;
+      sync   when the gradient pass re-reads the row and the rows the fused plan keeps in flight
+             (SMs x 3 programs x a row's bytes) exceed the L2: the fused plan's second read would
+             then come from HBM; sync slices are sized so that the slices in flight fit in half the
+             L2 (at least SYNC_SLICE_BLOCKS blocks each, at most MAX_SPLIT per row);
+      fused  otherwise (and on the CPU interpreter, which cannot run sync's spin-wait)."""
     pow2 = 1 << max(0, (vocab - 1).bit_length())
     block = BLOCK_V or min(2048, max(pow2, 16))
     warps = NUM_WARPS or (8 if block >= 2048 else 4)
@@ -132,19 +152,25 @@ def plan(n: int, vocab: int, device: torch.device) -> dict:
     if mode == "sync" and device.type != "cuda":
         mode = "split"  # the interpreter runs programs one by one: a spin-wait would never end
     blocks = -(-vocab // block)
+    resident = PROGRAMS_PER_SM * _sm_count(device)
     if SLICE_V:
         slice_v = -(-SLICE_V // block) * block
-    elif mode == "auto":
+    elif mode == "auto" and n < resident:
         # Programs per row that give every SM two, with slices of at least 4 blocks.
         want = min(-(-2 * _sm_count(device) // n), blocks // 4, MAX_SPLIT)
         slice_v = -(-blocks // max(want, 1)) * block
+        mode = "split" if -(-vocab // slice_v) > 1 else "fused"
+    elif mode == "auto" and reread and device.type == "cuda" and resident * vocab * entry_bytes > _l2_bytes(device):
+        fit = _l2_bytes(device) // 2 // (resident * entry_bytes)  # entries per slice in flight
+        slice_v = max(SYNC_SLICE_BLOCKS, fit // block) * block
+        mode = "sync"
+    elif mode == "auto":
+        mode, slice_v = "fused", vocab
     else:
         # About 4 blocks per slice: small enough that a slice is still in L2 when re-read.
         slice_v = 4 * block
     slice_v = max(slice_v, -(-(-(-vocab // MAX_SPLIT)) // block) * block)
     split = -(-vocab // slice_v)
-    if mode == "auto":
-        mode = "split" if split > 1 else "fused"
     if mode == "fused" or split == 1:
         mode, split, slice_v = "fused", 1, vocab
     return dict(mode=mode, block_v=block, num_warps=warps, split=split, slice_v=slice_v)
@@ -163,7 +189,8 @@ def rows(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tens
         return out
     use_teacher = a.use_teacher
     tau = float(temperature)
-    p = plan(n, vocab, device)
+    p = plan(n, vocab, device, student.element_size() + (teacher.element_size() if use_teacher else 0),
+             reread=grad is not None)
     has_grad = grad is not None
     if has_grad:
         scale = grad_scale.to(device=device, dtype=torch.float32).reshape(-1)
