@@ -85,8 +85,8 @@ def corpus(tmp_path_factory):
 
 def test_fsdp_training_matches_ddp_and_resumes_after_sigterm(tmp_path, corpus):
     """`train --fsdp` under torchrun (2 processes), SALT on the tiny preset (fused linear loss,
-    lm_head in the root unit): stopped by SIGTERM it saves a checkpoint and fails, --resume
-    finishes it, and the whole loss curve is the DDP run's."""
+    lm_head in the root unit; the teacher sharded too): stopped by SIGTERM it saves a checkpoint and
+    fails, --resume finishes it, and the whole loss curve is the DDP run's."""
     import signal
     import time
 
@@ -104,7 +104,7 @@ def test_fsdp_training_matches_ddp_and_resumes_after_sigterm(tmp_path, corpus):
     ddp = _losses(tmp_path / "ddp")
     # the FSDP run, stopped by SIGTERM after its first steps: a checkpoint and a failing exit status
     out = tmp_path / "fsdp"
-    cmd = _train_cmd(corpus, out, *salt, "--steps", "8", "--fsdp", "--ckpt-interval", "0")
+    cmd = _train_cmd(corpus, out, *salt, "--steps", "8", "--fsdp", "--fsdp-teacher", "--ckpt-interval", "0")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
                             start_new_session=True)
     deadline = time.time() + 240
@@ -121,7 +121,7 @@ def test_fsdp_training_matches_ddp_and_resumes_after_sigterm(tmp_path, corpus):
     stopped_at = len(_losses(out))
     assert stopped_at < len(ddp)
     # --resume finishes it; the whole curve is DDP's
-    run(out, *salt, "--steps", "8", "--fsdp", "--ckpt-interval", "0", "--resume")
+    run(out, *salt, "--steps", "8", "--fsdp", "--fsdp-teacher", "--ckpt-interval", "0", "--resume")
     fsdp = _losses(out)
     assert len(fsdp) == len(ddp) > 8
     assert fsdp == pytest.approx(ddp, rel=1e-5), (ddp, fsdp)

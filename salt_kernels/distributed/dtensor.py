@@ -11,9 +11,10 @@ linear_salt_loss(student_hidden, student_weight, teacher_hidden, teacher_weight,
   - weight Shard(0) (rows = vocabulary) with hidden states given as Replicate DTensors on the same
     mesh (tensor parallelism): the vocab-parallel linear loss; the teacher's weight a Shard(0)
     DTensor on the same mesh or a plain tensor with every row;
-  - weight a DTensor while the hidden states are plain tensors (FSDP2: a fully_shard-ed lm_head
-    read outside its forward): the weight is all-gathered inside autograd and its gradient goes
-    back as a reduce-scatter that averages over the mesh, as FSDP2 averages gradients;
+  - weights DTensors while the hidden states are plain tensors (FSDP2: a fully_shard-ed lm_head
+    read outside its forward, the student's or the teacher's): the weights are all-gathered inside
+    autograd and the student's gradient goes back as a reduce-scatter that averages over the
+    mesh, as FSDP2 averages gradients;
   - everything Replicate: the ordinary loss on the local tensors.
 Labels may be plain tensors or Replicate DTensors. The loss comes back as a plain tensor, the
 same on every rank. Any other placement raises a TypeError that names the argument.
@@ -153,8 +154,9 @@ def linear_salt_loss(student_hidden, student_weight, teacher_hidden, teacher_wei
 
     labels = _replicated("labels", labels)
     hidden_dt = is_dtensor(student_hidden)
-    if is_dtensor(student_weight) and not hidden_dt:
-        # FSDP2: data parallel, every rank its own tokens; gather the weights, reduce-scatter the grads.
+    if not hidden_dt and not is_dtensor(teacher_hidden):
+        # FSDP2 (student or teacher): data parallel, every rank its own tokens; gather the weights,
+        # reduce-scatter the student's gradients.
         def full(x):
             return gather_weight(x) if is_dtensor(x) else x
 

@@ -38,7 +38,7 @@ from .models import (
     make_model,
     model_dir_vocab_size,
 )
-from .parallel import shard_student
+from .parallel import shard_student, shard_teacher
 from .runtime import Dist
 from .step import SaltStep, StudentLoss, TopkTeacher, final_logit_softcap, plain_projection, resolve_kd_vocab
 from .teacher_cache import CacheError, TeacherCache, sequences_hash
@@ -296,6 +296,8 @@ def build_run(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, 
     if r.fsdp:
         try:
             shard_student(model)  # in place, before the optimizer sees the parameters
+            if teacher is not None and r.fsdp_teacher:
+                shard_teacher(teacher)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     elif d.world > 1:

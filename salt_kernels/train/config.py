@@ -155,6 +155,8 @@ class RunConfig:
                      "block; the root unit holds the embedding, final norm and lm_head and keeps them "
                      "gathered until the loss); the teacher stays replicated; checkpoints hold full "
                      "state dicts (resume with the same number of processes)")
+    fsdp_teacher: bool = opt(False, "also shard the frozen teacher with FSDP2 (per block and root, "
+                             "resharded after each forward): each process holds 1/N of its weights")
     resume: bool = opt(False, "continue from OUT_DIR/checkpoint.pt (same flags and seed)")
     overwrite: bool = opt(False, "start over in an OUT_DIR that already holds a run")
     progress: bool = opt(True, "show a progress bar")
@@ -404,6 +406,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"--vocab-size must be at least 260 (256 bytes + merges), got {d.vocab_size}")
     if r.resume and r.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: pick one")
+    if r.fsdp_teacher and not (r.fsdp and r.role == "salt" and s.teacher):
+        raise ConfigError("--fsdp-teacher shards the teacher model of --role salt --teacher DIR, alongside "
+                          "--fsdp: add --fsdp (and a --teacher), or drop --fsdp-teacher")
     if r.role == "salt":
         if s.teacher and s.teacher_cache:
             raise ConfigError("--teacher and --teacher-cache exclude each other: --teacher runs the "

@@ -5,7 +5,8 @@ Sharding: fully_shard on every transformer block, then on the whole model as the
 which keeps the embedding, the final norm and lm_head. The root is not resharded after its
 forward, so lm_head's weight is still gathered when the loss reads it (the fused linear loss
 reads it outside lm_head's forward); FSDP's final backward callback reduce-scatters it with the
-rest of the root's parameters. The teacher stays replicated on every process (inference only).
+rest of the root's parameters. The teacher stays replicated on every process (inference only),
+or with --fsdp-teacher is sharded the same way and resharded after each forward.
 
 Checkpoints hold full (unsharded) state dicts, gathered with torch.distributed.checkpoint's
 get_state_dict / set_state_dict: the same checkpoint.pt format as unsharded runs (the optimizer
@@ -42,6 +43,18 @@ def shard_student(model: torch.nn.Module) -> torch.nn.Module:
     for block in blocks(model):
         fully_shard(block)
     fully_shard(model, reshard_after_forward=False)
+    return model
+
+
+def shard_teacher(model: torch.nn.Module) -> torch.nn.Module:
+    """The frozen teacher (--fsdp-teacher): fully_shard per block and the root, every unit
+    resharded after its forward (no backward follows to reshard it); the fused linear loss then
+    reads lm_head's weight as a sharded DTensor and gathers it (salt_kernels/distributed/dtensor.py)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in blocks(model):
+        fully_shard(block, reshard_after_forward=True)
+    fully_shard(model, reshard_after_forward=True)
     return model
 
 
