@@ -79,6 +79,13 @@ def _rowmax(x: torch.Tensor) -> torch.Tensor:
     return x.max(-1).values
 
 
+def _outputs(z_shard, want_grad: bool):
+    """(rows, device, math dtype, the per-row outputs, the gradient buffer or None)."""
+    n, device, dt = z_shard.shape[0], z_shard.device, result_dtype(z_shard.dtype)
+    outs = {k: torch.zeros(n, dtype=dt, device=device) for k in ("loss", "ce", "kd", "accuracy")}
+    return n, device, dt, outs, (torch.empty_like(z_shard) if want_grad else None)
+
+
 def _store_rows(outs: dict, r0: int, r1: int, valid, ce, kd, accuracy, lse_z, w: float, lam: float) -> None:
     """A chunk's per-row results into `outs`, zeros on ignored rows."""
     loss = combine_loss(ce, kd, w)
@@ -107,11 +114,7 @@ def shard_rows(z_shard, u_shard, labels, shard: Shard, *, kd_weight, temperature
                options: LossOptions, want_grad: bool):
     """Per-row loss, ce, kd, accuracy of the whole-vocabulary SALT loss from this rank's slice, and
     (want_grad) d loss_i / d z_i on the slice, in the student's dtype."""
-    n = z_shard.shape[0]
-    device = z_shard.device
-    dt = result_dtype(z_shard.dtype)
-    outs = {k: torch.zeros(n, dtype=dt, device=device) for k in ("loss", "ce", "kd", "accuracy")}
-    grad = torch.empty_like(z_shard) if want_grad else None
+    n, device, dt, outs, grad = _outputs(z_shard, want_grad)
     tau, w, o = float(temperature), float(kd_weight), shard.start
     use_teacher = u_shard is not None and w > 0
     kd_vocab = options.kd_vocab or shard.vocab
@@ -181,11 +184,7 @@ def shard_topk_rows(z_shard, indices, logprobs, labels, shard: Shard, *, kd_weig
     vocabulary-wide ids (negative: empty slot), log-probabilities at temperature 1. Besides the
     statistics of shard_rows, the group sums z/tau at the top k (each id from the rank that owns
     it) and the sum of exps of z/tau outside the top k (the tail, without cancellation)."""
-    n = z_shard.shape[0]
-    device = z_shard.device
-    dt = result_dtype(z_shard.dtype)
-    outs = {k: torch.zeros(n, dtype=dt, device=device) for k in ("loss", "ce", "kd", "accuracy")}
-    grad = torch.empty_like(z_shard) if want_grad else None
+    n, device, dt, outs, grad = _outputs(z_shard, want_grad)
     tau, w, o = float(temperature), float(kd_weight), shard.start
     eps, lam = options.label_smoothing, options.z_loss
     use_teacher = w > 0
