@@ -59,3 +59,38 @@ def test_cpu_kernel_matches_plain_pytorch_baseline(gen):
     err = abs(float(ours.detach()) - float(theirs.detach()))
     assert err <= 1e-5 * abs(float(theirs.detach())) + 1e-6, f"loss error {err:.3e}"
     assert_grad_close(z.grad, zb.grad.double(), torch.float32)
+
+
+def test_topk_rows_split_across_threads_give_the_same_bits(gen):
+    """The top-k kernel splits rows over threads like the full-teacher one: any thread count gives
+    the same bits (bf16 student, fp16 log-probs, int32 indices with empty slots, tau 2)."""
+    n, vocab, k = 37, 3000, 32
+    z = make_logits((n, vocab), torch.bfloat16, generator=gen)
+    lp, idx = torch.topk(torch.log_softmax(make_logits((n, vocab), generator=gen), -1), k, dim=-1)
+    idx, lp = idx.to(torch.int32), lp.to(torch.float16)
+    idx[:, -3:] = -1
+    y = torch.randint(0, vocab, (n,), generator=gen)
+    y[::5] = -100
+    scale = torch.rand(n, generator=gen) + 0.5
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            grad = torch.empty(n, vocab, dtype=z.dtype)
+            out = cpu_backend.topk_rows(z, idx, lp, y, kd_weight=0.4, temperature=2.0, ignore_index=-100, grad=grad,
+                                        grad_scale=scale)
+            results.append((out, grad))
+    finally:
+        torch.set_num_threads(threads)
+    for out, grad in results[1:]:
+        for name in ("loss", "ce", "kd", "lse", "accuracy"):
+            assert torch.equal(getattr(out, name), getattr(results[0][0], name)), name
+        assert torch.equal(grad, results[0][1])
+    assert not grad[::5].any()  # ignored rows: gradient 0
+
+
+def test_topk_salt_loss_auto_picks_cpu():
+    from salt_kernels.backends import registry
+
+    assert registry.resolve_name("auto", torch.device("cpu"), torch.bfloat16, kind="topk_rows") == "cpu"

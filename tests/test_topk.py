@@ -42,7 +42,8 @@ def _check(backend, gen, *, n=10, v=300, k=16, tau=2.0, tail="bucket", reduction
     g_out = torch.rand(n, generator=gen) + 0.5 if reduction == "none" else None
     loss.backward(g_out)
     z64 = z.double().requires_grad_()
-    rows = topk_rows_oracle(z64, idx, lp, y, kd_weight=0.5, temperature=tau, tail=tail, **kw)
+    rows = topk_rows_oracle(z64, idx, lp, y, kd_weight=kw.get("kd_weight", 0.5), temperature=tau, tail=tail,
+                            **{a: b for a, b in kw.items() if a != "kd_weight"})
     n_valid = max(1, int((y != -100).sum()))
     want = {"none": rows, "sum": rows.sum(), "mean": rows.sum() / n_valid}[reduction]
     (g64,) = torch.autograd.grad((want * (g_out.double() if g_out is not None else 1)).sum(), z64)
@@ -71,6 +72,14 @@ def test_matches_float64(backend, tail, tau, k, gen):
         dict(reduction="sum", softcap=5.0, label_smoothing=0.1, z_loss=1e-3),
         dict(student_dtype=torch.bfloat16),
         dict(k=300, tail="bucket"),  # K covers the vocabulary: no tail outcome
+        # rows of several 512-entry chunks (the compiled kernels work chunk by chunk), integer and
+        # fractional temperatures, low-precision students, every option at once
+        dict(v=3000, k=64, tau=1.0),
+        dict(v=3000, k=64, tau=3.0, student_dtype=torch.float16, dtype=torch.float16),
+        dict(v=3000, k=64, tau=4.0, index_dtype=torch.int32),
+        dict(v=3000, k=64, tau=1.5, tail="renormalize", empty=10),
+        dict(v=3000, k=256, tau=0.7, reduction="none", softcap=20.0, label_smoothing=0.2, z_loss=1e-2),
+        dict(v=1100, k=32, tau=2.0, student_dtype=torch.bfloat16, reduction="sum", kd_weight=1.0),
     ],
     ids=lambda c: "-".join(f"{a}={b}" for a, b in c.items()),
 )
@@ -182,3 +191,82 @@ def test_opcheck_linear_topk(gen):
                 0.0, True, True, False, True)
         result = torch.library.opcheck(torch.ops.salt_kernels.linear_topk_salt_loss, args)
         assert all(v == "SUCCESS" for v in result.values()), result
+
+
+# ---- the compiled row kernels against the reference rows: every output of the row contract --
+
+ROW_BACKENDS = [b for b in BACKENDS if b.values[0] != "reference"]
+
+
+def _rows_pair(backend, z, idx, lp, y, *, tail, grad_scale=None, **kw):
+    """(outputs, grad) of `backend` and of the reference, the same arguments."""
+    results = []
+    for name in (backend, "reference"):
+        grad = torch.empty_like(z)
+        scale = grad_scale if grad_scale is not None else torch.ones(1)
+        out = registry.get(name).topk_rows(z, idx, lp, y, tail=tail, grad=grad, grad_scale=scale, ignore_index=-100,
+                                           **kw)
+        results.append((out, grad))
+    return results
+
+
+@pytest.mark.parametrize("backend", ROW_BACKENDS)
+@pytest.mark.parametrize("tail", ["bucket", "renormalize"])
+@pytest.mark.parametrize("tau", [1.0, 2.0, 2.5])
+def test_rows_match_reference_rows(backend, tail, tau, gen):
+    """loss, ce, kd, lse = (lse_z, lse_zt, lse_rest), accuracy and the scaled gradient."""
+    from salt_kernels.backends.base import LossOptions
+
+    n, v, k = 9, 2100, 40
+    z = make_logits((n, v), generator=gen)
+    idx, lp = _teacher(gen, n, v, k, empty=3)
+    y = torch.randint(0, v, (n,), generator=gen)
+    y[2] = -100
+    y[4] = int(z[4].argmax())  # one row the student gets right
+    scale = torch.rand(n, generator=gen) + 0.5
+    options = LossOptions(softcap=30.0, label_smoothing=0.1, z_loss=1e-3) if tau == 2.5 else LossOptions()
+    (out, grad), (ref, ref_grad) = _rows_pair(backend, z, idx, lp, y, tail=tail, grad_scale=scale, kd_weight=0.5,
+                                              temperature=tau, options=options)
+    for name in ("loss", "ce", "kd", "lse", "accuracy"):
+        torch.testing.assert_close(getattr(out, name), getattr(ref, name), rtol=2e-5, atol=2e-5, msg=name)
+    assert float(out.accuracy[4]) == 1.0
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ROW_BACKENDS)
+def test_rest_without_cancellation_next_to_a_huge_top_entry(backend, gen):
+    """The teacher's top entries are the student's too, hundreds above the rest: lse_rest is the
+    log-sum-exp of the rest itself (no exp of the rest underflows against the row maximum, and
+    nothing is subtracted), as float64 gives it."""
+    n, v, k = 4, 1500, 8
+    z = make_logits((n, v), generator=gen, outliers=False)
+    idx, lp = _teacher(gen, n, v, k)
+    z.scatter_(1, idx[:, :2], 400.0)  # exp(-400 / tau) is 0 in fp32
+    y = torch.randint(0, v, (n,), generator=gen)
+    (out, grad), _ = _rows_pair(backend, z, idx, lp, y, tail="bucket", kd_weight=0.5, temperature=2.0)
+    in_k = torch.zeros(n, v, dtype=torch.bool).scatter_(1, idx, True)
+    want = torch.logsumexp(torch.where(in_k, float("-inf"), z.double() / 2.0), dim=-1)
+    torch.testing.assert_close(out.lse[:, 2].double(), want, rtol=1e-6, atol=1e-5)
+    assert torch.isfinite(out.kd).all() and torch.isfinite(grad).all()
+    want_rows = topk_rows_oracle(z.double(), idx, lp, y, kd_weight=0.5, temperature=2.0)
+    torch.testing.assert_close(out.loss.double(), want_rows, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ROW_BACKENDS)
+def test_rows_nan_and_no_teacher(backend, gen):
+    """A NaN logit makes its row NaN (and only it); kd_weight == 0 never reads the slots."""
+    n, v, k = 5, 700, 6
+    z = make_logits((n, v), generator=gen)
+    z[1, 600] = float("nan")
+    idx, lp = _teacher(gen, n, v, k)
+    y = torch.randint(0, v, (n,), generator=gen)
+    (out, grad), (ref, _) = _rows_pair(backend, z, idx, lp, y, tail="bucket", kd_weight=0.5, temperature=2.0)
+    assert torch.isnan(out.loss[1]) and torch.isnan(grad[1]).all()
+    keep = torch.arange(n) != 1
+    torch.testing.assert_close(out.loss[keep], ref.loss[keep], rtol=1e-5, atol=1e-5)
+    bad = torch.full((n, k), 10**9, dtype=torch.int64)  # never read
+    (out, grad), (ref, ref_grad) = _rows_pair(backend, z[keep], bad[keep], lp[keep], y[keep], tail="bucket",
+                                              kd_weight=0.0, temperature=2.0)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(z[keep], y[keep], reduction="none"))
+    torch.testing.assert_close(out.lse[:, 1], out.lse[:, 0])
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-7)

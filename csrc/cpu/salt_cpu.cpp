@@ -3,6 +3,7 @@
 // runs on any x86-64 machine and uses AVX-512 where it exists.
 #include "salt_cpu.h"
 
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -16,6 +17,7 @@
 namespace salt {
 namespace isa_generic {
 #include "rows_impl.inc"
+#include "topk_impl.inc"
 }  // namespace isa_generic
 }  // namespace salt
 
@@ -26,6 +28,7 @@ namespace isa_generic {
 namespace salt {
 namespace isa_avx2 {
 #include "rows_impl.inc"
+#include "topk_impl.inc"
 }  // namespace isa_avx2
 }  // namespace salt
 #pragma GCC pop_options
@@ -35,6 +38,7 @@ namespace isa_avx2 {
 namespace salt {
 namespace isa_avx512 {
 #include "rows_impl.inc"
+#include "topk_impl.inc"
 }  // namespace isa_avx512
 }  // namespace salt
 #pragma GCC pop_options
@@ -82,6 +86,20 @@ void rows_cpu(const RowsArgs& args) {
   if (isa == "avx2") return isa_avx2::run_rows(args);
 #endif
   isa_generic::run_rows(args);
+}
+
+void topk_rows_cpu(const TopkArgs& args) {
+  const RowsArgs& a = args.rows;
+  if (a.grad != nullptr && a.n_rows > 0) {
+    const int64_t elem = a.student_dtype == kFloat32 ? 4 : 2;
+    advise_huge_pages(a.grad, ((a.n_rows - 1) * a.grad_row_stride + a.vocab) * elem);
+  }
+#if SALT_HAVE_X86_CLONES
+  const std::string isa = cpu_isa();
+  if (isa == "avx512") return isa_avx512::run_topk(args);
+  if (isa == "avx2") return isa_avx2::run_topk(args);
+#endif
+  isa_generic::run_topk(args);
 }
 
 }  // namespace salt

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import LossOptions, RowArgs, RowOutputs
+from .base import DTYPE_CODES, LossOptions, RowArgs, RowOutputs
 
 NAME = "cpu"
 
@@ -50,3 +50,41 @@ def rows(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tens
     out.accuracy = torch.empty_like(out.loss)  # the kernel computes it with the statistics
     _salt_cpu.rows(**a.kernel_args(out), num_threads=torch.get_num_threads())
     return out
+
+
+def _topk_rows(student: torch.Tensor, indices: torch.Tensor, logprobs: torch.Tensor, labels: torch.Tensor, *,
+               tail: str = "bucket", **keywords) -> RowOutputs:
+    """The row contract with an offline top-k teacher (see reference.topk_rows; keywords: those of
+    RowArgs) on CPU tensors: indices [N, k] int32/int64 (negative: empty slot), logprobs [N, k]
+    fp32/bf16/fp16. lse holds (lse_z, lse_zt, lse_rest)."""
+    a = RowArgs(student, None, labels, **keywords)
+    out = RowOutputs.empty(student.shape[0], student.device)
+    out.accuracy = torch.empty_like(out.loss)
+    args = a.kernel_args(out)
+    use_teacher = a.kd_weight > 0
+    args["kd_weight"] = a.kd_weight if use_teacher else 0.0  # kernel_args zeroes it without a full teacher
+    if use_teacher:
+        if indices.shape[-1] > 1 and indices.stride(-1) != 1:
+            indices = indices.contiguous()
+        if logprobs.shape[-1] > 1 and logprobs.stride(-1) != 1:
+            logprobs = logprobs.contiguous()
+    k = indices.shape[-1] if use_teacher else 0
+    _salt_cpu.topk_rows(
+        **args,
+        num_threads=torch.get_num_threads(),
+        indices=indices.data_ptr() if use_teacher else 0,
+        indices_row_stride=indices.stride(0) if use_teacher else 0,
+        indices_int64=indices.dtype == torch.int64,
+        logprobs=logprobs.data_ptr() if use_teacher else 0,
+        logprobs_row_stride=logprobs.stride(0) if use_teacher else 0,
+        logprobs_dtype=DTYPE_CODES[logprobs.dtype] if use_teacher else 0,
+        k=k,
+        bucket=tail == "bucket",
+    )
+    return out
+
+
+# Advertised (registry.backend_status looks for the attribute) only when the built extension
+# has the top-k kernel, so an older build routes "auto" to the reference backend.
+if _salt_cpu is not None and hasattr(_salt_cpu, "topk_rows"):
+    topk_rows = _topk_rows
