@@ -6,11 +6,13 @@
 //
 // Work split of one row (V logits, vocabulary contiguous, any row stride):
 //   * `h` head elements until the student row pointer is 16-byte aligned, then G full groups of
-//     VEC = 16 / sizeof(student element) elements, then the tail. Groups are loaded with 16-byte
-//     vector loads (the teacher with 8-, 16- or 32-byte ones, by its dtype) when that tensor's
-//     row is aligned at the same element; otherwise the same groups are loaded element by element
-//     (coalesced through L1), so the arithmetic is identical on both paths. Head and tail
-//     elements (fewer than 2 * VEC) are handled one by one.
+//     VEC = 16 / sizeof(student element) elements, then the tail. The host picks one of two
+//     instances per call (pick_rows_kernel): ALIGNED, when every row's teacher and gradient are
+//     aligned at the same element as the student's groups (rows_vector_aligned), loads groups
+//     with 16-byte vector loads (the teacher with 8-, 16- or 32-byte ones, by its dtype) and
+//     stores them with 16-byte stores; otherwise h = 0 and every element is loaded and stored by
+//     itself (coalesced through L1), with the same arithmetic. Head and tail elements (fewer than
+//     2 * VEC) are handled one by one.
 //   * Group g goes to thread g mod S of the row's S threads (S = 32, BLOCK, or BLOCK * cluster).
 //   * Pass 1: per-thread online state (running max and sums, fp32), then warp-shuffle and shared
 //     memory (and, for a cluster, distributed shared memory) combines with salt_math.h's
@@ -19,9 +21,12 @@
 //     logits it read last (most likely still in L2) are read again first, and writes
 //     grad_value(...) of salt_math.h with streaming stores.
 //
-// Exps are ex2.approx on arguments pre-scaled by log2(e) (relative error ~2^-22); everything
-// else follows salt_math.h: -inf teacher entries contribute 0 (kd_term), a student -inf where the
-// teacher has mass gives +inf, NaN anywhere in the row makes the row's statistics NaN, and with
+// Exps are ex2.approx on FMA-folded arguments x * log2(e) / tau - k (relative error ~2^-22); for
+// an integer tau (the TAU template parameter, picked on the host) exp(z - m) comes from
+// exp((z - m) / tau)^tau by multiplies, not a second exp. Everything else follows salt_math.h:
+// -inf teacher entries contribute 0 (kd_term), a student -inf where the teacher has mass gives
+// +inf, NaN anywhere in the row makes the row's statistics NaN (selects and flags, no branch per
+// element: see "online state"), and with
 // kd_weight == 0 the teacher pointer is never touched (TEACHER == false).
 //
 // SALT_CUDA_EMULATION (tests only, see tests/cuda_emulator/emulation.h): the same source compiled by a host compiler,
@@ -149,8 +154,11 @@ struct Group {
   static_assert(kBytes == 8 || kBytes % 16 == 0, "group is 8 bytes or a multiple of 16");
   uint32_t w[kWords];
 
-  __device__ __forceinline__ void load(const T* p, bool vec, bool last_use) {
-    if (vec) {
+  // VECTOR: 16-byte (8-byte for an 8-byte group) loads, the row aligned at this group;
+  // otherwise element by element (coalesced through L1), the same words either way.
+  template <bool VECTOR>
+  __device__ __forceinline__ void load(const T* p, bool last_use) {
+    if constexpr (VECTOR) {
       if constexpr (kBytes >= 16) {
         const uint4* q = reinterpret_cast<const uint4*>(p);
 #pragma unroll
@@ -183,6 +191,14 @@ struct Group {
     }
   }
 
+  // Run-time choice of the path (rows_kernel_options).
+  __device__ __forceinline__ void load(const T* p, bool vec, bool last_use) {
+    if (vec)
+      load<true>(p, last_use);
+    else
+      load<false>(p, last_use);
+  }
+
   __device__ __forceinline__ float get(int k) const {
     if constexpr (DT == kFloat32) {
       return __uint_as_float(w[k]);
@@ -192,11 +208,11 @@ struct Group {
   }
 };
 
-// Stores VEC floats as the student dtype: one 16-byte streaming store when aligned.
-template <int DT, int VEC>
-__device__ __forceinline__ void store_group(typename Elem<DT>::T* p, bool vec, const float (&g)[VEC]) {
+// Stores VEC floats as the student dtype: one 16-byte streaming store (VECTOR) or VEC scalar ones.
+template <int DT, int VEC, bool VECTOR>
+__device__ __forceinline__ void store_group(typename Elem<DT>::T* p, const float (&g)[VEC]) {
   static_assert(VEC * sizeof(typename Elem<DT>::T) == 16, "a student group is 16 bytes");
-  if (vec) {
+  if constexpr (VECTOR) {
     uint4 v;
     if constexpr (DT == kFloat32) {
       v = make_uint4(__float_as_uint(g[0]), __float_as_uint(g[1]), __float_as_uint(g[2]),
@@ -212,101 +228,185 @@ __device__ __forceinline__ void store_group(typename Elem<DT>::T* p, bool vec, c
   }
 }
 
-// ---- online state --------------------------------------------------------------------------------
+// Run-time choice of the path (rows_kernel_options).
+template <int DT, int VEC>
+__device__ __forceinline__ void store_group(typename Elem<DT>::T* p, bool vec, const float (&g)[VEC]) {
+  if (vec)
+    store_group<DT, VEC, true>(p, g);
+  else
+    store_group<DT, VEC, false>(p, g);
+}
 
-// Per-thread state while scanning: raw running maxima (mz of z, mu of u) and sums relative to them:
-// sz = sum exp(z - mz), szt = sum exp((z - mz) / tau), su = sum exp((u - mu) / tau),
-// a = sum exp((u - mu) / tau) * (u - z) (kd_term).
+// ---- online state --------------------------------------------------------------------------------
+//
+// The statistics loop works in log2 units with FMA-folded exponents: an entry x adds
+// exp2(x * c - k), c = log2(e) (or log2(e) / tau), k a per-thread offset that only grows: the
+// running maximum times c, rounded once. Each sum stays relative to its own offset exactly (a
+// rescale multiplies by exp2(k_old - k_new), built from the same rounded values), and to_stats
+// turns the offsets back into natural-log maxima for salt_math.h's combines.
+//
+// MODE (the template parameter TAU, or 1 without a teacher) picks how z's two sums are formed:
+//   0       any tau: exp2(z c - kz) and exp2(z c / tau - kt), two exps per entry;
+//   1       tau == 1, or no teacher: one sum, s_zt is s_z;
+//   2, 3, 4 integer tau n: e = exp2(z c / tau - kt) and exp(z - m) = e^n by multiplies, so s_z is
+//           relative to n * kt; one exp per entry for z.
+//
+// Special values without branches per entry:
+//   * NaN: the group maxima propagate NaN (max.NaN), one test per group sets the `nan` flag, which
+//     makes the row's statistics NaN after the combines (a NaN never has to survive a sum).
+//   * An empty prefix (every z or u so far -inf) has offset -inf; the entries are then taken
+//     relative to 0 instead (each adds exp2(-inf) = 0) and the first finite maximum rescales the
+//     zero sums by exp2(-inf) = 0.
+//   * KD term a += e_u * (u - z) (salt_math.h's kd_term): a teacher -inf has e_u == 0, and
+//     u - z clamped to >= -FLT_MAX makes the product 0 (not 0 * -inf or 0 * NaN); a student -inf
+//     where the teacher is not -inf is u - z == +inf, caught by the running maximum `dmax` of
+//     u - z (NaN dropped): dmax == +inf makes a = +inf at the end of the row (kd_term's +inf),
+//     whatever the polluted accumulator holds.
+
+constexpr float kLn2 = 0.6931471805599453f;
+
 struct Scan {
-  float mz, sz, szt, mu, su, a;
+  float kz;  // MODE 0: offset of sz, in log2 units (max z * log2(e))
+  float kt;  // offset of szt (max z * log2(e) / tau); of sz too in MODES 1..4 (sz relative to MODE * kt)
+  float ku;  // offset of su and a (max u * log2(e) / tau)
+  float sz, szt, su, a;
+  float dmax;  // running max of u - z: +inf iff a student -inf meets a teacher entry that is not -inf
   bool nan;
 };
 
 // Combinable statistics in salt_math.h's form: each pair (m, s) stands for m + log(s), with
-// m in the domain of the quantity (z, z / tau, u / tau).
+// m in the domain of the quantity (z, z / tau, u / tau). nan: bit 0 a NaN in the row, bit 1 the
+// KD term is +inf (see Scan::dmax).
 struct Stats {
   float mz, sz, mzt, szt, mu, su, a;
   int nan;
 };
 
 __device__ __forceinline__ Scan scan_init() {
-  return Scan{-INFINITY, 0.f, 0.f, -INFINITY, 0.f, 0.f, false};
+  return Scan{-INFINITY, -INFINITY, -INFINITY, 0.f, 0.f, 0.f, 0.f, -INFINITY, false};
 }
 __device__ __forceinline__ Stats stats_empty() {
   return Stats{-INFINITY, 0.f, -INFINITY, 0.f, -INFINITY, 0.f, 0.f, 0};
 }
 
-// Folds N elements (z[k], u[k]) into the state: one max per stream and group, one rescale when
-// the max grows, then one exp per element and stream (two for z when tau != 1).
-template <bool TEACHER, int N, class ZG, class UG>
-__device__ __forceinline__ void accumulate(Scan& s, const ZG& zg, const UG& ug, float L, float Lt,
-                                           bool tau1) {
-  float z[N];
-  bool bad = false;
-  float gm = -INFINITY;
-#pragma unroll
-  for (int k = 0; k < N; ++k) {
-    z[k] = zg.get(k);
-    bad |= z[k] != z[k];
-    gm = fmaxf(gm, z[k]);  // NaN is dropped here and reported through `nan`
-  }
-  if (gm > s.mz) {
-    const float d = s.mz - gm;  // -inf for an empty state: factor 0
-    s.sz *= fast_exp2(d * L);
-    if (TEACHER && !tau1) s.szt *= fast_exp2(d * Lt);
-    s.mz = gm;
-  }
-  if (s.mz != -INFINITY) {  // an all -inf prefix contributes nothing (and -inf - -inf is NaN)
-#pragma unroll
-    for (int k = 0; k < N; ++k) {
-      const float d = z[k] - s.mz;
-      s.sz += fast_exp2(d * L);
-      if (TEACHER && !tau1) s.szt += fast_exp2(d * Lt);
-    }
-  }
-  if constexpr (TEACHER) {
-    float u[N];
-    float gu = -INFINITY;
-#pragma unroll
-    for (int k = 0; k < N; ++k) {
-      u[k] = ug.get(k);
-      bad |= u[k] != u[k];
-      gu = fmaxf(gu, u[k]);
-    }
-    if (gu > s.mu) {
-      const float f = fast_exp2((s.mu - gu) * Lt);
-      s.su *= f;
-      s.a *= f;
-      s.mu = gu;
-    }
-    if (s.mu != -INFINITY) {
-#pragma unroll
-      for (int k = 0; k < N; ++k) {
-        const float e = fast_exp2((u[k] - s.mu) * Lt);
-        s.su += e;
-        s.a += kd_term(u[k], z[k], e);
-      }
-    }
-  }
-  s.nan = s.nan || bad;
+// max(a, b), NaN if either is NaN (fmaxf drops NaN).
+__device__ __forceinline__ float fmax_nan(float a, float b) {
+#if defined(SALT_CUDA_EMULATION)
+  return (a != a || b != b) ? NAN : fmaxf(a, b);
+#else
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#endif
 }
 
-template <bool TEACHER>
-__device__ __forceinline__ Stats to_stats(const Scan& s, float inv_tau, bool tau1) {
-  Stats t;
-  t.mz = s.mz;
-  t.sz = s.sz;
-  if (TEACHER && !tau1) {
-    t.mzt = s.mz * inv_tau;
-    t.szt = s.szt;
+// x^N by multiplies, N in 0..4.
+template <int N>
+__device__ __forceinline__ float ipow(float x) {
+  static_assert(N >= 0 && N <= 4, "integer tau 1..4");
+  if constexpr (N == 0) {
+    return 1.f;
+  } else if constexpr (N == 1) {
+    return x;
+  } else if constexpr (N == 2) {
+    return x * x;
+  } else if constexpr (N == 3) {
+    return x * x * x;
   } else {
-    t.mzt = s.mz;
-    t.szt = s.sz;
+    const float x2 = x * x;
+    return x2 * x2;
   }
-  t.mu = TEACHER ? s.mu * inv_tau : -INFINITY;
-  t.su = TEACHER ? s.su : 0.f;
-  t.a = TEACHER ? s.a : 0.f;
-  t.nan = s.nan ? 1 : 0;
+}
+
+// Folds N entries (zf(k), uf(k)) into the state: one maximum per stream, one rescale when it
+// grows, then per entry the exps of the MODE and the KD term. Entries k >= NLIVE count only when
+// `live1` (otherwise their offset is +inf, so each adds exp2(-inf) = 0: a pair of groups whose
+// second is missing passes the first twice instead of branching).
+template <int MODE, bool TEACHER, int N, int NLIVE, class ZF, class UF>
+__device__ __forceinline__ void accumulate(Scan& s, const ZF& zf, const UF& uf, bool live1, float L,
+                                           float Lt) {
+  float gz = -INFINITY;
+#pragma unroll
+  for (int k = 0; k < N; ++k) gz = fmax_nan(gz, zf(k));
+  const float nkt = gz * Lt;
+  if (nkt > s.kt) {  // false for NaN
+    const float f = fast_exp2(s.kt - nkt);  // 0 for an empty state
+    if constexpr (MODE == 0) {
+      const float nkz = gz * L;
+      s.sz *= fast_exp2(s.kz - nkz);
+      s.kz = nkz;
+    } else {
+      s.sz *= ipow<MODE>(f);
+    }
+    if constexpr (TEACHER && MODE != 1) s.szt *= f;
+    s.kt = nkt;
+  }
+  const float ot0 = s.kt == -INFINITY ? 0.f : s.kt;
+  const float ot1 = live1 ? ot0 : INFINITY;
+  float oz0 = 0.f, oz1 = 0.f;
+  if constexpr (MODE == 0) {
+    oz0 = s.kz == -INFINITY ? 0.f : s.kz;
+    oz1 = live1 ? oz0 : INFINITY;
+  }
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    const float z = zf(k);
+    const float et = fast_exp2(fmaf(z, Lt, -(k < NLIVE ? ot0 : ot1)));
+    if constexpr (MODE == 0) {
+      s.sz += fast_exp2(fmaf(z, L, -(k < NLIVE ? oz0 : oz1)));
+      s.szt += et;
+    } else {
+      s.sz += ipow<MODE>(et);
+      if constexpr (TEACHER && MODE != 1) s.szt += et;
+    }
+  }
+  bool bad = gz != gz;
+  if constexpr (TEACHER) {
+    float gu = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < N; ++k) gu = fmax_nan(gu, uf(k));
+    bad |= gu != gu;
+    const float nku = gu * Lt;
+    if (nku > s.ku) {
+      const float f = fast_exp2(s.ku - nku);
+      s.su *= f;
+      s.a *= f;
+      s.ku = nku;
+    }
+    const float ou0 = s.ku == -INFINITY ? 0.f : s.ku;
+    const float ou1 = live1 ? ou0 : INFINITY;
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      const float u = uf(k);
+      const float eu = fast_exp2(fmaf(u, Lt, -(k < NLIVE ? ou0 : ou1)));
+      s.su += eu;
+      const float d = u - zf(k);
+      s.dmax = fmaxf(s.dmax, d);
+      s.a = fmaf(eu, fmaxf(d, -3.40282347e38f), s.a);
+    }
+  }
+  s.nan |= bad;
+}
+
+template <int MODE, bool TEACHER>
+__device__ __forceinline__ Stats to_stats(const Scan& s) {
+  Stats t;
+  t.mz = (MODE == 0 ? s.kz : float(MODE) * s.kt) * kLn2;
+  t.sz = s.sz;
+  if constexpr (TEACHER) {
+    t.mzt = s.kt * kLn2;
+    t.szt = MODE == 1 ? s.sz : s.szt;
+    t.mu = s.ku * kLn2;
+    t.su = s.su;
+    t.a = s.a;
+  } else {
+    t.mzt = t.mz;
+    t.szt = t.sz;
+    t.mu = -INFINITY;
+    t.su = 0.f;
+    t.a = 0.f;
+  }
+  t.nan = (s.nan ? 1 : 0) | (TEACHER && s.dmax == INFINITY ? 2 : 0);
   return t;
 }
 
@@ -350,14 +450,23 @@ __device__ __forceinline__ void warp_allreduce(Stats& s) {
 // BLOCK threads per block. WARP_ROWS: each warp owns one row (BLOCK / 32 rows per block, no block
 // synchronization); otherwise the block, or the `cluster` blocks of a thread-block cluster
 // (cluster > 1 only when launched with that cluster dimension), own one row.
-template <int DZ, int DU, bool TEACHER, int BLOCK, bool WARP_ROWS>
+// ALIGNED: every row's groups are loaded and stored with vector accesses (the host checked, with
+// rows_vector_aligned, that student, teacher and gradient rows are aligned at the group starts);
+// otherwise every element is loaded and stored by itself. TAU: 1..4 an integer temperature
+// (the host checked it), 0 any temperature (see "online state" for what the modes compute).
+// Launch bounds (BLOCK, 1024 / BLOCK): 1024 resident threads per SM, so at most 64 registers per
+// thread; the kernel fits them without spills, and 32 warps per SM keep more loads in flight
+// than a 128-register, 16-warp bound would.
+template <int DZ, int DU, bool TEACHER, int BLOCK, bool WARP_ROWS, bool ALIGNED, int TAU>
 __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)
     rows_kernel(const RowsArgs args, const int cluster) {
   using TZ = typename Elem<DZ>::T;
   using TU = typename Elem<DU>::T;
   constexpr int VEC = 16 / int(sizeof(TZ));
   constexpr int NWARPS = BLOCK / 32;
+  constexpr int MODE = TEACHER ? TAU : 1;
   static_assert(NWARPS <= 32, "one warp combines the per-warp partial states");
+  static_assert(TAU >= 0 && TAU <= 4, "TAU: 0 (any tau) or an integer tau 1..4");
   using ZGroup = Group<DZ, VEC>;
   using UGroup = Group<DU, VEC>;
 
@@ -389,20 +498,14 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)
   const TU* const urow =
       TEACHER ? static_cast<const TU*>(args.teacher) + row * args.teacher_row_stride : nullptr;
 
-  // Row layout: head [0, h), groups [h, tail0), tail [tail0, V).
-  const uintptr_t zaddr = reinterpret_cast<uintptr_t>(zrow);
+  // Row layout: head [0, h), groups [h, tail0), tail [tail0, V). ALIGNED: h elements until the
+  // student row is 16-byte aligned (rows_vector_aligned computes the same h on the host).
   int h = 0;
-  bool zvec = false;
-  if (zaddr % sizeof(TZ) == 0) {
-    h = int(((16 - zaddr % 16) % 16) / sizeof(TZ));
-    zvec = true;
-  }
+  if constexpr (ALIGNED) h = int(((16 - reinterpret_cast<uintptr_t>(zrow) % 16) % 16) / sizeof(TZ));
   if (h > V) h = V;
   const int G = (V - h) / VEC;
   const int tail0 = h + G * VEC;
   const int n_scalar = h + (V - tail0);
-  const bool uvec = TEACHER && reinterpret_cast<uintptr_t>(urow + h) % UGroup::kAlign == 0;
-  const bool gvec = grow != nullptr && reinterpret_cast<uintptr_t>(grow + h) % 16 == 0;
 
   if (label == args.ignore_index) {
     if (is_writer) {
@@ -413,44 +516,45 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)
       float zero[VEC];
 #pragma unroll
       for (int k = 0; k < VEC; ++k) zero[k] = 0.f;
-      for (int g = t; g < G; g += S) store_group<DZ, VEC>(grow + h + g * VEC, gvec, zero);
+      for (int g = t; g < G; g += S) store_group<DZ, VEC, ALIGNED>(grow + h + g * VEC, zero);
       for (int i = t; i < n_scalar; i += S) store_scalar<DZ>(grow + (i < h ? i : tail0 + (i - h)), 0.f);
     }
     return;  // uniform over the row's threads (and its whole cluster): no barrier is skipped
   }
+  const bool label_ok = label >= 0 && label < V;
+  const int label32 = label_ok ? int(label) : -1;  // 32-bit compares in the loops
 
   const float w = TEACHER ? args.kd_weight : 0.f;
   const float tau = args.temperature;
-  const float inv_tau = 1.f / tau;
-  const bool tau1 = tau == 1.f;
   const float L = kLog2e;
-  const float Lt = tau1 ? kLog2e : kLog2e * inv_tau;
+  const float Lt = MODE == 1 ? kLog2e : kLog2e / tau;
 
-  // ---- pass 1: statistics ----
+  // ---- pass 1: statistics, groups in pairs ----
   Scan sc = scan_init();
   for (int g = t; g < G; g += 2 * S) {
-    const int g1 = g + S;
-    const bool has1 = g1 < G;
+    const bool live1 = g + S < G;
+    const int g1 = live1 ? g + S : g;  // a missing second group: the first again, not counted
     ZGroup z0, z1;
     UGroup u0, u1;
-    z0.load(zrow + h + g * VEC, zvec, false);
-    if (TEACHER) u0.load(urow + h + g * VEC, uvec, false);
-    if (has1) {
-      z1.load(zrow + h + g1 * VEC, zvec, false);
-      if (TEACHER) u1.load(urow + h + g1 * VEC, uvec, false);
+    z0.template load<ALIGNED>(zrow + h + g * VEC, false);
+    z1.template load<ALIGNED>(zrow + h + g1 * VEC, false);
+    if constexpr (TEACHER) {
+      u0.template load<ALIGNED>(urow + h + g * VEC, false);
+      u1.template load<ALIGNED>(urow + h + g1 * VEC, false);
     }
-    accumulate<TEACHER, VEC>(sc, z0, u0, L, Lt, tau1);
-    if (has1) accumulate<TEACHER, VEC>(sc, z1, u1, L, Lt, tau1);
+    accumulate<MODE, TEACHER, 2 * VEC, VEC>(
+        sc, [&](int k) { return k < VEC ? z0.get(k) : z1.get(k - VEC); },
+        [&](int k) { return k < VEC ? u0.get(k) : u1.get(k - VEC); }, live1, L, Lt);
   }
   for (int i = t; i < n_scalar; i += S) {
     const int j = i < h ? i : tail0 + (i - h);
-    Group<kFloat32, 4> zs, us;  // only element 0 is used
-    zs.w[0] = __float_as_uint(load_scalar<DZ>(zrow + j, false));
-    us.w[0] = TEACHER ? __float_as_uint(load_scalar<DU>(urow + j, false)) : 0u;
-    accumulate<TEACHER, 1>(sc, zs, us, L, Lt, tau1);
+    const float z = load_scalar<DZ>(zrow + j, false);
+    const float u = TEACHER ? load_scalar<DU>(urow + j, false) : 0.f;
+    accumulate<MODE, TEACHER, 1, 1>(
+        sc, [&](int) { return z; }, [&](int) { return u; }, true, L, Lt);
   }
 
-  Stats st = to_stats<TEACHER>(sc, inv_tau, tau1);
+  Stats st = to_stats<MODE, TEACHER>(sc);
   warp_allreduce<TEACHER>(st);
   if constexpr (!WARP_ROWS) {
     SALT_SHARED(Stats, warp_part, NWARPS);
@@ -482,12 +586,11 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)
   float lse_z = lse_value(st.mz, st.sz);
   float lse_zt = TEACHER ? lse_value(st.mzt, st.szt) : lse_z;
   float lse_u = TEACHER ? lse_value(st.mu, st.su) : 0.f;
-  if (st.nan) lse_z = lse_zt = lse_u = NAN;
+  if (st.nan & 1) lse_z = lse_zt = lse_u = NAN;
 
   if (is_writer) {
-    const bool label_ok = label >= 0 && label < V;
     const float ce = label_ok ? ce_value(lse_z, load_scalar<DZ>(zrow + label, false)) : NAN;
-    const float kd = TEACHER ? kd_value(st.a, st.su, lse_u, lse_zt, tau) : 0.f;
+    const float kd = TEACHER ? kd_value((st.nan & 2) ? INFINITY : st.a, st.su, lse_u, lse_zt, tau) : 0.f;
     args.loss[row] = loss_value(ce, kd, w);
     args.ce[row] = ce;
     args.kd[row] = kd;
@@ -497,6 +600,9 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)
   }
 
   // ---- pass 2: gradient, groups in reverse order ----
+  // scale * ((1 - w) (p_z - [j == y]) + w tau (p_zt - p_u)) (salt_math.h's grad_value) as
+  // c_z p_z + c_kd p_zt - c_kd p_u - c_z [j == y], exponents FMA-folded in log2 units. Integer
+  // tau n: p_z = p_zt^n * exp(n lse_zt - lse_z), so c_z p_z + c_kd p_zt = p_zt (cK p_zt^(n-1) + c_kd).
   if (grow) {
     const float scale = __ldg(args.grad_scale + row * args.grad_scale_stride);
     // A row whose logits are all -inf has lse -inf; every element is -inf then, and using +inf as
@@ -504,54 +610,92 @@ __global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)
     const float oz = lse_z == -INFINITY ? INFINITY : lse_z;
     const float ozt = lse_zt == -INFINITY ? INFINITY : lse_zt;
     const float ou = lse_u == -INFINITY ? INFINITY : lse_u;
-    auto grad_elem = [&](float z, float u, int64_t j) -> float {
-      const float pz = fast_exp2((z - oz) * L);
-      float pzt = 0.f, pu = 0.f;
-      if constexpr (TEACHER) {
-        pzt = tau1 ? pz : fast_exp2(fmaf(z, inv_tau, -ozt) * L);
-        pu = fast_exp2(fmaf(u, inv_tau, -ou) * L);
+    const float kz = oz * L;
+    const float kt = MODE == 1 ? kz : ozt * L;
+    const float ku = ou * L;
+    const float c_z = scale * (1.f - w);
+    const float c_kd = TEACHER ? scale * w * tau : 0.f;
+    float cK = c_z;
+    if constexpr (TEACHER && MODE >= 2) cK = oz == INFINITY ? c_z : c_z * fast_exp2(float(MODE) * kt - kz);
+    auto grad_elem = [&](float z, float u, bool is_label) -> float {
+      float g;
+      if constexpr (MODE == 0) {
+        g = c_z * fast_exp2(fmaf(z, L, -kz));
+        g = fmaf(c_kd, fast_exp2(fmaf(z, Lt, -kt)), g);
+      } else {
+        const float q = fast_exp2(fmaf(z, Lt, -kt));
+        g = TEACHER ? q * fmaf(cK, ipow<MODE - 1>(q), c_kd) : cK * q;
       }
-      return grad_value(pz, pzt, pu, j == label, w, tau, scale);
+      if constexpr (TEACHER) g = fmaf(-c_kd, fast_exp2(fmaf(u, Lt, -ku)), g);
+      return is_label ? g - c_z : g;
     };
     const int K = t < G ? (G - 1 - t) / S + 1 : 0;  // groups this thread owns: t + k * S, k < K
     for (int k = K - 1; k >= 0; k -= 2) {
       const int g0 = t + k * S;
-      const int g1 = g0 - S;
-      const bool has1 = k >= 1;
+      const bool live1 = k >= 1;
+      const int g1 = live1 ? g0 - S : g0;  // a missing second group: the first again, not stored
       ZGroup z0, z1;
       UGroup u0, u1;
-      z0.load(zrow + h + g0 * VEC, zvec, true);
-      if (TEACHER) u0.load(urow + h + g0 * VEC, uvec, true);
-      if (has1) {
-        z1.load(zrow + h + g1 * VEC, zvec, true);
-        if (TEACHER) u1.load(urow + h + g1 * VEC, uvec, true);
+      z0.template load<ALIGNED>(zrow + h + g0 * VEC, true);
+      z1.template load<ALIGNED>(zrow + h + g1 * VEC, true);
+      if constexpr (TEACHER) {
+        u0.template load<ALIGNED>(urow + h + g0 * VEC, true);
+        u1.template load<ALIGNED>(urow + h + g1 * VEC, true);
       }
-      {
-        float out[VEC];
-        const int j0 = h + g0 * VEC;
+      const int j0 = h + g0 * VEC, j1 = h + g1 * VEC;
+      const int y0 = label32 - j0, y1 = label32 - j1;  // the label's index in each group
+      float out0[VEC], out1[VEC];
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) out[e] = grad_elem(z0.get(e), TEACHER ? u0.get(e) : 0.f, j0 + e);
-        store_group<DZ, VEC>(grow + j0, gvec, out);
+      for (int e = 0; e < VEC; ++e) {
+        out0[e] = grad_elem(z0.get(e), TEACHER ? u0.get(e) : 0.f, e == y0);
+        out1[e] = grad_elem(z1.get(e), TEACHER ? u1.get(e) : 0.f, e == y1);
       }
-      if (has1) {
-        float out[VEC];
-        const int j1 = h + g1 * VEC;
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) out[e] = grad_elem(z1.get(e), TEACHER ? u1.get(e) : 0.f, j1 + e);
-        store_group<DZ, VEC>(grow + j1, gvec, out);
-      }
+      store_group<DZ, VEC, ALIGNED>(grow + j0, out0);
+      if (live1) store_group<DZ, VEC, ALIGNED>(grow + j1, out1);
     }
     for (int i = t; i < n_scalar; i += S) {
       const int j = i < h ? i : tail0 + (i - h);
       const float z = load_scalar<DZ>(zrow + j, true);
       const float u = TEACHER ? load_scalar<DU>(urow + j, true) : 0.f;
-      store_scalar<DZ>(grow + j, grad_elem(z, u, j));
+      store_scalar<DZ>(grow + j, grad_elem(z, u, j == label32));
     }
   }
 
   if constexpr (!WARP_ROWS) {
     if (cluster_wait) cg::this_cluster().barrier_wait();
   }
+}
+
+// Whether every row of the launch can take rows_kernel's vector path (ALIGNED): with h the
+// student row's head (elements until 16-byte alignment, as in the kernel), the teacher row at h
+// aligned for its group loads and the gradient row at h aligned to 16 bytes. The residues of
+// the row addresses modulo 16 repeat at least every 16 rows, so 16 rows decide for all.
+template <int DZ, int DU, bool TEACHER>
+inline bool rows_vector_aligned(const RowsArgs& a) {
+  constexpr uint64_t zb = sizeof(typename Elem<DZ>::T), ub = sizeof(typename Elem<DU>::T);
+  constexpr int VEC = int(16 / zb);
+  constexpr uint64_t ualign = uint64_t(Group<DU, VEC>::kAlign);
+  const int64_t rows = a.n_rows < 16 ? a.n_rows : 16;
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint64_t z = uint64_t(reinterpret_cast<uintptr_t>(a.student)) + uint64_t(r * a.student_row_stride) * zb;
+    if (z % zb != 0) return false;
+    const uint64_t h = ((16 - z % 16) % 16) / zb;
+    if (TEACHER) {
+      const uint64_t u = uint64_t(reinterpret_cast<uintptr_t>(a.teacher)) +
+                         uint64_t(r * a.teacher_row_stride) * ub + h * ub;
+      if (u % ualign != 0) return false;
+    }
+    if (a.grad != nullptr) {
+      const uint64_t g = uint64_t(reinterpret_cast<uintptr_t>(a.grad)) + uint64_t(r * a.grad_row_stride) * zb + h * zb;
+      if (g % 16 != 0) return false;
+    }
+  }
+  return true;
+}
+
+// rows_kernel's TAU for a temperature: 1..4 when it is that integer, else 0.
+inline int tau_mode(float tau) {
+  return tau == 1.f ? 1 : tau == 2.f ? 2 : tau == 3.f ? 3 : tau == 4.f ? 4 : 0;
 }
 
 // ---- the distillation options (docs/design.md, "Distillation options") ---------------------------
@@ -1004,31 +1148,60 @@ inline bool uses_options(const RowsArgs& a) {
   return teacher && (a.teacher_softcap > 0.f || a.divergence != kForwardKL || (a.kd_vocab > 0 && a.kd_vocab < a.vocab));
 }
 
+// ---- kernel choice (host side; the emulator's harness picks through the same functions) ----------
+
+using RowsKernel = void (*)(const RowsArgs, const int);
+
+template <int DZ, int DU, bool TEACHER, bool ALIGNED, int TAU>
+inline RowsKernel rows_kernel_shape(bool warp_rows, int block) {
+  if (warp_rows) return rows_kernel<DZ, DU, TEACHER, 256, true, ALIGNED, TAU>;
+  if (block == 256) return rows_kernel<DZ, DU, TEACHER, 256, false, ALIGNED, TAU>;
+  return rows_kernel<DZ, DU, TEACHER, 512, false, ALIGNED, TAU>;
+}
+
+// The rows_kernel instance for a launch: the vector path when every row allows it, and then the
+// integer-tau mode of the temperature; the element-wise path (a fallback for misaligned layouts)
+// runs the general TAU 0. Without a teacher the temperature plays no part (TAU 0).
+template <int DZ, int DU, bool TEACHER>
+inline RowsKernel pick_rows_kernel(const RowsArgs& a, bool warp_rows, int block) {
+  if (!rows_vector_aligned<DZ, DU, TEACHER>(a)) return rows_kernel_shape<DZ, DU, TEACHER, false, 0>(warp_rows, block);
+  if constexpr (!TEACHER) {
+    return rows_kernel_shape<DZ, DU, false, true, 0>(warp_rows, block);
+  } else {
+    switch (tau_mode(a.temperature)) {
+      case 1: return rows_kernel_shape<DZ, DU, true, true, 1>(warp_rows, block);
+      case 2: return rows_kernel_shape<DZ, DU, true, true, 2>(warp_rows, block);
+      case 3: return rows_kernel_shape<DZ, DU, true, true, 3>(warp_rows, block);
+      case 4: return rows_kernel_shape<DZ, DU, true, true, 4>(warp_rows, block);
+      default: return rows_kernel_shape<DZ, DU, true, true, 0>(warp_rows, block);
+    }
+  }
+}
+
 #if !defined(SALT_CUDA_EMULATION)
 // ---- host side ----------------------------------------------------------------------------------
 
-// Launches rows_kernel<DZ, DU, TEACHER, ...> for the chosen configuration. Returns the launch's
-// cudaError_t (cudaSuccess when queued).
+// Launches the rows_kernel instance pick_rows_kernel<DZ, DU, TEACHER> chooses for these rows and
+// the configuration. Returns the launch's cudaError_t (cudaSuccess when queued).
 template <int DZ, int DU, bool TEACHER>
 cudaError_t launch_typed(const RowsArgs& a, const LaunchConfig& cfg) {
   cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
   if (cfg.mode == kModeWarp) {
     constexpr int kBlock = 256;
     const int64_t blocks = (a.n_rows + kBlock / 32 - 1) / (kBlock / 32);
-    rows_kernel<DZ, DU, TEACHER, kBlock, true><<<unsigned(blocks), kBlock, 0, stream>>>(a, 1);
+    pick_rows_kernel<DZ, DU, TEACHER>(a, true, kBlock)<<<unsigned(blocks), kBlock, 0, stream>>>(a, 1);
     return cudaGetLastError();
   }
+  const int block = cfg.block == 256 ? 256 : 512;
+  const RowsKernel kernel = pick_rows_kernel<DZ, DU, TEACHER>(a, false, block);
   const int64_t blocks = a.n_rows * cfg.cluster;
   if (cfg.cluster == 1) {
-    if (cfg.block == 256)
-      rows_kernel<DZ, DU, TEACHER, 256, false><<<unsigned(blocks), 256, 0, stream>>>(a, 1);
-    else
-      rows_kernel<DZ, DU, TEACHER, 512, false><<<unsigned(blocks), 512, 0, stream>>>(a, 1);
+    kernel<<<unsigned(blocks), block, 0, stream>>>(a, 1);
     return cudaGetLastError();
   }
   cudaLaunchConfig_t lc = {};
   lc.gridDim = dim3(unsigned(blocks), 1, 1);
-  lc.blockDim = dim3(unsigned(cfg.block), 1, 1);
+  lc.blockDim = dim3(unsigned(block), 1, 1);
   lc.dynamicSmemBytes = 0;
   lc.stream = stream;
   cudaLaunchAttribute attr[1];
@@ -1038,12 +1211,7 @@ cudaError_t launch_typed(const RowsArgs& a, const LaunchConfig& cfg) {
   attr[0].val.clusterDim.z = 1;
   lc.attrs = attr;
   lc.numAttrs = 1;
-  const int cl = cfg.cluster;
-  cudaError_t err;
-  if (cfg.block == 256)
-    err = cudaLaunchKernelEx(&lc, rows_kernel<DZ, DU, TEACHER, 256, false>, a, cl);
-  else
-    err = cudaLaunchKernelEx(&lc, rows_kernel<DZ, DU, TEACHER, 512, false>, a, cl);
+  const cudaError_t err = cudaLaunchKernelEx(&lc, kernel, a, int(cfg.cluster));
   if (err != cudaSuccess) return err;
   return cudaGetLastError();
 }

@@ -105,24 +105,23 @@ void run_group(Group& g, unsigned first, int nblocks, int block_threads) {
 }
 
 template <int DZ, int DU, bool TEACHER>
-Kernel pick_kernel(int mode, int block, bool options) {
+Kernel pick_kernel(const RowsArgs& a, int mode, int block, bool options) {
   if (options) {  // as launch_typed_options: a warp per row or 256-thread blocks
     if (mode == salt::cuda::kModeWarp) return salt::cuda::rows_kernel_options<DZ, DU, TEACHER, 256, true>;
     return salt::cuda::rows_kernel_options<DZ, DU, TEACHER, 256, false>;
   }
-  if (mode == salt::cuda::kModeWarp) return salt::cuda::rows_kernel<DZ, DU, TEACHER, 256, true>;
-  if (block == 256) return salt::cuda::rows_kernel<DZ, DU, TEACHER, 256, false>;
-  return salt::cuda::rows_kernel<DZ, DU, TEACHER, 512, false>;
+  // as launch_typed: the same choice of alignment path and temperature mode
+  return salt::cuda::pick_rows_kernel<DZ, DU, TEACHER>(a, mode == salt::cuda::kModeWarp, block);
 }
 
 template <int DZ>
 Kernel pick_teacher(const RowsArgs& a, int mode, int block) {
   const bool o = salt::cuda::uses_options(a);
-  if (a.teacher == nullptr || a.kd_weight == 0.f) return pick_kernel<DZ, salt::kFloat32, false>(mode, block, o);
+  if (a.teacher == nullptr || a.kd_weight == 0.f) return pick_kernel<DZ, salt::kFloat32, false>(a, mode, block, o);
   switch (a.teacher_dtype) {
-    case salt::kBFloat16: return pick_kernel<DZ, salt::kBFloat16, true>(mode, block, o);
-    case salt::kFloat16: return pick_kernel<DZ, salt::kFloat16, true>(mode, block, o);
-    default: return pick_kernel<DZ, salt::kFloat32, true>(mode, block, o);
+    case salt::kBFloat16: return pick_kernel<DZ, salt::kBFloat16, true>(a, mode, block, o);
+    case salt::kFloat16: return pick_kernel<DZ, salt::kFloat16, true>(a, mode, block, o);
+    default: return pick_kernel<DZ, salt::kFloat32, true>(a, mode, block, o);
   }
 }
 
