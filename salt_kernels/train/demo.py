@@ -39,7 +39,8 @@ class DemoConfig:
     student_model: str = opt("student-s", "student preset (or local model directory)")
     teacher_steps: int = opt(500, "teacher training steps")
     steps: int = opt(600, "student training steps (baseline and SALT each)")
-    n_kd: int = opt(300, "SALT distillation steps (stage 1), at most --steps")
+    n_kd: int = opt(150, "SALT distillation steps (stage 1), at most --steps; the default is 25% of "
+                    "--steps, the best of 15-25% in the sweep of benchmarks/RESULTS.md")
     kd_weight: float = opt(0.5, "w in (1 - w) * CE + w * KD during stage 1")
     temperature: float = opt(1.0, "distillation temperature")
     transition: str = opt("step", "how w ends at n_KD: step or linear", TRANSITIONS)
