@@ -14,13 +14,16 @@ vectorizes its loads, fits in registers, and how many instructions and exps an e
     python benchmarks/gpu/compile_check.py --arch 80 90 --block 2048 4096 --warps 8
     python benchmarks/gpu/compile_check.py --quick            # two triton specializations (CPU tests)
     python benchmarks/gpu/compile_check.py --backend cuda     # only the nvcc build
+    python benchmarks/gpu/compile_check.py --topk-only        # only the top-k teacher kernel
 
 JSON records (--json FILE, a list), with exactly these keys:
   backend        "triton" or "cuda"
   plan           triton: fused, split-part / split-finish (the split plan's two launches: its
                  per-element cost is the sum of the two records), sync, fused-options (the options
                  kernel with z_loss on, so only the accuracy tracking joins the loop) and
-                 fused-options-<option> variants. cuda: <kernel>/<warp|block>/<teacher dtype or
+                 fused-options-<option> variants, topk-fused (the top-k teacher kernel,
+                 topk_kernels.py: k slots as a vector of K_POW2, named topk-fused-k<K_POW2>,
+                 topk-fused-options with softcap, label smoothing and z-loss on). cuda: <kernel>/<warp|block>/<teacher dtype or
                  no-teacher>; the cluster size is a run-time argument (same SASS for 1..8).
   dtype          student (logits and gradient) dtype: bf16, fp16 or fp32
   tau            temperature. triton specializes integer tau (TAU_MODE 2..4; 1.5 runs TAU_MODE 0);
@@ -97,6 +100,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DIVISIBLE = ("z_stride", "u_stride", "g_stride", "V", "SLICE_V")
 INT_TYPES = {"z_stride": "i32", "u_stride": "i32", "y_stride": "i32", "g_stride": "i32", "scale_stride": "i32",
              "V": "i32", "SLICE_V": "i32", "ignore_index": "i32", "kd_vocab": "i32"}
+# The top-k teacher kernel's (topk_kernels.py) integers; n_words (bitmap words per row, whole
+# blocks) is a multiple of 16 whenever BLOCK_V >= 512.
+TOPK_DIVISIBLE = ("n_words",)
+INT_TYPES.update({"ids_stride": "i32", "lp_stride": "i32", "n_words": "i32", "K": "i32"})
 FLOAT_ARGS = ("kd_weight", "tau", "inv_tau", "softcap", "teacher_softcap", "beta", "smoothing", "z_loss")
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "i32": 4, "i64": 8}
 TRITON_PTR = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
@@ -120,6 +127,8 @@ def parse_args(argv=None):
     p.add_argument("--backend", nargs="+", choices=("triton", "cuda"), default=None,
                    help="backends to compile (default: both; --quick: triton)")
     p.add_argument("--json", metavar="FILE", help="write one JSON record per compiled configuration")
+    p.add_argument("--topk-only", action="store_true",
+                   help="only the top-k teacher kernel (topk_rows_kernel); with --quick one specialization")
     return p.parse_args(argv)
 
 
@@ -251,8 +260,39 @@ def triton_defaults():
     return default, split, sync
 
 
-def triton_cases(quick: bool, split: int, sync_split: int):
+def topk_cases(quick: bool):
+    """(plan, kernel name, dtype, teacher log-prob dtype, tau, constexprs) of the top-k teacher
+    kernel: k = 64 slots (K_POW2) at tau 2 with --quick; else also tau 1.5 and 1, k = 256, the
+    student-side options, and fp32."""
+    base = dict(SPLIT=1, K_POW2=64, TAU_MODE=2, SOFTCAP=False, SMOOTHING=False, Z_LOSS=False)
+    out = [("topk-fused", "topk_rows_kernel", "bf16", "bf16", 2.0, base)]
+    if quick:
+        return out
+    out += [("topk-fused", "topk_rows_kernel", "bf16", "bf16", 1.5, dict(base, TAU_MODE=0)),
+            ("topk-fused", "topk_rows_kernel", "bf16", "bf16", 1.0, dict(base, TAU_MODE=1)),
+            ("topk-fused-k256", "topk_rows_kernel", "bf16", "bf16", 2.0, dict(base, K_POW2=256)),
+            ("topk-fused-options", "topk_rows_kernel", "bf16", "bf16", 2.0,
+             dict(base, SOFTCAP=True, SMOOTHING=True, Z_LOSS=True)),
+            ("topk-fused", "topk_rows_kernel", "fp32", "fp32", 2.0, base)]
+    return out
+
+
+def load_topk_kernels(triton_dir: str):
+    """topk_kernels.py (it imports kernels.py relatively) as a module of a package of its own, so
+    that neither salt_kernels nor torch is imported."""
+    import importlib
+    import types
+
+    pkg = types.ModuleType("salt_triton_aot")
+    pkg.__path__ = [triton_dir]
+    sys.modules.setdefault("salt_triton_aot", pkg)
+    return importlib.import_module("salt_triton_aot.topk_kernels")
+
+
+def triton_cases(quick: bool, split: int, sync_split: int, topk_only: bool = False):
     """(plan, kernel name, dtype, teacher dtype, tau, constexprs) for the kernels the launcher runs."""
+    if topk_only:
+        return topk_cases(quick)
     tau_mode = {2.0: 2, 1.5: 0, 1.0: 1}
     out = []
     taus = (2.0,) if quick else (2.0, 1.5)
@@ -278,7 +318,7 @@ def triton_cases(quick: bool, split: int, sync_split: int):
                         dict(off, **flags, MODE=0, SPLIT=1, TAU_MODE=tau_mode[tau])))
     for dt in ("fp16", "fp32"):
         out.append(("fused", "salt_rows_kernel", dt, dt, 2.0, dict(MODE=0, SPLIT=1, TAU_MODE=2)))
-    return out
+    return out + topk_cases(quick)
 
 
 def ptxas_usage(ptx: str, arch: int):
@@ -318,6 +358,7 @@ def compile_triton(args, records) -> int:
             "salt_triton_kernels", os.path.join(ROOT, "salt_kernels", "backends", "triton", "kernels.py"))
         tk = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(tk)
+        tkk = load_topk_kernels(os.path.join(ROOT, "salt_kernels", "backends", "triton"))
         GPUTarget("cuda", 90, 32)
     except Exception as exc:
         print(f"compile_check: this triton cannot compile ahead of time here ({type(exc).__name__}: {exc})",
@@ -340,8 +381,9 @@ def compile_triton(args, records) -> int:
           f"{default_plan}, BLOCK_V {d_block}, {d_warps} warps; split {split} slices, sync {sync_split}")
     failed = 0
     for arch, block, warps in itertools.product(args.arch, blocks, warps_list):
-        for plan, kname, dt, ut, tau, const in triton_cases(args.quick, split, sync_split):
-            fn = getattr(tk, kname)
+        for plan, kname, dt, ut, tau, const in triton_cases(args.quick, split, sync_split, args.topk_only):
+            topk = kname.startswith("topk")
+            fn = getattr(tkk if topk else tk, kname)
             names = list(fn.arg_names)
             c = dict(HAS_TEACHER=True, HAS_GRAD=True)
             if "FIELDS" in names:  # the options kernel's workspace width (its default)
@@ -351,7 +393,8 @@ def compile_triton(args, records) -> int:
             c["SPLIT_POW2"] = max(2, 1 << (c["SPLIT"] - 1).bit_length())
             ptr_types = dict(z_ptr=f"*{TRITON_PTR[dt]}", u_ptr=f"*{TRITON_PTR[ut]}", y_ptr="*i64",
                              g_ptr=f"*{TRITON_PTR[dt]}", loss_ptr="*fp32", ce_ptr="*fp32", kd_ptr="*fp32",
-                             lse_ptr="*fp32", accuracy_ptr="*fp32", scale_ptr="*fp32", ws_ptr="*fp32", cnt_ptr="*i32")
+                             lse_ptr="*fp32", accuracy_ptr="*fp32", scale_ptr="*fp32", ws_ptr="*fp32", cnt_ptr="*i32",
+                             ids_ptr="*i64", lp_ptr=f"*{TRITON_PTR[ut]}", log_rest_ptr="*fp32", bits_ptr="*i32")
             signature, constexprs, attrs = {}, {}, {}
             for i, name in enumerate(names):
                 if name in c:
@@ -361,7 +404,7 @@ def compile_triton(args, records) -> int:
                     signature[name] = ptr_types.get(name) or INT_TYPES.get(name) or ("fp32" if name in FLOAT_ARGS else None)
                     if signature[name] is None:
                         raise SystemExit(f"compile_check: no type for kernel argument {name!r}; update this script")
-                    if name in ptr_types or name in DIVISIBLE:
+                    if name in ptr_types or name in DIVISIBLE or (topk and name in TOPK_DIVISIBLE):
                         attrs[(i,)] = [["tt.divisibility", 16]]
             label = f"{plan} {dt} tau={tau:g}"
             t0 = time.time()
@@ -390,7 +433,8 @@ def compile_triton(args, records) -> int:
             (fname, ins), = sass.items()
             hot = [lp for lp in loops(ins) if lp["hot"]]
             elems = block / (32 * warps)
-            ub = DTYPE_BYTES[dt] + (DTYPE_BYTES[ut] if c["HAS_TEACHER"] else 0)
+            # The top-k kernel reads the teacher per slot, not per entry: only the student counts.
+            ub = DTYPE_BYTES[dt] + (DTYPE_BYTES[ut] if c["HAS_TEACHER"] and not topk else 0)
             ipe, epe, unc = per_element(hot, elems, ub, label)
             is_default = (arch == 90 and plan == default_plan and dt == "bf16" and tau in (2.0, 1.5)
                           and block == d_block and warps == d_warps and kname == "salt_rows_kernel")
@@ -589,6 +633,8 @@ def main(argv=None) -> int:
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
     backends = args.backend or (["triton"] if args.quick else ["triton", "cuda"])
+    if args.topk_only and not args.backend:
+        backends = ["triton"]  # the top-k teacher has no CUDA kernel here
     records, failed = [], 0
     if "triton" in backends:
         f = compile_triton(args, records)

@@ -284,3 +284,105 @@ class _on_device:
     def __exit__(self, *exc):
         if self.ctx is not None:
             self.ctx.__exit__(*exc)
+
+
+# ---- offline top-k teacher ------------------------------------------------------------------------
+
+TOPK_MAX_K = 4096  # slots per row the kernel holds as one vector; longer rows run reference.topk_rows
+TOPK_BITMAP_BYTES = 64 << 20  # the K bitmaps of the rows of one launch (rows beyond: more launches)
+
+_topk_kernels = None
+
+
+def _load_topk():
+    global _topk_kernels
+    if _topk_kernels is None and _load() is not None:
+        from . import topk_kernels
+
+        _topk_kernels = topk_kernels
+    return _topk_kernels
+
+
+def topk_plan(vocab: int) -> dict:
+    """Block size and warps of topk_rows_kernel: blocks as the full-teacher kernel's (BLOCK_V
+    knob included), at least 32 entries (one bitmap word per tile row)."""
+    pow2 = 1 << max(0, (vocab - 1).bit_length())
+    block = max(32, BLOCK_V or min(2048, pow2))
+    warps = NUM_WARPS or (8 if block >= 2048 else 4)
+    return dict(block_v=block, num_warps=warps)
+
+
+def topk_rows(student: torch.Tensor, indices: torch.Tensor, logprobs: torch.Tensor, labels: torch.Tensor, *,
+              tail: str = "bucket", **keywords) -> RowOutputs:
+    """The row contract with an offline top-k teacher (backends/reference.py topk_rows has the
+    math; keywords: those of RowArgs), one program per row (topk_kernels.py). Here, in torch, only
+    what is O(k) per row: the tail outcome's log r (float64 sum of the teacher's probabilities)."""
+    a = RowArgs(student, None, labels, **keywords)
+    kd_weight, tau, options, grad, grad_scale = a.kd_weight, float(a.temperature), a.options, a.grad, a.grad_scale
+    k = _load_topk()
+    n, vocab = student.shape
+    device = student.device
+    use_teacher = kd_weight > 0 and indices is not None
+    slots = indices.shape[1] if use_teacher else 0
+    if slots > TOPK_MAX_K:
+        from .. import reference
+
+        return reference.topk_rows(student, indices, logprobs, labels, tail=tail, **keywords)
+    out = RowOutputs.empty(n, device)
+    out.accuracy = torch.empty(n, dtype=torch.float32, device=device)
+    if n == 0:
+        return out
+    p = topk_plan(vocab)
+    block = p["block_v"]
+    words = -(-vocab // block) * (block // 32)  # bitmap words per row, whole blocks
+    if use_teacher:
+        filled = indices >= 0
+        l64 = torch.where(filled, logprobs.to(torch.float64).clamp(max=0.0), float("-inf"))
+        rest = torch.clamp(1.0 - l64.exp().sum(dim=-1), min=0.0)  # float64: no loss of the tail
+        n_filled = filled.sum(dim=-1)
+        bucket = (rest > 0) & (n_filled < vocab)
+        if tail == "renormalize":
+            bucket = bucket & (n_filled == 0)  # an empty row keeps one outcome: D = 0
+        bucket = bucket | (n_filled == 0)
+        log_rest = torch.where(bucket, rest.log(), float("-inf")).to(torch.float32)
+        chunk = max(1, TOPK_BITMAP_BYTES // (4 * words))
+        bits = torch.empty(min(n, chunk) * words, dtype=torch.int32, device=device)
+    else:
+        indices, logprobs, log_rest, chunk = student, student, out.loss, n  # never read
+        bits = torch.empty(1, dtype=torch.int32, device=device)
+    has_grad = grad is not None
+    if has_grad:
+        scale = grad_scale.to(device=device, dtype=torch.float32).reshape(-1)
+        scale_stride = 1 if scale.numel() > 1 else 0
+        if scale_stride:
+            scale = scale.contiguous()
+    else:
+        scale, scale_stride = out.loss, 0  # never read
+    meta = dict(
+        BLOCK_V=block,
+        K_POW2=max(2, 1 << max(0, (slots - 1).bit_length())),
+        HAS_TEACHER=use_teacher,
+        TAU_MODE=_tau_mode(tau),
+        HAS_GRAD=has_grad,
+        SOFTCAP=options.softcap is not None,
+        SMOOTHING=options.label_smoothing > 0,
+        Z_LOSS=options.z_loss > 0,
+        num_warps=p["num_warps"],
+    )
+    with _on_device(device):
+        for r0 in range(0, n, chunk):
+            r1 = min(n, r0 + chunk)
+            rows_ = slice(r0, r1)
+            k.topk_rows_kernel[(r1 - r0,)](
+                student[rows_], student.stride(0),
+                indices[rows_], indices.stride(0) if use_teacher else 0,
+                logprobs[rows_], logprobs.stride(0) if use_teacher else 0,
+                log_rest[rows_], labels[rows_], labels.stride(0) if labels.dim() else 0,
+                out.loss[rows_], out.ce[rows_], out.kd[rows_], out.lse[rows_], out.accuracy[rows_],
+                grad[rows_] if has_grad else student, grad.stride(0) if has_grad else 0,
+                scale[rows_] if scale_stride else scale, scale_stride, bits, words,
+                vocab, slots, float(kd_weight) if use_teacher else 0.0, tau, 1.0 / tau, int(a.ignore_index),
+                float(options.softcap or 1.0), float(options.label_smoothing), float(options.z_loss),
+                **meta,
+            )
+    return out
