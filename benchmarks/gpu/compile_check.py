@@ -585,6 +585,9 @@ def compile_cuda(args, records) -> int:
                 block = p["BLOCK"]
                 shape = "warp" if p.get("WARP_ROWS") else "block"
                 plan = f"{kname}/{shape}/{'teacher-' + du if teacher else 'no-teacher'}"
+                aligned = p.get("ALIGNED", True)
+                if not aligned:  # the element-wise instance for rows that 16-byte loads cannot take
+                    plan += "/unaligned"
                 regs, spill, smem = usage.get(fname, (None, None, None))
                 if regs is None:
                     print(f"  note: {fname}: no ptxas resource line; registers from cuobjdump")
@@ -598,7 +601,7 @@ def compile_cuda(args, records) -> int:
                 tau_param = next((k for k in params if k.startswith("TAU")), None)
                 taus = [{1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0}.get(p[tau_param], 1.5)] if tau_param else [2.0, 1.5]
                 for tau in taus:
-                    is_default = (kname == "rows_kernel" and dz == "bf16" and du == "bf16" and teacher
+                    is_default = (kname == "rows_kernel" and dz == "bf16" and du == "bf16" and teacher and aligned
                                   and shape == mode and block == threads and tau in (2.0, 1.5))
                     records.append(dict(backend="cuda", plan=plan, dtype=dz, tau=tau, block=block, warps=block // 32,
                                         registers=regs, spill_bytes=spill, shared_bytes=smem,
