@@ -2,35 +2,16 @@
 kernels (and the bf16 weight-gradient accumulation of the GPU path); without one, the kernels
 under the Triton interpreter on CPU tensors, at small shapes."""
 
-import os
-
 import pytest
 import torch
 
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU:
-    # Must precede the first import of salt_kernels.backends.triton.kernels (@triton.jit reads it).
-    os.environ["TRITON_INTERPRET"] = "1"
-
-try:
-    import triton  # noqa: F401
-except Exception as exc:  # pragma: no cover - the test extra installs triton
-    pytest.skip(f"triton is not importable ({exc}); linear_salt_loss on triton is not tested", allow_module_level=True)
-
 import salt_kernels as sk  # noqa: E402
 from salt_kernels.backends import registry as dispatch  # noqa: E402
-from salt_kernels.backends.triton import kernels as tk  # noqa: E402
-
-if not ON_GPU and type(tk.salt_rows_kernel).__name__ != "InterpretedFunction":
-    # Another module imported the kernels before TRITON_INTERPRET was set: build them again.
-    import importlib
-
-    importlib.reload(tk)
+from triton_setup import DEVICE, INTERPRETER_WARNINGS  # noqa: E402
 
 from test_linear import make_side, oracle, rel_err  # noqa: E402
 
-DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
+pytestmark = INTERPRETER_WARNINGS
 
 
 def test_triton_usable_here():

@@ -19,34 +19,12 @@ import sys
 import pytest
 import torch
 
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU:
-    # Must precede the first import of salt_kernels.backends.triton.kernels (@triton.jit reads it).
-    os.environ["TRITON_INTERPRET"] = "1"
-
-try:
-    import triton  # noqa: F401
-except Exception as exc:  # pragma: no cover - the test extra installs triton
-    pytest.skip(f"triton is not importable ({exc}); the triton backend is not tested", allow_module_level=True)
-
-sys.path.insert(0, os.path.dirname(__file__))
-
 import salt_kernels as sk  # noqa: E402
-from salt_kernels.backends.triton import launcher as tb  # noqa: E402
-from salt_kernels.backends.triton import kernels as tk  # noqa: E402
-
-if not ON_GPU and type(tk.salt_rows_kernel).__name__ != "InterpretedFunction":
-    # Another module imported the kernels before TRITON_INTERPRET was set: build them again.
-    import importlib
-
-    importlib.reload(tk)
+from triton_setup import DEVICE, INTERPRETER_WARNINGS, ON_GPU, tb  # noqa: E402
 
 from oracle import make_logits, oracle_grad, oracle_reduce, oracle_rows  # noqa: E402
 
-DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-# The interpreter evaluates masked-off lanes too (e.g. -inf - -inf in padding), which numpy
-# reports; the kernels discard those lanes.
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
+pytestmark = INTERPRETER_WARNINGS
 
 
 @pytest.fixture(autouse=True)

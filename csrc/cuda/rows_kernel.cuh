@@ -1181,21 +1181,12 @@ inline RowsKernel pick_rows_kernel(const RowsArgs& a, bool warp_rows, int block)
 #if !defined(SALT_CUDA_EMULATION)
 // ---- host side ----------------------------------------------------------------------------------
 
-// Launches the rows_kernel instance pick_rows_kernel<DZ, DU, TEACHER> chooses for these rows and
-// the configuration. Returns the launch's cudaError_t (cudaSuccess when queued).
-template <int DZ, int DU, bool TEACHER>
-cudaError_t launch_typed(const RowsArgs& a, const LaunchConfig& cfg) {
+// Launches `kernel` as `blocks` blocks of `block` threads on the arguments' stream, grouped in
+// thread-block clusters of `cluster` blocks when cluster > 1. Returns the launch's cudaError_t
+// (cudaSuccess when queued).
+inline cudaError_t launch_rows(RowsKernel kernel, const RowsArgs& a, int64_t blocks, int block, int cluster) {
   cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
-  if (cfg.mode == kModeWarp) {
-    constexpr int kBlock = 256;
-    const int64_t blocks = (a.n_rows + kBlock / 32 - 1) / (kBlock / 32);
-    pick_rows_kernel<DZ, DU, TEACHER>(a, true, kBlock)<<<unsigned(blocks), kBlock, 0, stream>>>(a, 1);
-    return cudaGetLastError();
-  }
-  const int block = cfg.block == 256 ? 256 : 512;
-  const RowsKernel kernel = pick_rows_kernel<DZ, DU, TEACHER>(a, false, block);
-  const int64_t blocks = a.n_rows * cfg.cluster;
-  if (cfg.cluster == 1) {
+  if (cluster == 1) {
     kernel<<<unsigned(blocks), block, 0, stream>>>(a, 1);
     return cudaGetLastError();
   }
@@ -1206,14 +1197,27 @@ cudaError_t launch_typed(const RowsArgs& a, const LaunchConfig& cfg) {
   lc.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = unsigned(cfg.cluster);
+  attr[0].val.clusterDim.x = unsigned(cluster);
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
   lc.attrs = attr;
   lc.numAttrs = 1;
-  const cudaError_t err = cudaLaunchKernelEx(&lc, kernel, a, int(cfg.cluster));
+  const cudaError_t err = cudaLaunchKernelEx(&lc, kernel, a, cluster);
   if (err != cudaSuccess) return err;
   return cudaGetLastError();
+}
+
+// Blocks of 256 threads that give every row a warp.
+inline int64_t warp_row_blocks(const RowsArgs& a) { return (a.n_rows + 256 / 32 - 1) / (256 / 32); }
+
+// Launches the rows_kernel instance pick_rows_kernel<DZ, DU, TEACHER> chooses for these rows and
+// the configuration.
+template <int DZ, int DU, bool TEACHER>
+cudaError_t launch_typed(const RowsArgs& a, const LaunchConfig& cfg) {
+  if (cfg.mode == kModeWarp) return launch_rows(pick_rows_kernel<DZ, DU, TEACHER>(a, true, 256), a, warp_row_blocks(a), 256, 1);
+  const int block = cfg.block == 256 ? 256 : 512;
+  return launch_rows(pick_rows_kernel<DZ, DU, TEACHER>(a, false, block), a, a.n_rows * cfg.cluster, block,
+                     int(cfg.cluster));
 }
 
 // rows_kernel_options for the chosen configuration: a warp per row, or blocks of 256 threads (a
@@ -1221,34 +1225,9 @@ cudaError_t launch_typed(const RowsArgs& a, const LaunchConfig& cfg) {
 // with the configuration's cluster.
 template <int DZ, int DU, bool TEACHER>
 cudaError_t launch_typed_options(const RowsArgs& a, const LaunchConfig& cfg) {
-  cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
-  constexpr int kBlock = 256;
-  if (cfg.mode == kModeWarp) {
-    const int64_t blocks = (a.n_rows + kBlock / 32 - 1) / (kBlock / 32);
-    rows_kernel_options<DZ, DU, TEACHER, kBlock, true><<<unsigned(blocks), kBlock, 0, stream>>>(a, 1);
-    return cudaGetLastError();
-  }
-  const int64_t blocks = a.n_rows * cfg.cluster;
-  if (cfg.cluster == 1) {
-    rows_kernel_options<DZ, DU, TEACHER, kBlock, false><<<unsigned(blocks), kBlock, 0, stream>>>(a, 1);
-    return cudaGetLastError();
-  }
-  cudaLaunchConfig_t lc = {};
-  lc.gridDim = dim3(unsigned(blocks), 1, 1);
-  lc.blockDim = dim3(unsigned(kBlock), 1, 1);
-  lc.dynamicSmemBytes = 0;
-  lc.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = unsigned(cfg.cluster);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  lc.attrs = attr;
-  lc.numAttrs = 1;
-  const cudaError_t err =
-      cudaLaunchKernelEx(&lc, rows_kernel_options<DZ, DU, TEACHER, kBlock, false>, a, int(cfg.cluster));
-  if (err != cudaSuccess) return err;
-  return cudaGetLastError();
+  if (cfg.mode == kModeWarp) return launch_rows(rows_kernel_options<DZ, DU, TEACHER, 256, true>, a, warp_row_blocks(a), 256, 1);
+  return launch_rows(rows_kernel_options<DZ, DU, TEACHER, 256, false>, a, a.n_rows * cfg.cluster, 256,
+                     int(cfg.cluster));
 }
 
 template <int DZ>

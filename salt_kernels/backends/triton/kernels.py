@@ -498,20 +498,31 @@ def _finish_row(z_row, y, V, row, m_z, s_z, s_zt, m_t, m_u, s_u, acc, sum_z, mis
     else:
         lse_u = 0.0
         kd = 0.0
+    store_row(row, loss, ce, kd, lse_z, lse_zt, lse_u, in_range, miss, lse_z, z_loss,
+              loss_ptr, ce_ptr, kd_ptr, lse_ptr, accuracy_ptr, Z_LOSS, ACCURACY)
+
+
+@triton.jit
+def store_row(row, loss, ce, kd, lse_a, lse_b, lse_c, in_range, miss, lse_z, z_loss, loss_ptr, ce_ptr, kd_ptr,
+              lse_ptr, accuracy_ptr, Z_LOSS: tl.constexpr, ACCURACY: tl.constexpr):
+    """One used row's outputs (the loss with its z-loss term added here), its three log-sum-exps
+    and (ACCURACY) whether its argmax is the label (a label in range that no entry beats). Shared
+    with topk_kernels.py."""
     if Z_LOSS:
         loss += z_loss * lse_z * lse_z
     tl.store(loss_ptr + row, loss)
     tl.store(ce_ptr + row, ce)
     tl.store(kd_ptr + row, kd)
-    tl.store(lse_ptr + row * 3 + 0, lse_z)
-    tl.store(lse_ptr + row * 3 + 1, lse_zt)
-    tl.store(lse_ptr + row * 3 + 2, lse_u)
+    tl.store(lse_ptr + row * 3 + 0, lse_a)
+    tl.store(lse_ptr + row * 3 + 1, lse_b)
+    tl.store(lse_ptr + row * 3 + 2, lse_c)
     if ACCURACY:
         tl.store(accuracy_ptr + row, tl.where(in_range & (miss == 0), 1.0, 0.0))
 
 
 @triton.jit
-def _store_ignored_row(row, loss_ptr, ce_ptr, kd_ptr, lse_ptr, accuracy_ptr, ACCURACY: tl.constexpr):
+def store_ignored_row(row, loss_ptr, ce_ptr, kd_ptr, lse_ptr, accuracy_ptr, ACCURACY: tl.constexpr):
+    """Zeros for every output of an ignored row. Shared with topk_kernels.py."""
     tl.store(loss_ptr + row, 0.0)
     tl.store(ce_ptr + row, 0.0)
     tl.store(kd_ptr + row, 0.0)
@@ -800,7 +811,7 @@ def salt_rows_options_kernel(
     else:
         if MODE != 1 and MODE != 4:
             if part == 0:
-                _store_ignored_row(row, loss_ptr, ce_ptr, kd_ptr, lse_ptr, accuracy_ptr, ACCURACY)
+                store_ignored_row(row, loss_ptr, ce_ptr, kd_ptr, lse_ptr, accuracy_ptr, ACCURACY)
             if HAS_GRAD:
                 _zero_slice(g_row, start, end, BLOCK_V)
 

@@ -101,6 +101,14 @@ def supports_device(device: torch.device) -> tuple[bool, str]:
     return False, f"backend triton runs on CUDA tensors, got a {device.type} tensor"
 
 
+def _grad_scale(grad_scale: torch.Tensor, out: RowOutputs, device: torch.device) -> tuple[torch.Tensor, int]:
+    """The per-row gradient scale as the kernels read it: fp32 and contiguous, stride 0 for one
+    value shared by every row."""
+    scale = grad_scale.to(device=device, dtype=torch.float32).reshape(-1)
+    stride = 1 if scale.numel() > 1 else 0
+    return (scale.contiguous() if stride else scale), stride
+
+
 def _tau_mode(tau: float) -> int:
     """1: tau == 1 (z/tau is z); 2..4: integer tau (exp by multiplies); 0: any other tau."""
     if tau == 1.0:
@@ -192,13 +200,7 @@ def rows(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tens
     p = plan(n, vocab, device, student.element_size() + (teacher.element_size() if use_teacher else 0),
              reread=grad is not None)
     has_grad = grad is not None
-    if has_grad:
-        scale = grad_scale.to(device=device, dtype=torch.float32).reshape(-1)
-        scale_stride = 1 if scale.numel() > 1 else 0
-        if scale_stride:
-            scale = scale.contiguous()
-    else:
-        scale, scale_stride = out.loss, 0  # never read
+    scale, scale_stride = _grad_scale(grad_scale, out, device) if has_grad else (out.loss, 0)  # else: never read
     split = p["split"]
     flags = _option_flags(options, vocab, use_teacher)
     kernel = k.salt_rows_options_kernel if flags is not None else k.salt_rows_kernel
@@ -351,13 +353,7 @@ def topk_rows(student: torch.Tensor, indices: torch.Tensor, logprobs: torch.Tens
         indices, logprobs, log_rest, chunk = student, student, out.loss, n  # never read
         bits = torch.empty(1, dtype=torch.int32, device=device)
     has_grad = grad is not None
-    if has_grad:
-        scale = grad_scale.to(device=device, dtype=torch.float32).reshape(-1)
-        scale_stride = 1 if scale.numel() > 1 else 0
-        if scale_stride:
-            scale = scale.contiguous()
-    else:
-        scale, scale_stride = out.loss, 0  # never read
+    scale, scale_stride = _grad_scale(grad_scale, out, device) if has_grad else (out.loss, 0)  # else: never read
     meta = dict(
         BLOCK_V=block,
         K_POW2=max(2, 1 << max(0, (slots - 1).bit_length())),

@@ -43,7 +43,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernels import _softcap, _tau_pow, _tau_pow_m1
+from .kernels import _softcap, _tau_pow, _tau_pow_m1, store_ignored_row, store_row
 
 
 
@@ -201,15 +201,8 @@ def topk_rows_kernel(
             loss += kd_weight * kd
         else:
             lse_zt = lse_z
-        if Z_LOSS:
-            loss += z_loss * lse_z * lse_z
-        tl.store(loss_ptr + row, loss)
-        tl.store(ce_ptr + row, ce)
-        tl.store(kd_ptr + row, kd)
-        tl.store(lse_ptr + row * 3 + 0, lse_z)
-        tl.store(lse_ptr + row * 3 + 1, lse_zt)
-        tl.store(lse_ptr + row * 3 + 2, lse_rest)
-        tl.store(accuracy_ptr + row, tl.where(in_range & (miss == 0), 1.0, 0.0))
+        store_row(row, loss, ce, kd, lse_z, lse_zt, lse_rest, in_range, miss, lse_z, z_loss,
+                  loss_ptr, ce_ptr, kd_ptr, lse_ptr, accuracy_ptr, Z_LOSS, True)
         if HAS_GRAD:
             # ---- 4. gradient ------------------------------------------------------------------------
             scale = tl.load(scale_ptr + row * scale_stride)
@@ -279,13 +272,7 @@ def topk_rows_kernel(
                     gk = gk * (1.0 - zkc * zkc)
                 tl.store(g_row + ids_safe, gk.to(g_row.dtype.element_ty), mask=filled)
     else:
-        tl.store(loss_ptr + row, 0.0)
-        tl.store(ce_ptr + row, 0.0)
-        tl.store(kd_ptr + row, 0.0)
-        tl.store(lse_ptr + row * 3 + 0, 0.0)
-        tl.store(lse_ptr + row * 3 + 1, 0.0)
-        tl.store(lse_ptr + row * 3 + 2, 0.0)
-        tl.store(accuracy_ptr + row, 0.0)
+        store_ignored_row(row, loss_ptr, ce_ptr, kd_ptr, lse_ptr, accuracy_ptr, True)
         if HAS_GRAD:
             for off in range(0, V, BLOCK_V):
                 cols = off + tl.arange(0, BLOCK_V)
