@@ -10,7 +10,8 @@
 #   crosscheck  full-size calls of both backends, sampled rows (last ones too) against float64
 #   extra       forward-only, tau 1.5, V = 32000 and 256000
 #   ncu         DRAM bytes read/written and L2 hit rate per plan (when ncu is installed)
-#   tests       the GPU tests (triton, cuda, the backend contract on the GPU, fused linear)
+#   tests       the GPU tests (triton incl. the top-k kernel, cuda, the backend contract on the
+#               GPU, fused linear)
 #   linear      the fused-linear benchmark against plain PyTorch and Liger-Kernel
 # then a table (summarize.py). Everything lands under OUT.
 #
@@ -127,7 +128,7 @@ PYTEST_ARGS=()
 "$PY" -c "import xdist" 2>/dev/null && PYTEST_ARGS+=(-n 8)
 "$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST_ARGS+=(--timeout 50)
 run_step tests "$PY" -m pytest -q -p no:cacheprovider -rs "${PYTEST_ARGS[@]}" --junitxml="$OUT/tests.xml" \
-    tests/test_triton_backend.py tests/test_cuda_backend.py tests/test_linear_triton.py \
+    tests/test_triton_backend.py tests/test_triton_topk.py tests/test_cuda_backend.py tests/test_linear_triton.py \
     tests/test_contract.py -k "not emulat and not reference and not cpu"
 run_step linear "$PY" benchmarks/bench_linear_gpu.py --reps 3 --json "$OUT/bench_linear_gpu.json"
 
