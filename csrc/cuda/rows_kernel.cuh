@@ -456,9 +456,10 @@ __device__ __forceinline__ void warp_allreduce(Stats& s) {
 // (the host checked it), 0 any temperature (see "online state" for what the modes compute).
 // Launch bounds (BLOCK, 1024 / BLOCK): 1024 resident threads per SM, so at most 64 registers per
 // thread; the kernel fits them without spills, and 32 warps per SM keep more loads in flight
-// than a 128-register, 16-warp bound would.
+// than a 128-register, 16-warp bound would. A warp per row (small vocabularies) keeps more
+// state per thread: 768 resident threads (85 registers) there, which it fits without spills.
 template <int DZ, int DU, bool TEACHER, int BLOCK, bool WARP_ROWS, bool ALIGNED, int TAU>
-__global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)
+__global__ void __launch_bounds__(BLOCK, WARP_ROWS ? 768 / BLOCK : 1024 / BLOCK)
     rows_kernel(const RowsArgs args, const int cluster) {
   using TZ = typename Elem<DZ>::T;
   using TU = typename Elem<DU>::T;
@@ -885,8 +886,9 @@ __device__ __forceinline__ void row_allreduce(St& st, const St& empty, const OCo
   }
 }
 
+// Launch bounds as rows_kernel's: 64 registers a thread for blocks, 85 for a warp per row.
 template <int DZ, int DU, bool TEACHER, int BLOCK, bool WARP_ROWS>
-__global__ void __launch_bounds__(BLOCK, 1024 / BLOCK)
+__global__ void __launch_bounds__(BLOCK, WARP_ROWS ? 768 / BLOCK : 1024 / BLOCK)
     rows_kernel_options(const RowsArgs args, const int cluster) {
   using TZ = typename Elem<DZ>::T;
   using TU = typename Elem<DU>::T;
