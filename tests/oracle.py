@@ -150,3 +150,24 @@ def assert_rows_match(out, grad, student, teacher, labels, *, kd_weight, tempera
     weights = grad_scale.detach().cpu().double().reshape(-1).expand(z.shape[0])
     want = oracle_grad(z, u, y, w, tau, ignore_index, row_weights=weights, reduction="none")
     assert_grad_close(got, want, student.dtype)
+
+
+def same_bits_over_threads(run, fields=("loss", "ce", "kd", "lse", "accuracy"), threads=(1, 2, 3)):
+    """run() -> (RowOutputs, gradient) under each torch thread count in turn; asserts that every
+    run gives the first run's bits in `fields` and the gradient; returns the first run's pair."""
+    import torch
+
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for t in threads:
+            torch.set_num_threads(t)
+            results.append(run())
+    finally:
+        torch.set_num_threads(before)
+    first_out, first_grad = results[0]
+    for out, grad in results[1:]:
+        for name in fields:
+            assert torch.equal(getattr(out, name), getattr(first_out, name)), name
+        assert torch.equal(grad, first_grad)
+    return first_out, first_grad

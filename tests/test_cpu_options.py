@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oracle import make_logits
+from oracle import make_logits, same_bits_over_threads
 from options_oracle import near, option_rows
 from salt_kernels.backends import cpu as cpu_backend
 from salt_kernels.backends import reference
@@ -179,18 +179,7 @@ def test_threads_give_the_same_bits(gen):
     z = make_logits((n, vocab), torch.bfloat16, generator=gen)
     u = make_logits((n, vocab + 100), generator=gen)
     y = torch.randint(0, vocab, (n,), generator=gen)
-    results = []
-    threads = torch.get_num_threads()
-    try:
-        for t in (1, 2, 3):
-            torch.set_num_threads(t)
-            results.append(_run(z, u, y, options, kd_weight=0.5, tau=2.0, scale=torch.ones(1)))
-    finally:
-        torch.set_num_threads(threads)
-    for out, grad in results[1:]:
-        for name in ("loss", "ce", "kd", "lse", "accuracy"):
-            assert torch.equal(getattr(out, name), getattr(results[0][0], name)), name
-        assert torch.equal(grad, results[0][1])
+    same_bits_over_threads(lambda: _run(z, u, y, options, kd_weight=0.5, tau=2.0, scale=torch.ones(1)))
 
 
 @pytest.mark.parametrize("divergence, beta", [("jsd", 0.5), ("jsd", 0.1), ("reverse_kl", 0.5)])

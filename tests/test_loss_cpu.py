@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import salt_kernels as sk
-from oracle import assert_grad_close, assert_rows_match, make_logits
+from oracle import assert_grad_close, assert_rows_match, make_logits, same_bits_over_threads
 from salt_kernels.backends import cpu as cpu_backend
 
 pytestmark = pytest.mark.skipif(not cpu_backend.is_available()[0], reason=f"backend cpu is not built: {cpu_backend.is_available()[1]}")
@@ -26,22 +26,15 @@ def test_rows_split_across_threads_give_the_same_bits(gen):
     y = torch.randint(0, vocab, (n,), generator=gen)
     y[::5] = -100
     scale = torch.rand(n, generator=gen) + 0.5
-    results = []
-    threads = torch.get_num_threads()
-    try:
-        for t in (1, 2, 3):
-            torch.set_num_threads(t)
-            grad = torch.empty(n, vocab, dtype=z.dtype)
-            out = cpu_backend.rows(z, u, y, kd_weight=0.4, temperature=2.0, ignore_index=-100, grad=grad,
-                                   grad_scale=scale)
-            results.append((out, grad))
-    finally:
-        torch.set_num_threads(threads)
-    assert_rows_match(*results[0], z, u, y, kd_weight=0.4, temperature=2.0, grad_scale=scale)
-    for out, grad in results[1:]:
-        for name in ("loss", "ce", "kd", "lse"):
-            assert torch.equal(getattr(out, name), getattr(results[0][0], name)), name
-        assert torch.equal(grad, results[0][1])
+
+    def run():
+        grad = torch.empty(n, vocab, dtype=z.dtype)
+        out = cpu_backend.rows(z, u, y, kd_weight=0.4, temperature=2.0, ignore_index=-100, grad=grad,
+                               grad_scale=scale)
+        return out, grad
+
+    first = same_bits_over_threads(run, fields=("loss", "ce", "kd", "lse"))
+    assert_rows_match(*first, z, u, y, kd_weight=0.4, temperature=2.0, grad_scale=scale)
 
 
 def test_cpu_kernel_matches_plain_pytorch_baseline(gen):
@@ -72,21 +65,14 @@ def test_topk_rows_split_across_threads_give_the_same_bits(gen):
     y = torch.randint(0, vocab, (n,), generator=gen)
     y[::5] = -100
     scale = torch.rand(n, generator=gen) + 0.5
-    results = []
-    threads = torch.get_num_threads()
-    try:
-        for t in (1, 2, 3):
-            torch.set_num_threads(t)
-            grad = torch.empty(n, vocab, dtype=z.dtype)
-            out = cpu_backend.topk_rows(z, idx, lp, y, kd_weight=0.4, temperature=2.0, ignore_index=-100, grad=grad,
-                                        grad_scale=scale)
-            results.append((out, grad))
-    finally:
-        torch.set_num_threads(threads)
-    for out, grad in results[1:]:
-        for name in ("loss", "ce", "kd", "lse", "accuracy"):
-            assert torch.equal(getattr(out, name), getattr(results[0][0], name)), name
-        assert torch.equal(grad, results[0][1])
+
+    def run():
+        grad = torch.empty(n, vocab, dtype=z.dtype)
+        out = cpu_backend.topk_rows(z, idx, lp, y, kd_weight=0.4, temperature=2.0, ignore_index=-100, grad=grad,
+                                    grad_scale=scale)
+        return out, grad
+
+    _, grad = same_bits_over_threads(run)
     assert not grad[::5].any()  # ignored rows: gradient 0
 
 

@@ -521,6 +521,23 @@ def store_row(row, loss, ce, kd, lse_a, lse_b, lse_c, in_range, miss, lse_z, z_l
 
 
 @triton.jit
+def grad_coefficients(scale, kd_weight, tau, V, smoothing, c_zloss, SMOOTHING: tl.constexpr, Z_LOSS: tl.constexpr):
+    """The gradient's per-row factors (c_z on softmax(z), c_y on the label's one-hot, c_unif on
+    every entry, c_kd on the KD term), with the row's gradient scale folded in; c_zloss =
+    scale * 2 * z_loss * lse_z. Shared with topk_kernels.py."""
+    c_label = scale * (1.0 - kd_weight)
+    c_z = c_label
+    if Z_LOSS:
+        c_z = c_z + c_zloss
+    c_y = c_label
+    c_unif = 0.0
+    if SMOOTHING:
+        c_y = c_label * (1.0 - smoothing)
+        c_unif = c_label * smoothing / V
+    return c_z, c_y, c_unif, scale * kd_weight * tau
+
+
+@triton.jit
 def store_ignored_row(row, loss_ptr, ce_ptr, kd_ptr, lse_ptr, accuracy_ptr, ACCURACY: tl.constexpr):
     """Zeros for every output of an ignored row. Shared with topk_kernels.py."""
     tl.store(loss_ptr + row, 0.0)
@@ -554,16 +571,7 @@ def _grad_slice(z_row, u_row, g_row, start, end, edge_lo, edge_hi, y, V, m_z, s_
     The loads keep no `other`: a padding lane's value is never stored."""
     C_Z: tl.constexpr = 1.4426950408889634
     c_t = inv_tau * 1.4426950408889634
-    c_label = scale * (1.0 - kd_weight)
-    c_z = c_label
-    if Z_LOSS:
-        c_z = c_z + c_zloss
-    c_y = c_label
-    c_unif = 0.0
-    if SMOOTHING:
-        c_y = c_label * (1.0 - smoothing)
-        c_unif = c_label * smoothing / V
-    c_kd = scale * kd_weight * tau
+    c_z, c_y, c_unif, c_kd = grad_coefficients(scale, kd_weight, tau, V, smoothing, c_zloss, SMOOTHING, Z_LOSS)
     l_z = tl.log2(s_z)
     l_zt = tl.log2(s_zt)
     if TAU_MODE >= 2:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernels import _softcap, _tau_pow, _tau_pow_m1, store_ignored_row, store_row
+from .kernels import _softcap, _tau_pow, _tau_pow_m1, grad_coefficients, store_ignored_row, store_row
 
 
 
@@ -206,16 +206,8 @@ def topk_rows_kernel(
         if HAS_GRAD:
             # ---- 4. gradient ------------------------------------------------------------------------
             scale = tl.load(scale_ptr + row * scale_stride)
-            c_label = scale * (1.0 - kd_weight)
-            c_z = c_label
-            if Z_LOSS:
-                c_z += scale * 2.0 * z_loss * lse_z
-            c_y = c_label
-            c_unif = 0.0
-            if SMOOTHING:
-                c_y = c_label * (1.0 - smoothing)
-                c_unif = c_label * smoothing / V
-            c_kd = scale * kd_weight * tau
+            c_z, c_y, c_unif, c_kd = grad_coefficients(scale, kd_weight, tau, V, smoothing,
+                                                       scale * 2.0 * z_loss * lse_z, SMOOTHING, Z_LOSS)
             if not HAS_TEACHER:
                 c_kd = 0.0
             # Outside K every probability is taken relative to the rest's normalizer,
