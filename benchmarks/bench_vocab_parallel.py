@@ -132,6 +132,7 @@ def main(argv=None) -> int:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(doc, f, indent=1)
+    dist.barrier()  # every rank done before any tears down
     dist.destroy_process_group()
     return 0
 

@@ -135,6 +135,7 @@ def main(out_path: str) -> None:
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump({"world": world, "results": results}, f, indent=1)
+    dist.barrier()  # every rank done before any tears down (a gloo peer gone mid-exit aborts the others)
     dist.destroy_process_group()
 
 
