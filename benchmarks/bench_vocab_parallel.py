@@ -113,6 +113,7 @@ def main(argv=None) -> int:
                             peak_bytes=peak, loss=loss.item()))
     gathered = [None] * world
     dist.all_gather_object(gathered, results)
+    status = 0
     if rank == 0:
         rows = [r for per_rank in gathered for r in per_rank]
         losses = {r["variant"]: r["loss"] for r in rows}
@@ -128,13 +129,13 @@ def main(argv=None) -> int:
             print(f"{r['variant']:<16} {r['rank']:>4} {r['median_s']:>10.3f} {peak:>9} {r['loss']:>10.5f}")
         if len(losses) == 2 and abs(losses["vocab-parallel"] - losses["gather-logits"]) > 1e-4 * abs(losses["gather-logits"]):
             print(f"the variants disagree: {losses}", file=sys.stderr)
-            return 1
-        if args.json:
+            status = 1
+        elif args.json:
             with open(args.json, "w") as f:
                 json.dump(doc, f, indent=1)
     dist.barrier()  # every rank done before any tears down
     dist.destroy_process_group()
-    return 0
+    return status
 
 
 if __name__ == "__main__":
