@@ -64,15 +64,19 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, dict], None] | None = Non
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         device = resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
-        d = init_distributed(device.type)
-        try:
-            return _train(cfg, docs, device, d, on_step)
-        finally:
-            if d.started_here:
-                dist.destroy_process_group()
+        # From here on a SIGTERM/SIGINT only sets a flag: the loop stops at its next log step with
+        # a checkpoint, and one that comes after the last step lets the final save finish.
+        with StopOnSignal() as stop:
+            d = init_distributed(device.type)
+            try:
+                return _train(cfg, docs, device, d, stop, on_step)
+            finally:
+                if d.started_here:
+                    dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, on_step) -> RunResult:
+def _train(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, stop: StopOnSignal,
+           on_step) -> RunResult:
     r, o = cfg.run, cfg.optim
     out = Path(r.out_dir)
     if r.batch_size % d.world:
@@ -103,7 +107,7 @@ def _train(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, on_
     load_start = load_average()
     clock = CheckpointClock(r.ckpt_minutes, d)  # checkpoints by wall-clock too (--ckpt-minutes)
     step, status = start, "finished"
-    with StopOnSignal() as stop, Progress(r, start, d) as bar:
+    with Progress(r, start, d) as bar:
         pace.start()
         for step in range(start, r.steps):
             w = salt.weight(step)
