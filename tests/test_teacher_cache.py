@@ -16,6 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast 
 
 import salt_kernels as sk  # noqa: E402
 from salt_kernels.train import teacher_cache as tc  # noqa: E402
+from salt_kernels.train.selection import score_sequences  # noqa: E402
 
 
 def _tokenizer(vocab):
@@ -56,6 +57,14 @@ def test_cache_holds_the_teachers_topk(tmp_path):
     z = torch.randn(3, 8, 40)
     loss = sk.topk_salt_loss(z, idx, lp, seqs[ids, 1:], temperature=2.0)
     assert torch.isfinite(loss)
+    # The same pass stored the data-selection scores, the teacher model's own scoring of the sequences.
+    assert m.select_top_k == 10
+    scores = cache.scores(10)
+    want = score_sequences(teacher, seqs, top_k=10)
+    assert scores.dtype == torch.float32 and scores.shape == (11,) and torch.isfinite(want).sum() >= 5
+    torch.testing.assert_close(scores, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(tc.CacheError, match="--select-top-k 10, this run asks for 5"):
+        cache.scores(5)
 
 
 def test_killed_and_resumed_write_gives_the_same_bytes(tmp_path):
@@ -85,6 +94,12 @@ def test_cache_that_does_not_fit_is_refused(tmp_path):
         tc.write_cache(tmp_path, teacher, seqs, teacher_name="tiny", tokenizer=tok, k=16, progress=False)
     with pytest.raises(tc.CacheError, match="--k"):
         tc.write_cache(tmp_path / "x", teacher, seqs, teacher_name="tiny", tokenizer=tok, k=4, progress=False)
+    with pytest.raises(tc.CacheError, match="another configuration.*select_top_k"):
+        tc.write_cache(tmp_path, teacher, seqs, teacher_name="tiny", tokenizer=tok, k=8, select_top_k=5,
+                       progress=False)
+    with pytest.raises(tc.CacheError, match="--select-top-k must be at least 1"):
+        tc.write_cache(tmp_path / "y", teacher, seqs, teacher_name="tiny", tokenizer=tok, k=8, select_top_k=0,
+                       progress=False)
     with pytest.raises(tc.CacheError, match="no manifest"):
         tc.TeacherCache(tmp_path / "nothing")
     assert tc.bytes_per_token(64) == 384

@@ -84,7 +84,7 @@ def test_cache_rows_are_the_teachers_topk_of_the_trainers_batches(cache_k8, teac
         assert torch.equal(run.data.train[batch.ids][:, :-1], batch.inputs)
         out = run.teacher_out(batch)
         assert isinstance(out, TopkTeacher)
-        ids, lps = tc.teacher_topk(teacher, batch.inputs, 8, torch.bfloat16)
+        ids, lps, _ = tc.teacher_pass(teacher, run.data.train[batch.ids], 8, torch.bfloat16, 10)
         assert torch.equal(out.indices, ids) and torch.equal(out.logprobs, lps)
     assert len(seen) > 4  # several batches, not one repeated
 
@@ -147,6 +147,23 @@ def test_stage1_from_a_cache_with_k_equal_v_is_the_full_teacher_run(teacher_dir,
     assert (top8[:, 1] - full[:, 1]).abs().max() > 0.01  # k = 8 of 300 is not the full teacher
 
 
+def test_data_selection_from_the_cache_picks_what_the_teacher_picks(teacher_dir, cache_k8, corpus, tmp_path):
+    """--select-data with --teacher-cache reads the scores the cache's teacher pass stored: stage 1
+    draws from the same sequences as a run that scores them with the teacher model, and no teacher
+    is loaded; a cache scored at another top-k is refused naming the flags."""
+    def stage1_ids(name, **kw):
+        cfg = tiny(tmp_path, corpus, n_kd=2, select_data=True, out_dir=str(tmp_path / name), **kw)
+        run = build.build_run(cfg, build.validate_inputs(cfg), torch.device("cpu"), Dist(), resuming=False)
+        return run, run.stage1_sampler.ids
+
+    live, live_ids = stage1_ids("live", teacher=teacher_dir)
+    cached, cached_ids = stage1_ids("cached", teacher_cache=str(cache_k8))
+    assert cached.teacher is None and live.teacher is not None
+    assert 0 < len(cached_ids) < len(cached.data.train) and torch.equal(cached_ids, live_ids)
+    with pytest.raises(ConfigError, match="--select-top-k 10, this run asks for 3"):
+        stage1_ids("other-k", teacher_cache=str(cache_k8), select_top_k=3)
+
+
 def test_topk_step_on_the_logits_path_equals_the_full_teacher():
     """SaltStep's top-k path (logits: topk_salt_loss) against its full-teacher path, k = V."""
     torch.manual_seed(0)
@@ -202,11 +219,12 @@ def test_demo_topk_run_and_its_report(corpus, tmp_path, capsys):
              "--student-model", "tiny", "--teacher-steps", "6", "--steps", "8", "--n-kd", "4",
              "--eval-interval", "4", "--vocab-size", "300", "--seq-len", str(SEQ_LEN), "--batch-size", "4",
              "--warmup-steps", "1", "--threads", "1", "--measure-steps", "0", "--no-progress"]
-    assert main(flags + ["--topk", "--select-data"]) == 2
-    assert "--topk and --select-data" in capsys.readouterr().err
     assert main(flags + ["--topk", "--topk-k", "4"]) == 2
     assert "--topk-k must be in" in capsys.readouterr().err
-    assert main(flags + ["--topk", "--topk-k", "8"]) == 0
+    # with data selection: the cache's pass scores the sequences for the salt-topk run
+    assert main(flags + ["--topk", "--topk-k", "8", "--select-data"]) == 0
+    err = capsys.readouterr().err
+    assert "scored by the teacher cache's pass" in err
     root = tmp_path / "demo"
     summary = json.loads((root / "summary.json").read_text())
     t = summary["topk"]
@@ -216,6 +234,7 @@ def test_demo_topk_run_and_its_report(corpus, tmp_path, capsys):
     assert t["final_val_loss"] == run["final_val_loss"] and t["total_time_s"] == run["wall_time_s"] + m.build_time_s
     config = json.loads((root / "salt-topk" / "config.json").read_text())
     assert config["salt"]["teacher"] is None and config["salt"]["teacher_cache"] == str(root / "teacher-cache")
+    assert config["salt"]["select_data"] and m.select_top_k == config["salt"]["select_top_k"]
     assert config["run"]["seed"] == json.loads((root / "salt" / "config.json").read_text())["run"]["seed"]
     target = summary["baseline"]["final_val_loss"]
     first = next((r for r in eval_rows(root / "salt-topk") if r["step"] > 0 and r["val_loss"] <= target), None)
@@ -225,4 +244,4 @@ def test_demo_topk_run_and_its_report(corpus, tmp_path, capsys):
     report = (root / "report.md").read_text()
     assert "## SALT from a top-k teacher cache (`--topk`)" in report
     assert f"| SALT, top-8 cache | {t['final_val_loss']:.4f} |" in report
-    assert "salt-topk (top-8 cache)" in capsys.readouterr().err  # the closing line
+    assert "salt-topk (top-8 cache)" in err  # the closing line

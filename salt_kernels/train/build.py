@@ -314,7 +314,7 @@ def build_run(cfg: TrainConfig, docs: list[str], device: torch.device, d: Dist, 
     sampler = ShardSampler(torch.arange(len(data.train)), per_rank, r.seed, d.rank, d.world)
     stage1_sampler = None
     if s.select_data and salt.n_kd > 0:
-        stage1_sampler = _selection_sampler(cfg, teacher, data, sampler, device, d, out, per_rank)
+        stage1_sampler = _selection_sampler(cfg, teacher, cache, data, sampler, device, d, out, per_rank)
     return Run(model=model, module=module, teacher=teacher, salt=salt, optimizer=optimizer,
                tokenizer=tokenizer, vocab=vocab, data=data, val=data.val[eval_ids], sampler=sampler,
                stage1_sampler=stage1_sampler, device=device, teacher_cache=cache)
@@ -412,16 +412,24 @@ def tokenizer_source(cfg: TrainConfig) -> str | None:
     return None
 
 
-def _selection_sampler(cfg: TrainConfig, teacher, data: Dataset, sampler: ShardSampler, device,
-                       d: Dist, out: Path, per_rank: int) -> ShardSampler:
-    """Score this process's shard with the teacher; stage 1 samples the top fraction of it."""
+def _selection_sampler(cfg: TrainConfig, teacher, cache: TeacherCache | None, data: Dataset,
+                       sampler: ShardSampler, device, d: Dist, out: Path, per_rank: int) -> ShardSampler:
+    """Score this process's shard with the teacher (or read the scores the teacher cache's pass
+    stored with it); stage 1 samples the top fraction of it."""
     from .selection import score_sequences, select_top_fraction
 
     s = cfg.salt
     path = out / ("selection.pt" if d.world == 1 else f"selection-rank{d.rank}.pt")
     ids = sampler.ids
     cached = torch.load(path, weights_only=True) if path.exists() else None
-    if cached is not None and torch.equal(cached["ids"], ids) and cached["top_k"] == s.select_top_k:
+    if cache is not None:
+        try:
+            scores = cache.scores(s.select_top_k)[ids]
+        except CacheError as exc:
+            raise ConfigError(f"--select-data with --teacher-cache: {exc}") from None
+        if d.main:
+            log(f"data selection: {len(ids)} sequences scored by the teacher cache's pass ({cache.folder})")
+    elif cached is not None and torch.equal(cached["ids"], ids) and cached["top_k"] == s.select_top_k:
         scores = cached["scores"]
     else:
         t0 = time.perf_counter()

@@ -101,9 +101,10 @@ class SaltConfig:
     transition: str = opt("step", "how w ends: step (w until n_KD, then 0) or linear (w decays "
                           "linearly to 0 at n_KD)", TRANSITIONS)
     select_data: bool = opt(False, "SALT data selection: the distillation stage draws only from the "
-                            "training sequences the teacher scores highest")
+                            "training sequences the teacher scores highest (with --teacher-cache, "
+                            "the scores its teacher pass stored: no teacher model is loaded)")
     select_top_k: int = opt(10, "data selection: a token counts if its true next token is in the "
-                            "teacher's top-k")
+                            "teacher's top-k (with --teacher-cache: the cache's --select-top-k)")
     select_fraction: float = opt(0.5, "data selection: fraction of training sequences kept")
     divergence: str = opt("forward_kl", "the divergence D in KD = tau^2 * D: forward_kl (SALT's, "
                           "KL(teacher || student)), reverse_kl (KL(student || teacher)) or jsd "
@@ -440,11 +441,10 @@ def _check_topk_options(cfg: TrainConfig) -> None:
     the cached top-k, docs/design.md "Top-k teacher"), each named with the way out."""
     s = cfg.salt
     unsupported = {"divergence": (s.divergence, "forward_kl"), "teacher_softcap": (s.teacher_softcap, None),
-                   "kd_vocab": (s.kd_vocab, None), "select_data": (s.select_data, False)}
+                   "kd_vocab": (s.kd_vocab, None)}
     for name, (value, default) in unsupported.items():
         if value != default:
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{flag} {value} needs --teacher: with --teacher-cache the loss is the forward "
                               "KL against the cached top-k (the cache already holds the teacher's own "
-                              "log-probabilities)" + (", and data selection scores sequences with the "
-                                                      "teacher model" if name == "select_data" else ""))
+                              "log-probabilities)")

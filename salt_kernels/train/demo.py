@@ -155,9 +155,6 @@ def check_demo(dc: DemoConfig) -> None:
 
         if not K_RANGE[0] <= dc.topk_k <= K_RANGE[1]:
             raise ConfigError(f"--topk-k must be in [{K_RANGE[0]}, {K_RANGE[1]}], got {dc.topk_k}")
-        if dc.select_data:
-            raise ConfigError("--topk and --select-data exclude each other: data selection scores the "
-                              "sequences with the teacher model, which the top-k run does not load")
     from .config import check_config
     from .models import check_model_spec
 

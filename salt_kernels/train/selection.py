@@ -31,10 +31,16 @@ def score_sequences(teacher, sequences: torch.Tensor, *, top_k: int = 10, batch_
 
 def score_from_logits(logits: torch.Tensor, targets: torch.Tensor, top_k: int) -> torch.Tensor:
     """Per-row median of the token losses whose target is in the top-k of the logits."""
-    token_loss = torch.nn.functional.cross_entropy(
-        logits.transpose(1, 2), targets, reduction="none")  # (B, T)
-    k = min(top_k, logits.shape[-1])
-    in_top_k = (logits.topk(k, dim=-1).indices == targets.unsqueeze(-1)).any(-1)
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    top = torch.topk(logprobs, min(top_k, logits.shape[-1]), dim=-1).indices
+    return score_from_logprobs(logprobs, targets, top)
+
+
+def score_from_logprobs(logprobs: torch.Tensor, targets: torch.Tensor, top_indices: torch.Tensor) -> torch.Tensor:
+    """score_from_logits from the log-softmax (B, T, V) and the top-k ids at each position
+    (B, T, k), for a caller that has both at hand (the teacher cache's pass)."""
+    token_loss = -logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    in_top_k = (top_indices == targets.unsqueeze(-1)).any(-1)
     kept = torch.where(in_top_k, token_loss, torch.full_like(token_loss, math.nan))
     score = torch.nanquantile(kept, 0.5, dim=1)
     return torch.nan_to_num(score, nan=-math.inf)

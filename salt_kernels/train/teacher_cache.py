@@ -10,6 +10,10 @@ Layout of a cache folder:
                                   teacher-cache` saves it; a run with --teacher-cache uses it)
     indices-00000.npy ...         int32 [sequences in shard, seq_len, k]  (numpy .npy, memory-mapped)
     logprobs-00000.npy ...        uint16 bit patterns of bf16 (or float16) [same shape]
+    scores-00000.npy ...          float32 [sequences in shard]: each sequence's SALT data-selection
+                                  score (selection.score_from_logits with the manifest's
+                                  select_top_k), from the same teacher forward, so that
+                                  `train --teacher-cache DIR --select-data` needs no teacher either
 
 Shards are written whole to a temporary name and renamed when complete, and the manifest lists
 the completed ones, so a killed run resumes at the first missing shard and ends with the same
@@ -61,6 +65,9 @@ def sequences_hash(sequences: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+SCORE_BYTES = 4  # a float32 data-selection score per sequence
+
+
 def bytes_per_token(k: int) -> int:
     """Disk bytes per token: k int32 indices and k 16-bit log-probabilities."""
     return k * (4 + 2)
@@ -82,6 +89,7 @@ class Manifest:
     data: str = ""  # sequences_hash of the sequences the cache covers
     teacher_vocab: int = 0  # rows of the teacher's output layer (index range of the cache)
     build_time_s: float = 0.0  # wall-clock of writing the shards, summed over resumed writes
+    select_top_k: int = 0  # the top-k of the data-selection scores in scores-*.npy (0: none stored)
 
     @property
     def n_shards(self) -> int:
@@ -102,8 +110,8 @@ class Manifest:
         return cls(**data)
 
 
-def _shard_paths(folder: Path, i: int) -> tuple[Path, Path]:
-    return folder / f"indices-{i:05d}.npy", folder / f"logprobs-{i:05d}.npy"
+def _shard_paths(folder: Path, i: int) -> tuple[Path, Path, Path]:
+    return folder / f"indices-{i:05d}.npy", folder / f"logprobs-{i:05d}.npy", folder / f"scores-{i:05d}.npy"
 
 
 def _bits(x: torch.Tensor) -> np.ndarray:
@@ -112,29 +120,39 @@ def _bits(x: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def teacher_topk(teacher, inputs: torch.Tensor, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k next-token ids (int32) and log-probabilities (`dtype`) of a causal LM for inputs
-    [B, T]: log_softmax in fp32 over the full vocabulary, then torch.topk (ties: lowest id)."""
-    logits = teacher(input_ids=inputs).logits.float()
+def teacher_pass(teacher, sequences: torch.Tensor, k: int, dtype: torch.dtype,
+                 select_top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One teacher forward over sequences [B, T + 1] (inputs [:, :-1], targets [:, 1:]): the top-k
+    next-token ids (int32) and log-probabilities (`dtype`) at each position (log_softmax in fp32
+    over the full vocabulary, then torch.topk, ties to the lowest id), and each sequence's data-
+    selection score (float32 [B], selection.score_from_logprobs on the same log-softmax and top-k:
+    what `train --select-data` computes with the teacher model)."""
+    from .selection import score_from_logprobs
+
+    logits = teacher(input_ids=sequences[:, :-1]).logits.float()
     logprobs = torch.log_softmax(logits, dim=-1)
-    top = torch.topk(logprobs, k, dim=-1, sorted=True)
-    return top.indices.to(torch.int32), top.values.to(dtype)
+    top = torch.topk(logprobs, min(max(k, select_top_k), logprobs.shape[-1]), dim=-1, sorted=True)
+    scores = score_from_logprobs(logprobs, sequences[:, 1:], top.indices[..., :select_top_k])
+    top_k_ids, top_k_lps = top.indices[..., :k], top.values[..., :k]
+    return top_k_ids.to(torch.int32), top_k_lps.to(dtype), scores.float()
 
 
 def write_cache(folder, teacher, sequences: torch.Tensor, *, teacher_name: str, tokenizer, k: int = 64,
-                dtype: str = "bf16", batch_size: int = 8, shard_sequences: int = 256, device=None,
-                progress: bool = True, stop_after_shards: int | None = None) -> Manifest:
+                dtype: str = "bf16", batch_size: int = 8, shard_sequences: int = 256, select_top_k: int = 10,
+                device=None, progress: bool = True, stop_after_shards: int | None = None) -> Manifest:
     """Writes (or resumes) the cache of `teacher` over `sequences` ([N, seq_len + 1], inputs are
-    [:, :-1]) into `folder`. stop_after_shards (tests) ends after that many new shards, as a
-    killed run would."""
+    [:, :-1]) into `folder`, with the data-selection scores at `select_top_k` from the same
+    forward. stop_after_shards (tests) ends after that many new shards, as a killed run would."""
     if not K_RANGE[0] <= k <= K_RANGE[1]:
         raise CacheError(f"--k must be in [{K_RANGE[0]}, {K_RANGE[1]}], got {k}")
+    if select_top_k < 1:
+        raise CacheError(f"--select-top-k must be at least 1, got {select_top_k}")
     if dtype not in DTYPES:
         raise CacheError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     manifest = plan_cache(folder, teacher, sequences, teacher_name=teacher_name, tokenizer=tokenizer, k=k,
-                          dtype=dtype, shard_sequences=shard_sequences)
+                          dtype=dtype, shard_sequences=shard_sequences, select_top_k=select_top_k)
     n, seq_len = manifest.sequences, manifest.seq_len
     manifest.save(folder)
     device = device or torch.device("cpu")
@@ -152,22 +170,24 @@ def write_cache(folder, teacher, sequences: torch.Tensor, *, teacher_name: str, 
         if stop_after_shards is not None and written >= stop_after_shards:
             break
         lo, hi = i * shard_sequences, min(n, (i + 1) * shard_sequences)
-        idx_path, lp_path = _shard_paths(folder, i)
-        tmp_idx, tmp_lp = idx_path.with_suffix(".tmp.npy"), lp_path.with_suffix(".tmp.npy")
+        paths = _shard_paths(folder, i)
+        tmp_idx, tmp_lp, tmp_sc = (path.with_suffix(".tmp.npy") for path in paths)
         out_idx = np.lib.format.open_memmap(tmp_idx, mode="w+", dtype=np.int32, shape=(hi - lo, seq_len, k))
         out_lp = np.lib.format.open_memmap(tmp_lp, mode="w+", dtype=np.uint16, shape=(hi - lo, seq_len, k))
+        out_sc = np.lib.format.open_memmap(tmp_sc, mode="w+", dtype=np.float32, shape=(hi - lo,))
         for b0 in range(lo, hi, batch_size):
             b1 = min(hi, b0 + batch_size)
-            ids, lps = teacher_topk(teacher, sequences[b0:b1, :-1].to(device), k, DTYPES[dtype])
+            ids, lps, scores = teacher_pass(teacher, sequences[b0:b1].to(device), k, DTYPES[dtype], select_top_k)
             out_idx[b0 - lo:b1 - lo] = ids.cpu().numpy()
             out_lp[b0 - lo:b1 - lo] = _bits(lps.cpu())
+            out_sc[b0 - lo:b1 - lo] = scores.cpu().numpy()
             if bar is not None:
                 bar.update(b1 - b0)
-        out_idx.flush()
-        out_lp.flush()
-        del out_idx, out_lp
-        os.replace(tmp_idx, idx_path)
-        os.replace(tmp_lp, lp_path)
+        for out_map in (out_idx, out_lp, out_sc):
+            out_map.flush()
+        del out_idx, out_lp, out_sc
+        for tmp, path in zip((tmp_idx, tmp_lp, tmp_sc), paths):
+            os.replace(tmp, path)
         manifest.complete = sorted(manifest.complete + [i])
         manifest.build_time_s = round(manifest.build_time_s + time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
@@ -179,7 +199,7 @@ def write_cache(folder, teacher, sequences: torch.Tensor, *, teacher_name: str, 
 
 
 def plan_cache(folder, teacher, sequences: torch.Tensor, *, teacher_name: str, tokenizer, k: int, dtype: str,
-               shard_sequences: int) -> Manifest:
+               shard_sequences: int, select_top_k: int) -> Manifest:
     """The manifest write_cache works to: the one already in `folder` (a resumed write), which
     must describe the same cache, or a new one. Writes nothing."""
     from .step import output_rows
@@ -187,11 +207,13 @@ def plan_cache(folder, teacher, sequences: torch.Tensor, *, teacher_name: str, t
     folder = Path(folder)
     n, seq_len = sequences.shape[0], sequences.shape[1] - 1
     want = Manifest(FORMAT, VERSION, teacher_name, tokenizer_hash(tokenizer), k, dtype, seq_len, n, shard_sequences,
-                    n * seq_len, [], data=sequences_hash(sequences), teacher_vocab=output_rows(teacher) or 0)
+                    n * seq_len, [], data=sequences_hash(sequences), teacher_vocab=output_rows(teacher) or 0,
+                    select_top_k=select_top_k)
     if not (folder / "manifest.json").is_file():
         return want
     have = Manifest.load(folder)
-    keys = ("teacher", "tokenizer", "k", "dtype", "seq_len", "sequences", "shard_sequences", "data", "teacher_vocab")
+    keys = ("teacher", "tokenizer", "k", "dtype", "seq_len", "sequences", "shard_sequences", "data", "teacher_vocab",
+            "select_top_k")
     diffs = [f"{f}: {getattr(have, f)!r} there, {getattr(want, f)!r} now" for f in keys
              if getattr(have, f) != getattr(want, f)]
     if diffs:
@@ -212,10 +234,24 @@ class TeacherCache:
                              "rerun the same `salt-kernels teacher-cache` command to finish it")
         self._idx, self._lp = [], []
         for i in range(m.n_shards):
-            idx_path, lp_path = _shard_paths(self.folder, i)
+            idx_path, lp_path, _ = _shard_paths(self.folder, i)
             self._idx.append(np.load(idx_path, mmap_mode="r"))
             self._lp.append(np.load(lp_path, mmap_mode="r"))
         self.dtype = DTYPES[m.dtype]
+
+    def scores(self, select_top_k: int) -> torch.Tensor:
+        """float32 [sequences]: the data-selection scores the teacher pass stored, computed with
+        `select_top_k`; CacheError when the cache holds none or holds them for another top-k."""
+        m = self.manifest
+        if not m.select_top_k:
+            raise CacheError(f"the teacher cache {self.folder} holds no data-selection scores: rebuild it with "
+                             "`salt-kernels teacher-cache` (which scores the sequences in the same pass)")
+        if m.select_top_k != select_top_k:
+            raise CacheError(f"the teacher cache {self.folder} scored the sequences with --select-top-k "
+                             f"{m.select_top_k}, this run asks for {select_top_k}: pass --select-top-k "
+                             f"{m.select_top_k}, or rebuild the cache with --select-top-k {select_top_k}")
+        parts = [np.load(_shard_paths(self.folder, i)[2]) for i in range(m.n_shards)]
+        return torch.from_numpy(np.concatenate(parts))
 
     def check(self, *, tokenizer, seq_len: int, sequences: int, data: str | None = None) -> None:
         """CacheError unless the cache was written for this tokenization and dataset (`data`: the
@@ -263,6 +299,10 @@ class CacheConfig:
                               "train/validation split, so the cache covers the run's training sequences)")
     k: int = opt(64, f"teacher tokens kept per position (its k most likely next tokens), "
                  f"{K_RANGE[0]} to {K_RANGE[1]}; each costs 6 bytes per token on disk")
+    select_top_k: int = opt(10, "the same pass scores every sequence for SALT data selection (4 bytes "
+                            "per sequence), counting a token when its true next token is in the "
+                            "teacher's top-k: the training run's --select-top-k, so that `train "
+                            "--teacher-cache DIR --select-data` selects without the teacher")
     dtype: str = opt("bf16", "storage type of the log-probabilities, 2 bytes each: bf16, or fp16 "
                      "(3 more mantissa bits; a top-k log-prob is far inside its range)", tuple(DTYPES))
     batch_size: int = opt(16, "sequences per teacher forward pass")
@@ -284,7 +324,7 @@ def check_cache_config(cc: CacheConfig) -> None:
         raise ConfigError(f"--k must be in [{K_RANGE[0]}, {K_RANGE[1]}], got {cc.k}")
     if cc.dtype not in DTYPES:
         raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {cc.dtype!r}")
-    for name in ("batch_size", "shard_sequences", "seq_len"):
+    for name in ("batch_size", "shard_sequences", "seq_len", "select_top_k"):
         if getattr(cc, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cc, name)}")
     if cc.threads < 0:
@@ -303,10 +343,11 @@ def run_config(cc: CacheConfig):
 def size_line(m: Manifest, resumed: bool) -> str:
     """What the cache will take on disk, said before it is written."""
     per_token = bytes_per_token(m.k)
-    total = per_token * m.tokens
+    total = per_token * m.tokens + SCORE_BYTES * m.sequences
     line = (f"teacher cache: {m.sequences:,} sequences x {m.seq_len} tokens = {m.tokens:,} tokens; top {m.k} "
-            f"({m.dtype}): {per_token} bytes per token ({m.k} int32 ids + {m.k} 16-bit log-probs), "
-            f"{_human(total)} in total on disk, {m.n_shards} shard(s) of {m.shard_sequences} sequences")
+            f"({m.dtype}): {per_token} bytes per token ({m.k} int32 ids + {m.k} 16-bit log-probs) and "
+            f"{SCORE_BYTES} per sequence (its data-selection score), {_human(total)} in total on disk, "
+            f"{m.n_shards} shard(s) of {m.shard_sequences} sequences")
     if resumed:
         left = sum(min(m.sequences, (i + 1) * m.shard_sequences) - i * m.shard_sequences
                    for i in range(m.n_shards) if i not in m.complete)
@@ -355,7 +396,7 @@ def build_teacher_cache(cc: CacheConfig, *, log: Callable[[str], None] | None = 
     name = str(Path(teacher_dir).resolve())
     try:
         plan = plan_cache(out, teacher, data.train, teacher_name=name, tokenizer=tokenizer, k=cc.k,
-                          dtype=cc.dtype, shard_sequences=cc.shard_sequences)
+                          dtype=cc.dtype, shard_sequences=cc.shard_sequences, select_top_k=cc.select_top_k)
     except CacheError as exc:
         raise ConfigError(f"--out-dir: {exc}") from None
     resumed = (out / "manifest.json").is_file()
@@ -370,7 +411,8 @@ def build_teacher_cache(cc: CacheConfig, *, log: Callable[[str], None] | None = 
         tokenizer.save_pretrained(out / "tokenizer")
     manifest = write_cache(out, teacher, data.train, teacher_name=name, tokenizer=tokenizer, k=cc.k,
                            dtype=cc.dtype, batch_size=cc.batch_size, shard_sequences=cc.shard_sequences,
-                           device=device, progress=cc.progress, stop_after_shards=stop_after_shards)
+                           select_top_k=cc.select_top_k, device=device, progress=cc.progress,
+                           stop_after_shards=stop_after_shards)
     left = manifest.n_shards - len(manifest.complete)
     if left:
         log(f"teacher cache: stopped with {left} of {manifest.n_shards} shards to go; rerun the same "
