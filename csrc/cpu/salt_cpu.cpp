@@ -16,8 +16,10 @@
 
 namespace salt {
 namespace isa_generic {
+#define SALT_LANES 8
 #include "rows_impl.inc"
 #include "topk_impl.inc"
+#undef SALT_LANES
 }  // namespace isa_generic
 }  // namespace salt
 
@@ -27,8 +29,10 @@ namespace isa_generic {
 #pragma GCC target("avx2,fma,f16c")
 namespace salt {
 namespace isa_avx2 {
+#define SALT_LANES 8
 #include "rows_impl.inc"
 #include "topk_impl.inc"
+#undef SALT_LANES
 }  // namespace isa_avx2
 }  // namespace salt
 #pragma GCC pop_options
@@ -37,8 +41,10 @@ namespace isa_avx2 {
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")
 namespace salt {
 namespace isa_avx512 {
+#define SALT_LANES 16
 #include "rows_impl.inc"
 #include "topk_impl.inc"
+#undef SALT_LANES
 }  // namespace isa_avx512
 }  // namespace salt
 #pragma GCC pop_options
