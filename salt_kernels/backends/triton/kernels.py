@@ -31,9 +31,9 @@ u: s_z = sum exp(z - m_z), s_zt = sum exp((z - m_z) / tau), s_u = sum exp((u - m
 acc = sum exp((u - m_u) / tau) * (u - z) over u != -inf, so lse_z = m_z + log s_z,
 lse_zt = m_z / tau + log s_zt, lse_u = m_u / tau + log s_u and KD = tau * acc / s_u +
 tau^2 * (lse_zt - lse_u). Sums are kept as per-lane vectors; the statistics loop reads a block as
-ROWS rows of 256 entries, one row per warp, and keeps the running maxima and rescale factors per
-row, so a block's maximum reduces within a warp (shuffles, no shared memory or barrier); the rows
-merge once after the loop. Exponents are FMA-folded: exp2(x * c - k), k = m * c (+ log2 s) once
+rows of 8 entries, one row per thread (the JSD kernel: of 256, one per warp), and keeps the
+running maxima and rescale factors per row, so a block's maximum reduces within a thread (no
+shuffle, shared memory or barrier); the rows merge once after the loop. Exponents are FMA-folded: exp2(x * c - k), k = m * c (+ log2 s) once
 per row and block, one FFMA per entry; the statistics loop carries k from block to block so that
 rescales are exact and its merge puts back the rounding of m * c, so the sums stay relative to m.
 With an integer tau (TAU_MODE 2..4) exp(z - m) = exp((z - m) / tau)^tau: a multiply instead of
@@ -152,10 +152,10 @@ def _slice_stats(z_row, u_row, start, end, edge_lo, edge_hi, y, zy, inv_tau, cap
     EVICT is the L2 policy of the loads: "evict_last" when this program reads the same entries
     again, so they are still in L2 then.
 
-    A block is ROWS x W entries, a row of W = 256 per warp (module docstring, "Statistics"):
-    every running maximum, offset and rescale factor is per row, so the maxima reduce within a
-    warp (shuffles only; one block-wide maximum costs shared memory and two barriers per input and
-    block), and the rows merge once, after the loop.
+    A block is ROWS x W entries, a row of W = 8 entries per thread (module docstring,
+    "Statistics"): every running maximum, offset and rescale factor is per row, so the maxima
+    reduce within a thread (no shuffle; a row per warp costs 5 shuffles per input and block, one
+    block-wide maximum shared memory and two barriers), and the rows merge once, after the loop.
     Both loads of a block are issued before its first reduction: one trip to memory per block
     (memory-level parallelism), not one per input.
     The exponents are FMA-folded: exp2(x * c - k) with k = m * c once per row and block, so an
@@ -163,8 +163,10 @@ def _slice_stats(z_row, u_row, start, end, edge_lo, edge_hi, y, zy, inv_tau, cap
     to the next block, so rescales are exact, and the merge puts back the rounding of m * c."""
     NEG_INF: tl.constexpr = float("-inf")
     C_Z: tl.constexpr = 1.4426950408889634
-    ROWS: tl.constexpr = (BLOCK_V + 255) // 256
-    W: tl.constexpr = BLOCK_V // ROWS
+    # A row is one thread's 8 entries (one 16-byte load of bf16), so a row's maximum needs no
+    # shuffle; the JSD kernel keeps a row per warp (256 entries), with which it does not spill.
+    W: tl.constexpr = (256 if BLOCK_V >= 256 else BLOCK_V) if DIVERGENCE == 2 else (8 if BLOCK_V >= 8 else BLOCK_V)
+    ROWS: tl.constexpr = BLOCK_V // W
     c_t = inv_tau * 1.4426950408889634
     grid = tl.arange(0, ROWS)[:, None] * W + tl.arange(0, W)[None, :]
     # Per row: the maximum, and k = m * c (-inf while the row has seen only -inf) that the sums
