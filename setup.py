@@ -58,8 +58,10 @@ CUDA_SOURCES = [
     "csrc/cuda/salt_cuda_f32.cu",
     "csrc/cuda/salt_cuda_bf16.cu",
     "csrc/cuda/salt_cuda_f16.cu",
+    "csrc/cuda/salt_cuda_topk.cu",
 ]
-CUDA_DEPENDS = CUDA_SOURCES + ["csrc/cuda/rows_kernel.cuh", "csrc/cuda/salt_cuda.h", "csrc/salt_math.h"]
+CUDA_DEPENDS = CUDA_SOURCES + ["csrc/cuda/rows_kernel.cuh", "csrc/cuda/topk_kernel.cuh", "csrc/cuda/salt_cuda.h",
+                               "csrc/salt_math.h"]
 NVCC_FLAGS = [
     "-O3",
     "-std=c++17",

@@ -65,6 +65,23 @@ struct RowsArgs {
   void* stream = nullptr;   // CUDA only: cudaStream_t
 };
 
+// The offline top-k teacher (CPU and CUDA backends) (docs/design.md, "Top-k teacher"): the fields of `rows` that
+// describe the student, the labels, the outputs and the options (teacher* and kd_vocab, teacher
+// softcap and divergence are not used), plus the teacher's k slots per row. lse receives
+// (lse_z, lse_zt, lse_rest), lse_rest the log-sum-exp of z / tau over the entries outside K.
+struct TopkArgs {
+  RowsArgs rows;
+  const void* indices = nullptr;  // [n_rows, k], int64 or int32; negative: empty slot. Never read
+                                  // when rows.kd_weight == 0.
+  int64_t indices_row_stride = 0;
+  int32_t indices_int64 = 1;
+  const void* logprobs = nullptr;  // [n_rows, k] in a salt::Dtype, the teacher's log p at tau = 1
+  int64_t logprobs_row_stride = 0;
+  int32_t logprobs_dtype = kFloat32;
+  int64_t k = 0;
+  int32_t bucket = 1;  // 1: tail "bucket", 0: "renormalize"
+};
+
 // ---- online log-sum-exp ----------------------------------------------------------------------
 // State (m, s) stands for log(s) + m = log sum_j exp(x_j). An empty state is (-inf, 0).
 // The KD state adds a = sum_j exp(u_j/tau - m) * (u_j - z_j), rescaled with s.

@@ -561,5 +561,37 @@ def test_gpu_second_device_leaves_the_current_device_alone(gen):
     assert abs(float(got) - float(want)) <= 1e-5 * abs(float(want)) + 1e-6
 
 
+@gpu
+@pytest.mark.parametrize("dz", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("vocab", [1000, 128256])
+def test_gpu_topk_kernel_matches_reference(dz, vocab, gen):
+    """The top-k teacher kernel on the GPU against the reference rows (both tails, softcap, label
+    smoothing and z-loss on the second), and topk_salt_loss through the op."""
+    from salt_kernels.backends.base import LossOptions
+
+    _gpu_ready()
+    n, k = 6, 64
+    z = make_logits((n, vocab), dz, generator=gen)
+    lp, idx = torch.log_softmax(make_logits((n, vocab), generator=gen).double(), -1).topk(k, -1)
+    lp = lp.to(torch.bfloat16)
+    y = torch.randint(0, vocab, (n,), generator=gen)
+    y[1] = -100
+    scale = torch.rand(n, generator=gen) + 0.5
+    for tail, options in (("bucket", LossOptions()), ("renormalize", LossOptions(softcap=30.0, label_smoothing=0.1,
+                                                                                   z_loss=1e-3))):
+        kw = dict(tail=tail, kd_weight=0.5, temperature=2.0, ignore_index=-100, options=options)
+        g_ref, g = torch.empty_like(z), torch.empty_like(z).cuda()
+        ref = reference.topk_rows(z, idx, lp, y, grad=g_ref, grad_scale=scale, **kw)
+        out = cuda_backend.topk_rows(z.cuda(), idx.cuda(), lp.cuda(), y.cuda(), grad=g, grad_scale=scale.cuda(), **kw)
+        torch.cuda.synchronize()
+        for name in ("loss", "ce", "kd", "accuracy"):
+            torch.testing.assert_close(getattr(out, name).cpu(), getattr(ref, name), rtol=2e-5, atol=2e-5, msg=name)
+        tol = 1e-4 if dz == torch.float32 else 1e-2
+        assert float((g.cpu().double() - g_ref.double()).norm() / g_ref.double().norm()) <= tol
+    got = sk.topk_salt_loss(z.cuda(), idx.cuda(), lp.cuda(), y.cuda(), temperature=2.0, backend="cuda")
+    want = sk.topk_salt_loss(z, idx, lp, y, temperature=2.0, backend="reference")
+    assert abs(float(got) - float(want)) <= 1e-4 * abs(float(want))
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

@@ -195,7 +195,22 @@ def test_opcheck_linear_topk(gen):
 
 # ---- the compiled row kernels against the reference rows: every output of the row contract --
 
-ROW_BACKENDS = [b for b in BACKENDS if b.values[0] != "reference"]
+# The CUDA top-k kernel's source run on the CPU by tests/cuda_emulator (a fiber per CUDA thread,
+# every global access checked against the tensors it may touch), as a row backend.
+EMULATED = "cuda-emulated"
+ROW_BACKENDS = [b for b in BACKENDS if b.values[0] != "reference"] + [pytest.param(EMULATED)]
+
+
+def _topk_rows_of(name):
+    if name != EMULATED:
+        return registry.get(name).topk_rows
+    import cuda_emulator
+
+    try:
+        lib = cuda_emulator.build()
+    except cuda_emulator.EmulatorUnavailable as exc:
+        pytest.skip(str(exc))
+    return lambda *args, **kw: cuda_emulator.topk_rows(lib, *args, **kw)
 
 
 def _rows_pair(backend, z, idx, lp, y, *, tail, grad_scale=None, **kw):
@@ -204,8 +219,7 @@ def _rows_pair(backend, z, idx, lp, y, *, tail, grad_scale=None, **kw):
     for name in (backend, "reference"):
         grad = torch.empty_like(z)
         scale = grad_scale if grad_scale is not None else torch.ones(1)
-        out = registry.get(name).topk_rows(z, idx, lp, y, tail=tail, grad=grad, grad_scale=scale, ignore_index=-100,
-                                           **kw)
+        out = _topk_rows_of(name)(z, idx, lp, y, tail=tail, grad=grad, grad_scale=scale, ignore_index=-100, **kw)
         results.append((out, grad))
     return results
 
@@ -270,3 +284,35 @@ def test_rows_nan_and_no_teacher(backend, gen):
     torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(z[keep], y[keep], reduction="none"))
     torch.testing.assert_close(out.lse[:, 1], out.lse[:, 0])
     torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("case", [
+    dict(student_dtype=torch.bfloat16, dtype=torch.bfloat16, index_dtype=torch.int32, tau=2.0),
+    dict(student_dtype=torch.float16, dtype=torch.float16, tau=1.0, tail="renormalize"),
+    dict(student_dtype=torch.float32, dtype=torch.float32, tau=1.5, empty=4, k=300, v=300),  # K is the vocabulary
+    dict(student_dtype=torch.float32, dtype=torch.bfloat16, tau=3.0, k=1, label_in_k=True),
+])
+def test_emulated_cuda_kernel_against_float64(case, gen):
+    """The CUDA top-k kernel (emulated) against float64 of the formulas directly, per row: loss and
+    gradient, for each student and log-prob dtype, int32 and int64 indices, a label among the
+    teacher's slots, empty slots and a K that covers the whole vocabulary."""
+    n, v, k, tau = 6, case.get("v", 1100), case.get("k", 24), case["tau"]
+    tail = case.get("tail", "bucket")
+    z = make_logits((n, v), case["student_dtype"], generator=gen)
+    idx, lp = _teacher(gen, n, v, k, dtype=case["dtype"], index_dtype=case.get("index_dtype", torch.int64),
+                       empty=case.get("empty", 0))
+    y = torch.randint(0, v, (n,), generator=gen)
+    y[3] = -100
+    if case.get("label_in_k"):
+        y[0] = int(idx[0, 0])
+    scale = torch.rand(n, generator=gen) + 0.5
+    grad = torch.empty_like(z)
+    out = _topk_rows_of(EMULATED)(z, idx, lp, y, tail=tail, grad=grad, grad_scale=scale, ignore_index=-100,
+                                  kd_weight=0.5, temperature=tau)
+    z64 = z.double().requires_grad_()
+    rows = topk_rows_oracle(z64, idx, lp, y, kd_weight=0.5, temperature=tau, tail=tail)
+    (g64,) = torch.autograd.grad((rows * scale.double()).sum(), z64)
+    torch.testing.assert_close(out.loss.double(), rows.detach(), rtol=1e-5, atol=1e-5)
+    tol = 1e-5 if case["student_dtype"] == torch.float32 else 1e-2
+    assert float((grad.double() - g64).norm() / g64.norm()) <= tol
+    assert torch.equal(grad[3], torch.zeros_like(grad[3]))  # an ignored row: zeros

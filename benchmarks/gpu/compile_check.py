@@ -575,6 +575,15 @@ def compile_cuda(args, records) -> int:
             print(f"cuda: {name} compiled in {dt_s:.1f}s, {len(sass)} kernels")
             for fname, ins in sass.items():
                 kname, targs = demangle_args(fname)
+                if kname == "topk_rows_kernel" and len(targs) == 3:
+                    # The top-k teacher kernel (topk_kernel.cuh) loads one element per thread and
+                    # iteration, so its loops have no vector loads to count elements by: its
+                    # resources are printed, not recorded.
+                    regs, spill, smem = usage.get(fname, (None, None, None))
+                    dz, dl, teacher = dtype_codes[targs[0]], dtype_codes[targs[1]], targs[2]
+                    print(f"  topk_rows_kernel student {dz}, {'log-probs ' + dl if teacher else 'no teacher'}: "
+                          f"{regs} registers, {spill} bytes spilled, {smem} bytes shared")
+                    continue
                 if kname not in templates or len(targs) != len(templates[kname][0]):
                     print(f"  note: {fname}: not a known kernel template, skipped")
                     continue

@@ -8,6 +8,7 @@
 
 #include "rows_kernel.cuh"
 #include "salt_cuda.h"
+#include "topk_kernel.cuh"
 
 namespace salt {
 namespace cuda {
@@ -52,6 +53,26 @@ int device_major(int device, cudaError_t* err) {
   }
   return g_major[device];
 }
+
+// The driver's current context is per host thread and shared with torch's own CUDA runtime:
+// `device` is made current only for a launch and the previous one restored, as torch's device
+// guards do. error: nullptr, or the message of a failed switch.
+struct DeviceScope {
+  int previous = -1, device;
+  const char* error = nullptr;
+  explicit DeviceScope(int d) : device(d) {
+    cudaError_t err = cudaGetDevice(&previous);
+    if (err != cudaSuccess) {
+      error = fail("cudaGetDevice failed", err);
+      previous = -1;
+    } else if (previous != device && (err = cudaSetDevice(device)) != cudaSuccess) {
+      error = fail("cudaSetDevice failed", err);
+    }
+  }
+  ~DeviceScope() {
+    if (previous != device && previous >= 0) cudaSetDevice(previous);
+  }
+};
 
 }  // namespace
 
@@ -115,21 +136,9 @@ const char* rows_cuda(const RowsArgs& args, int32_t device, const LaunchConfig& 
   if (args.n_rows > int64_t(0x7fffffff))
     return fail("more than 2^31 - 1 rows in one call; split the rows", cudaSuccess);
 
-  // The driver's current context is per host thread and shared with torch's own CUDA runtime:
-  // switch to `device` only for the launch and switch back, as torch's device guards do.
-  int previous = -1;
-  cudaError_t err = cudaGetDevice(&previous);
-  if (err != cudaSuccess) return fail("cudaGetDevice failed", err);
-  if (previous != device) {
-    err = cudaSetDevice(device);
-    if (err != cudaSuccess) return fail("cudaSetDevice failed", err);
-  }
-  struct Restore {
-    int previous, device;
-    ~Restore() {
-      if (previous != device && previous >= 0) cudaSetDevice(previous);
-    }
-  } restore{previous, device};
+  DeviceScope scope(device);
+  if (scope.error) return scope.error;
+  cudaError_t err = cudaSuccess;
 
   LaunchConfig cfg = config;
   if (cfg.mode == kModeWarp) {
@@ -161,6 +170,20 @@ const char* rows_cuda(const RowsArgs& args, int32_t device, const LaunchConfig& 
     plain.cluster = 1;
     err = launch(plain);
   }
+  if (err != cudaSuccess) return fail("kernel launch failed", err);
+  return nullptr;
+}
+
+const char* topk_rows_cuda(const TopkArgs& args, int32_t device) {
+  if (args.rows.n_rows <= 0) return nullptr;
+  if (args.rows.vocab < 1 || args.rows.vocab > kTopkMaxVocab)
+    return fail("the top-k kernel takes vocabularies of 1 to 262144 entries (backend=\"triton\" has no such limit)",
+                cudaSuccess);
+  if (args.rows.n_rows > int64_t(0x7fffffff))
+    return fail("more than 2^31 - 1 rows in one call; split the rows", cudaSuccess);
+  DeviceScope scope(device);
+  if (scope.error) return scope.error;
+  const cudaError_t err = launch_topk(args);
   if (err != cudaSuccess) return fail("kernel launch failed", err);
   return nullptr;
 }

@@ -34,6 +34,14 @@ LaunchConfig choose_config(int64_t vocab, int32_t student_dtype, int32_t teacher
 // surface at the next synchronization, as for any CUDA kernel.
 const char* rows_cuda(const RowsArgs& args, int32_t device, const LaunchConfig& config);
 
+// The top-k teacher kernel's largest vocabulary: its bitmap of the teacher's slots, one bit per
+// entry, lives in shared memory (32 KB).
+constexpr int64_t kTopkMaxVocab = 262144;
+
+// Queues the top-k teacher kernel (topk_kernel.cuh) on args.rows.stream of device `device`;
+// nullptr on success or a message, as rows_cuda.
+const char* topk_rows_cuda(const TopkArgs& args, int32_t device);
+
 // Number of CUDA devices this module's runtime sees, or -1 with `error` set when the runtime
 // cannot start (no driver).
 int32_t device_count(const char** error);

@@ -130,3 +130,54 @@ def rows(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tens
         cluster=_CLUSTER if cluster is None else cluster,
     )
     return out
+
+
+def _topk_rows(student: torch.Tensor, indices: torch.Tensor, logprobs: torch.Tensor, labels: torch.Tensor, *,
+               tail: str = "bucket", **keywords) -> RowOutputs:
+    """The row contract with an offline top-k teacher (see reference.topk_rows; keywords: those of
+    RowArgs) on CUDA tensors, by the kernel of csrc/cuda/topk_kernel.cuh (a block per row; rows of
+    at most _salt_cuda.topk_max_vocab entries, whose bitmap of the slots fits in shared memory).
+    lse holds (lse_z, lse_zt, lse_rest); the accuracy is computed along the way."""
+    a = RowArgs(student, None, labels, **keywords)
+    n, vocab = student.shape
+    if vocab > _salt_cuda.topk_max_vocab:
+        raise ValueError(f"backend cuda's top-k kernel takes rows of at most {_salt_cuda.topk_max_vocab} logits "
+                         f"(its bitmap of the teacher's slots lives in shared memory), got {vocab}: use "
+                         "backend='triton' (or 'auto') for this vocabulary")
+    device = student.device
+    out = RowOutputs.empty(n, device)
+    out.accuracy = torch.empty(n, dtype=torch.float32, device=device)
+    if n == 0:
+        return out
+    args = a.kernel_args(out)
+    use_teacher = a.kd_weight > 0 and indices.shape[-1] > 0
+    if use_teacher:
+        if indices.shape[-1] > 1 and indices.stride(-1) != 1:
+            indices = indices.contiguous()
+        if logprobs.shape[-1] > 1 and logprobs.stride(-1) != 1:
+            logprobs = logprobs.contiguous()
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    _salt_cuda.topk_rows(
+        **{k: args[k] for k in ("student", "student_row_stride", "student_dtype", "labels", "labels_stride",
+                                "labels_int64", "n_rows", "vocab", "temperature", "ignore_index", "loss", "ce", "kd",
+                                "lse", "grad", "grad_row_stride", "grad_scale", "grad_scale_stride", "softcap",
+                                "label_smoothing", "z_loss", "accuracy")},
+        kd_weight=a.kd_weight if use_teacher else 0.0,  # kernel_args zeroes it without a full teacher
+        stream=torch.cuda.current_stream(device).cuda_stream,
+        device=index,
+        indices=indices.data_ptr() if use_teacher else 0,
+        indices_row_stride=indices.stride(0) if use_teacher else 0,
+        indices_int64=indices.dtype == torch.int64,
+        logprobs=logprobs.data_ptr() if use_teacher else 0,
+        logprobs_row_stride=logprobs.stride(0) if use_teacher else 0,
+        logprobs_dtype=DTYPE_CODES[logprobs.dtype] if use_teacher else 0,
+        k=indices.shape[-1] if use_teacher else 0,
+        bucket=tail == "bucket",
+    )
+    return out
+
+
+# Advertised (registry.backend_status looks for the attribute) only when the built module has the
+# top-k kernel, so an older build reports "no topk_rows kernel" instead of failing.
+if _salt_cuda is not None and hasattr(_salt_cuda, "topk_rows"):
+    topk_rows = _topk_rows

@@ -27,7 +27,7 @@ import tempfile
 import torch
 
 from salt_kernels.backends import cuda as cuda_backend
-from salt_kernels.backends.base import DEFAULT_OPTIONS, RowOutputs, compiled_rows_args
+from salt_kernels.backends.base import DEFAULT_OPTIONS, DTYPE_CODES, RowOutputs, compiled_rows_args
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -95,6 +95,16 @@ def build() -> ctypes.CDLL:
     lib.salt_emulate_rows.argtypes = [
         ctypes.POINTER(ctypes.c_int64),
         ctypes.POINTER(ctypes.c_double),
+        ctypes.POINTER(ctypes.c_int64),
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+    ]
+    lib.salt_emulate_topk_rows.restype = ctypes.c_int
+    lib.salt_emulate_topk_rows.argtypes = [
+        ctypes.POINTER(ctypes.c_int64),
+        ctypes.POINTER(ctypes.c_double),
+        ctypes.POINTER(ctypes.c_int64),
         ctypes.POINTER(ctypes.c_int64),
         ctypes.c_int,
         ctypes.c_char_p,
@@ -177,4 +187,51 @@ def rows(lib, student, teacher, labels, *, kd_weight, temperature, ignore_index,
           a["z_loss"])
     rc, error = launch(lib, ia, fa, regions)
     assert rc == 0, error
+    return out
+
+
+def topk_rows(lib, student, indices, logprobs, labels, *, kd_weight, temperature, ignore_index, tail="bucket",
+              grad=None, grad_scale=None, options=DEFAULT_OPTIONS) -> RowOutputs:
+    """backends/base.py's top-k row contract (reference.topk_rows) with the CUDA top-k kernel
+    (csrc/cuda/topk_kernel.cuh) run by the emulator on CPU tensors, a block per row as the real
+    launcher starts it; the accuracy is computed too. The slots are declared readable only when
+    they are read (kd_weight > 0)."""
+    n, vocab = student.shape
+    out = RowOutputs.empty(n, student.device)
+    out.accuracy = torch.empty(n, dtype=torch.float32)
+    if n == 0:
+        return out
+    if grad is not None:
+        grad_scale = grad_scale.to(torch.float32).contiguous()
+    a = compiled_rows_args(student, None, labels, out, kd_weight=kd_weight, temperature=temperature,
+                           ignore_index=ignore_index, grad=grad, grad_scale=grad_scale, options=options)
+    ia = [a[k] for k in ("student", "student_row_stride", "student_dtype", "teacher", "teacher_row_stride",
+                         "teacher_dtype", "labels", "labels_stride", "labels_int64", "n_rows", "vocab",
+                         "ignore_index", "loss", "ce", "kd", "lse", "grad", "grad_row_stride", "grad_scale",
+                         "grad_scale_stride")]
+    ia += [1, 256, 1, 0, 0, a["accuracy"]]
+    use_teacher = kd_weight > 0 and indices.shape[-1] > 0
+    k = indices.shape[-1] if use_teacher else 0
+    ta = [indices.data_ptr() if use_teacher else 0, indices.stride(0) if use_teacher else 0,
+          int(indices.dtype == torch.int64), logprobs.data_ptr() if use_teacher else 0,
+          logprobs.stride(0) if use_teacher else 0, DTYPE_CODES[logprobs.dtype] if use_teacher else 0, k,
+          int(tail == "bucket")]
+    regions = [region(student, n, vocab, False), region(labels, n, 1, False, row_stride=a["labels_stride"])]
+    if use_teacher:
+        regions += [region(indices, n, k, False), region(logprobs, n, k, False)]
+    if grad is not None:
+        regions.append(region(grad, n, vocab, True))
+        gs_stride = a["grad_scale_stride"]
+        regions.append(region(grad_scale, n if gs_stride else 1, 1, False, row_stride=gs_stride))
+    for t in (out.loss, out.ce, out.kd, out.accuracy):
+        regions.append(region(t, 1, n, True))
+    regions.append(region(out.lse, 1, 3 * n, True))
+    fa = [float(kd_weight), a["temperature"], a["softcap"], a["teacher_softcap"], a["beta"], a["label_smoothing"],
+          a["z_loss"]]
+    flat = [int(v) for r in regions for v in r]
+    err = ctypes.create_string_buffer(1024)
+    rc = lib.salt_emulate_topk_rows((ctypes.c_int64 * len(ia))(*ia), (ctypes.c_double * len(fa))(*fa),
+                                    (ctypes.c_int64 * len(ta))(*ta), (ctypes.c_int64 * len(flat))(*flat),
+                                    len(regions), err, len(err))
+    assert rc == 0, err.value.decode(errors="replace")
     return out

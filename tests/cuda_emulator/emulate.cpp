@@ -10,6 +10,7 @@
 //       tests/cuda_emulator/emulate.cpp -o emu.so
 #define SALT_CUDA_EMULATION 1
 #include "rows_kernel.cuh"
+#include "topk_kernel.cuh"
 
 #include <stdint.h>
 
@@ -23,10 +24,15 @@ using namespace salt_emu;
 Kernel g_kernel = nullptr;
 RowsArgs g_args;
 int g_cluster_arg = 1;
+salt::cuda::TopkKernel g_topk_kernel = nullptr;  // set: the launch runs the top-k kernel
+salt::TopkArgs g_topk_args;
 
 void fiber_main() {
   Fiber& f = me();
-  g_kernel(g_args, g_cluster_arg);
+  if (g_topk_kernel != nullptr)
+    g_topk_kernel(g_topk_args);
+  else
+    g_kernel(g_args, g_cluster_arg);
   f.done = true;
   ++g_group->progress;
   // A block that has exited no longer owns shared memory: poison it (NaN bytes), so that another
@@ -127,15 +133,10 @@ Kernel pick_teacher(const RowsArgs& a, int mode, int block) {
 
 }  // namespace
 
-// ia (int64): student, student_row_stride, student_dtype, teacher, teacher_row_stride,
-//   teacher_dtype, labels, labels_stride, labels_int64, n_rows, vocab, ignore_index, loss, ce, kd,
-//   lse, grad, grad_row_stride, grad_scale, grad_scale_stride, mode, block, cluster, kd_vocab,
-//   divergence, accuracy
-// fa (double): kd_weight, temperature, softcap, teacher_softcap, beta, label_smoothing, z_loss
-// regions (int64, n_regions x 5): base, row stride in bytes, row bytes, rows, writable
-// Returns 0, or 1 with the first problem found (access, deadlock) in `error`.
-extern "C" int salt_emulate_rows(const int64_t* ia, const double* fa, const int64_t* regions,
-                                 int n_regions, char* error, int error_len) {
+namespace {
+
+// The RowsArgs fields of salt_emulate_rows' ia and fa (layout below).
+RowsArgs rows_args(const int64_t* ia, const double* fa) {
   RowsArgs a;
   a.student = reinterpret_cast<const void*>(ia[0]);
   a.student_row_stride = ia[1];
@@ -167,16 +168,47 @@ extern "C" int salt_emulate_rows(const int64_t* ia, const double* fa, const int6
   a.beta = float(fa[4]);
   a.label_smoothing = float(fa[5]);
   a.z_loss = float(fa[6]);
-  const int mode = int(ia[20]);
-  const int block = ia[21] <= 256 ? 256 : 512;
-  const int cluster = mode == salt::cuda::kModeWarp ? 1 : int(ia[22] < 1 ? 1 : ia[22]);
+  return a;
+}
 
+void set_regions(const int64_t* regions, int n_regions) {
   g_error.clear();
   g_regions.clear();
   for (int i = 0; i < n_regions; ++i) {
     const int64_t* r = regions + 5 * i;
     g_regions.push_back(Region{uintptr_t(r[0]), r[1], r[2], r[3], r[4] != 0});
   }
+}
+
+int finish(char* error, int error_len) {
+  g_group = nullptr;
+  g_topk_kernel = nullptr;
+  if (!g_error.empty()) {
+    snprintf(error, size_t(error_len), "%s", g_error.c_str());
+    return 1;
+  }
+  return 0;
+}
+
+Group g_launch_group;  // fibers and stacks are reused between calls
+
+}  // namespace
+
+// ia (int64): student, student_row_stride, student_dtype, teacher, teacher_row_stride,
+//   teacher_dtype, labels, labels_stride, labels_int64, n_rows, vocab, ignore_index, loss, ce, kd,
+//   lse, grad, grad_row_stride, grad_scale, grad_scale_stride, mode, block, cluster, kd_vocab,
+//   divergence, accuracy
+// fa (double): kd_weight, temperature, softcap, teacher_softcap, beta, label_smoothing, z_loss
+// regions (int64, n_regions x 5): base, row stride in bytes, row bytes, rows, writable
+// Returns 0, or 1 with the first problem found (access, deadlock) in `error`.
+extern "C" int salt_emulate_rows(const int64_t* ia, const double* fa, const int64_t* regions,
+                                 int n_regions, char* error, int error_len) {
+  RowsArgs a = rows_args(ia, fa);
+  const int mode = int(ia[20]);
+  const int block = ia[21] <= 256 ? 256 : 512;
+  const int cluster = mode == salt::cuda::kModeWarp ? 1 : int(ia[22] < 1 ? 1 : ia[22]);
+
+  set_regions(regions, n_regions);
   switch (a.student_dtype) {
     case salt::kBFloat16: g_kernel = pick_teacher<salt::kBFloat16>(a, mode, block); break;
     case salt::kFloat16: g_kernel = pick_teacher<salt::kFloat16>(a, mode, block); break;
@@ -185,7 +217,7 @@ extern "C" int salt_emulate_rows(const int64_t* ia, const double* fa, const int6
   g_args = a;
   g_cluster_arg = cluster;
 
-  static Group group;  // fibers and stacks are reused between calls
+  Group& group = g_launch_group;
   g_group = &group;
   if (a.n_rows > 0) {
     if (mode == salt::cuda::kModeWarp) {
@@ -196,10 +228,31 @@ extern "C" int salt_emulate_rows(const int64_t* ia, const double* fa, const int6
       for (int64_t b = 0; b < blocks; b += cluster) run_group(group, unsigned(b), cluster, block);
     }
   }
-  g_group = nullptr;
-  if (!g_error.empty()) {
-    snprintf(error, size_t(error_len), "%s", g_error.c_str());
-    return 1;
-  }
-  return 0;
+  return finish(error, error_len);
+}
+
+// The top-k teacher kernel (topk_kernel.cuh), a block of kTopkBlock threads per row as
+// salt_cuda_topk.cu launches it. ia and fa as salt_emulate_rows (mode, block, cluster, kd_vocab
+// and divergence unused; the teacher fields 0), then ta (int64): indices, indices_row_stride (in
+// elements), indices_int64, logprobs, logprobs_row_stride (in elements), logprobs_dtype, k,
+// bucket. The kd_weight of fa is kept as given (the slots are read when it is > 0 and k > 0).
+extern "C" int salt_emulate_topk_rows(const int64_t* ia, const double* fa, const int64_t* ta,
+                                      const int64_t* regions, int n_regions, char* error, int error_len) {
+  salt::TopkArgs t;
+  t.rows = rows_args(ia, fa);
+  t.rows.kd_weight = float(fa[0]);
+  t.indices = reinterpret_cast<const void*>(ta[0]);
+  t.indices_row_stride = ta[1];
+  t.indices_int64 = int32_t(ta[2]);
+  t.logprobs = reinterpret_cast<const void*>(ta[3]);
+  t.logprobs_row_stride = ta[4];
+  t.logprobs_dtype = int32_t(ta[5]);
+  t.k = ta[6];
+  t.bucket = int32_t(ta[7]);
+  set_regions(regions, n_regions);
+  g_topk_kernel = salt::cuda::pick_topk(t);
+  g_topk_args = t;
+  g_group = &g_launch_group;
+  for (int64_t r = 0; r < t.rows.n_rows; ++r) run_group(g_launch_group, unsigned(r), 1, salt::cuda::kTopkBlock);
+  return finish(error, error_len);
 }

@@ -142,7 +142,7 @@ struct Group {
   uint64_t progress = 0;  // bumped whenever a barrier opens or a fiber ends
 };
 inline Group* g_group = nullptr;
-constexpr size_t kSharedBytes = 16384;
+constexpr size_t kSharedBytes = 48 * 1024;  // a block's static shared memory limit
 
 inline Fiber& me() { return *g_group->current; }
 
@@ -197,6 +197,14 @@ T __shfl_xor_sync(unsigned mask, T value, int offset) {
   T out;
   memcpy(&out, &buf[lane ^ (offset & 31)], 4);
   return out;
+}
+
+// Atomics: the fibers of a group run one at a time and switch only at barriers, so a plain
+// read-modify-write is atomic here.
+inline unsigned atomicOr(unsigned* p, unsigned v) {
+  const unsigned old = *p;
+  *p = old | v;
+  return old;
 }
 
 template <typename T>
