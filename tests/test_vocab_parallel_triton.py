@@ -15,6 +15,11 @@ runs several chunks.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -36,6 +41,7 @@ N = 6
 SPLITS = {"3": [70, 130, 97], "2": [150, 147]}  # 297 columns
 VOCAB = 297
 BLOCK = 32
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (options, temperature, kd_weight); kd_vocab 115 cuts slice 1 of the 3-way split (its 45th
 # column, inside its second block) and slice 0 of the 2-way split; 60 cuts slice 0 of both.
@@ -242,6 +248,35 @@ def test_slice_stats_kernel(gen):
     assert int(st.first[0]) == 90
 
 
+class _OneRank(vp.Shard):
+    """A group of one rank: every all-reduce is the identity."""
+
+    def all_reduce(self, x, op):
+        return x
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_shard_rows_runs_the_kernels(how, gen, monkeypatch):
+    """shard_rows itself (run_steps over a one-rank group) takes the Triton kernels when told to by
+    its argument or SALT_VP_KERNELS, and matches salt_loss on the same logits."""
+    calls = []
+    stats = tsl.slice_stats
+    monkeypatch.setattr(tsl, "slice_stats", lambda *a, **k: calls.append(1) or stats(*a, **k))
+    monkeypatch.delenv(vp.KERNELS_ENV, raising=False)
+    if how == "environment":
+        monkeypatch.setenv(vp.KERNELS_ENV, "triton")
+    opts, tau, w = CASES["combo_reverse"]
+    z, u, y = _inputs(gen, torch.float32)
+    shard = _OneRank.from_sizes([VOCAB], 0)
+    outs, grad = vp.shard_rows(z, u, y, shard, kd_weight=w, temperature=tau,
+                               ignore_index=-100, options=LossOptions(**opts), want_grad=True,
+                               kernels="triton" if how == "argument" else None)
+    assert len(calls) == -(-N // shard.chunk_rows()) > 1  # one per chunk
+    one, g_one = _reference(z, u, y, opts=opts, tau=tau, w=w)
+    _assert_rows(outs, one)
+    _assert_grad(grad, g_one, 1e-5)
+
+
 def test_kernel_choice(monkeypatch):
     """slice_kernels(): CPU tensors take the PyTorch path unless the Triton kernels are forced
     (here possible under the interpreter), float64 never takes them, and a bad name is refused."""
@@ -258,3 +293,23 @@ def test_kernel_choice(monkeypatch):
         vp.slice_kernels(x.double())
     with pytest.raises(ValueError, match="must be one of"):
         vp.slice_kernels(x, "cuda")
+
+
+@pytest.mark.skipif(ON_GPU, reason="the compile check runs where there is no GPU to run the kernels")
+def test_compiles_for_sm90(tmp_path):
+    """compile_check.py --slice-only compiles the statistics kernel and the given-stats kernel's
+    forward_kl launch ahead of time for sm_90 (bf16, 2048-column blocks), which the interpreter
+    cannot check: no spills, vector loads in their hot loops."""
+    out = tmp_path / "records.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu", "compile_check.py"), "--quick",
+                          "--slice-only", "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                         env=env)
+    if res.returncode == 2:
+        pytest.skip(f"triton has no NVIDIA ahead-of-time path here: {res.stderr.strip()[-300:]}")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    records = json.loads(out.read_text())
+    assert sorted(r["plan"] for r in records) == ["vp-given-forward-kl", "vp-stats"], records
+    for r in records:
+        assert r["spill_bytes"] == 0, r
+        assert 0 < r["instructions_per_element"] < 200, r

@@ -46,6 +46,9 @@ DIV_FORWARD_KL = 0
 DIV_REVERSE_KL = 1
 DIV_JSD = 2
 DIVERGENCES = {"forward_kl": DIV_FORWARD_KL, "reverse_kl": DIV_REVERSE_KL, "jsd": DIV_JSD}
+_FORWARD_KL = tl.constexpr(DIV_FORWARD_KL)  # what the kernels may read of the above
+_REVERSE_KL = tl.constexpr(DIV_REVERSE_KL)
+_JSD = tl.constexpr(DIV_JSD)
 # Columns of the statistics output, one row of fp32 per logits row.
 STAT_FIELDS = 8  # m_z, m_zt, m_u, s_z, s_zt, s_u, z[y], sum_z
 
@@ -179,7 +182,7 @@ def slice_given_stats_kernel(
     d = 0.0
     if HAS_GRAD:
         if HAS_TEACHER:
-            if DIVERGENCE != DIV_FORWARD_KL:
+            if DIVERGENCE != _FORWARD_KL:
                 d = tl.load(d_ptr + row)
     c_ce = 1.0 - kd_weight
     c_kd = kd_weight * tau
@@ -201,12 +204,12 @@ def slice_given_stats_kernel(
                 log_p = u * inv_tau - lse_u
                 q = tl.exp(log_q)
                 p = tl.exp(log_p)
-                if DIVERGENCE == DIV_JSD:
+                if DIVERGENCE == _JSD:
                     log_m = _log_m(log_p, log_q, log_beta, log_1m_beta)
                 if PARTS:
-                    if DIVERGENCE == DIV_FORWARD_KL:
+                    if DIVERGENCE == _FORWARD_KL:
                         part0 += tl.where(kd & (p != 0.0), p * (log_p - log_q), 0.0)
-                    elif DIVERGENCE == DIV_REVERSE_KL:
+                    elif DIVERGENCE == _REVERSE_KL:
                         part0 += tl.where(kd & (q != 0.0), q * (log_q - log_p), 0.0)
                     else:
                         part0 += tl.where(kd & (p != 0.0), p * (log_p - log_m), 0.0)
@@ -220,9 +223,9 @@ def slice_given_stats_kernel(
                 if Z_LOSS:
                     g += (2.0 * z_loss) * lse_z * sm
                 if HAS_TEACHER:
-                    if DIVERGENCE == DIV_FORWARD_KL:
+                    if DIVERGENCE == _FORWARD_KL:
                         dg = q - p
-                    elif DIVERGENCE == DIV_REVERSE_KL:
+                    elif DIVERGENCE == _REVERSE_KL:
                         dg = tl.where(q == 0.0, 0.0, q * (log_q - log_p - d))
                     else:
                         dg = tl.where(q == 0.0, 0.0, q * ((1.0 - beta) * (log_q - log_m) - (1.0 - beta) * d))
