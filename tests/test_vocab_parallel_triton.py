@@ -136,7 +136,7 @@ def run_slices(z, u, y, sizes, *, kernels, opts, tau, w, want_grad=True):
     outs = [o for o, _ in done]
     for other in outs[1:]:  # the per-row results are the group's: the same on every rank
         for key in outs[0]:
-            assert torch.equal(other[key], outs[0][key]), key
+            torch.testing.assert_close(other[key], outs[0][key], rtol=0, atol=0, equal_nan=True, msg=key)
     grad = torch.cat([g for _, g in done], 1) if want_grad else None
     return outs[0], grad, pattern
 
@@ -214,6 +214,28 @@ def test_no_gradient_same_rows(case, gen):
     assert grad is None
     for key in rows:
         assert torch.equal(rows[key], with_grad[key]), key
+
+
+@pytest.mark.parametrize("case", ["plain", "reverse_kl", "jsd", "softcap"])
+def test_infinities_and_nan(case, gen):
+    """docs/design.md, "Infinities and NaN", across slices: a teacher -inf run over two slices
+    (adds nothing), a slice of -inf student logits under teacher mass and a lone student -inf
+    (KD +inf), a NaN in a used row (NaN loss): the Triton path gives what the PyTorch path gives,
+    infinities and NaN included."""
+    opts, tau, w = CASES[case]
+    z, u, y = _inputs(gen, torch.float32)
+    u[0, 50:120] = float("-inf")
+    z[2, 0:70] = float("-inf")
+    z[3, 150] = float("-inf")
+    z[5, 30] = float("nan")
+    got, g_got, _ = run_slices(z, u, y, SPLITS["3"], kernels="triton", opts=opts, tau=tau, w=w)
+    ref, g_ref, _ = run_slices(z, u, y, SPLITS["3"], kernels="torch", opts=opts, tau=tau, w=w)
+    for key in got:
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-6, equal_nan=True, msg=key)
+    torch.testing.assert_close(g_got, g_ref, rtol=1e-4, atol=1e-6, equal_nan=True)
+    assert bool(got["loss"][5].isnan()) and bool(got["loss"][[0, 2, 3, 4]].isfinite().any())
+    if case == "plain":
+        assert got["kd"][2] == float("inf") and got["kd"][3] == float("inf")
 
 
 def test_every_row_ignored(gen):
