@@ -21,15 +21,19 @@ except Exception as exc:  # pragma: no cover - the test extra installs triton
 
 from salt_kernels.backends.triton import kernels as tk  # noqa: E402
 from salt_kernels.backends.triton import launcher as tb  # noqa: E402
+from salt_kernels.backends.triton import slice_kernels as tsk  # noqa: E402
+from salt_kernels.backends.triton import slice_launcher as tsl  # noqa: E402
 from salt_kernels.backends.triton import topk_kernels as tkk  # noqa: E402
 
 if not ON_GPU:
-    for _module, _kernel in ((tk, "salt_rows_kernel"), (tkk, "topk_rows_kernel")):
+    # kernels.py first: the other two import its helpers.
+    for _module, _kernel in ((tk, "salt_rows_kernel"), (tkk, "topk_rows_kernel"), (tsk, "slice_stats_kernel")):
         if type(getattr(_module, _kernel)).__name__ != "InterpretedFunction":
             importlib.reload(_module)  # imported before TRITON_INTERPRET was set: build it again
-    tb._topk_kernels = tkk  # the launcher's handle on the (rebuilt) top-k module
+    tb._topk_kernels = tkk  # the launchers' handles on the (rebuilt) modules
+    tsl._kernels = tsk
 
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 INTERPRETER_WARNINGS = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
 
-__all__ = ["DEVICE", "INTERPRETER_WARNINGS", "ON_GPU", "tb", "tk", "tkk"]
+__all__ = ["DEVICE", "INTERPRETER_WARNINGS", "ON_GPU", "tb", "tk", "tkk", "tsk", "tsl"]

@@ -15,6 +15,7 @@ vectorizes its loads, fits in registers, and how many instructions and exps an e
     python benchmarks/gpu/compile_check.py --quick            # two triton specializations (CPU tests)
     python benchmarks/gpu/compile_check.py --backend cuda     # only the nvcc build
     python benchmarks/gpu/compile_check.py --topk-only        # only the top-k teacher kernel
+    python benchmarks/gpu/compile_check.py --slice-only       # only the vocab-parallel slice kernels
 
 JSON records (--json FILE, a list), with exactly these keys:
   backend        "triton" or "cuda"
@@ -23,7 +24,11 @@ JSON records (--json FILE, a list), with exactly these keys:
                  kernel with z_loss on, so only the accuracy tracking joins the loop) and
                  fused-options-<option> variants, topk-fused (the top-k teacher kernel,
                  topk_kernels.py: k slots as a vector of K_POW2, named topk-fused-k<K_POW2>,
-                 topk-fused-options with softcap, label smoothing and z-loss on). cuda: <kernel>/<warp|block>/<teacher dtype or
+                 topk-fused-options with softcap, label smoothing and z-loss on), vp-* (the
+                 vocab-parallel slice kernels, slice_kernels.py: vp-stats, the statistics kernel;
+                 vp-given-forward-kl, the given-stats kernel's one launch of partial sums and
+                 gradient; vp-parts-* / vp-grad-* its two launches for reverse_kl and jsd;
+                 *-options with the options on). cuda: <kernel>/<warp|block>/<teacher dtype or
                  no-teacher>; the cluster size is a run-time argument (same SASS for 1..8).
   dtype          student (logits and gradient) dtype: bf16, fp16 or fp32
   tau            temperature. triton specializes integer tau (TAU_MODE 2..4; 1.5 runs TAU_MODE 0);
@@ -97,14 +102,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # Arguments the launcher passes with 16-divisible values at the benchmark sizes (Triton
 # specializes those, which is what lets it emit 16-byte loads).
-DIVISIBLE = ("z_stride", "u_stride", "g_stride", "V", "SLICE_V")
+DIVISIBLE = ("z_stride", "u_stride", "g_stride", "V", "SLICE_V", "local", "kd_cols")  # the last two: slice_kernels.py
 INT_TYPES = {"z_stride": "i32", "u_stride": "i32", "y_stride": "i32", "g_stride": "i32", "scale_stride": "i32",
              "V": "i32", "SLICE_V": "i32", "ignore_index": "i32", "kd_vocab": "i32"}
 # The top-k teacher kernel's (topk_kernels.py) integers; n_words (bitmap words per row, whole
 # blocks) is a multiple of 16 whenever BLOCK_V >= 512.
 TOPK_DIVISIBLE = ("n_words",)
 INT_TYPES.update({"ids_stride": "i32", "lp_stride": "i32", "n_words": "i32", "K": "i32"})
-FLOAT_ARGS = ("kd_weight", "tau", "inv_tau", "softcap", "teacher_softcap", "beta", "smoothing", "z_loss")
+# The vocab-parallel slice kernels' (slice_kernels.py) integers.
+INT_TYPES.update({"start": "i32", "local": "i32", "kd_cols": "i32", "vocab": "i32"})
+FLOAT_ARGS = ("kd_weight", "tau", "inv_tau", "softcap", "teacher_softcap", "beta", "smoothing", "z_loss",
+              "log_beta", "log_1m_beta")
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "i32": 4, "i64": 8}
 TRITON_PTR = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
 
@@ -129,6 +137,8 @@ def parse_args(argv=None):
     p.add_argument("--json", metavar="FILE", help="write one JSON record per compiled configuration")
     p.add_argument("--topk-only", action="store_true",
                    help="only the top-k teacher kernel (topk_rows_kernel); with --quick one specialization")
+    p.add_argument("--slice-only", action="store_true",
+                   help="only the vocab-parallel slice kernels (slice_kernels.py); with --quick two specializations")
     return p.parse_args(argv)
 
 
@@ -277,22 +287,49 @@ def topk_cases(quick: bool):
     return out
 
 
-def load_topk_kernels(triton_dir: str):
-    """topk_kernels.py (it imports kernels.py relatively) as a module of a package of its own, so
-    that neither salt_kernels nor torch is imported."""
+def slice_cases(quick: bool):
+    """(plan, kernel name, dtype, teacher dtype, tau, constexprs) of the vocab-parallel slice
+    kernels (slice_kernels.py, launched by slice_launcher.py): with --quick the statistics kernel
+    and the given-stats kernel's forward_kl launch (partial sums and gradient at once), bf16; else
+    also both with every option on, the two launches of reverse_kl and of jsd, and fp32."""
+    stats = dict(HAS_TEACHER=True, SOFTCAP=False, TEACHER_SOFTCAP=False, SMOOTHING=False)
+    given = dict(HAS_TEACHER=True, DIVERGENCE=0, SOFTCAP=False, TEACHER_SOFTCAP=False, SMOOTHING=False,
+                 Z_LOSS=False, PARTS=True, HAS_GRAD=True)
+    out = [("vp-stats", "slice_stats_kernel", "bf16", "bf16", 2.0, stats),
+           ("vp-given-forward-kl", "slice_given_stats_kernel", "bf16", "bf16", 2.0, given)]
+    if quick:
+        return out
+    on = dict(SOFTCAP=True, TEACHER_SOFTCAP=True, SMOOTHING=True)
+    out += [("vp-stats-options", "slice_stats_kernel", "bf16", "bf16", 2.0, dict(stats, **on)),
+            ("vp-given-options", "slice_given_stats_kernel", "bf16", "bf16", 2.0, dict(given, **on, Z_LOSS=True))]
+    for div, name in ((1, "reverse-kl"), (2, "jsd")):
+        out += [(f"vp-parts-{name}", "slice_given_stats_kernel", "bf16", "bf16", 2.0,
+                 dict(given, DIVERGENCE=div, HAS_GRAD=False)),
+                (f"vp-grad-{name}", "slice_given_stats_kernel", "bf16", "bf16", 2.0,
+                 dict(given, DIVERGENCE=div, PARTS=False))]
+    out += [("vp-stats", "slice_stats_kernel", "fp32", "fp32", 2.0, stats),
+            ("vp-given-forward-kl", "slice_given_stats_kernel", "fp32", "fp32", 2.0, given)]
+    return out
+
+
+def load_topk_kernels(triton_dir: str, name: str = "topk_kernels"):
+    """topk_kernels.py (or, by name, another kernels module that imports kernels.py relatively) as
+    a module of a package of its own, so that neither salt_kernels nor torch is imported."""
     import importlib
     import types
 
     pkg = types.ModuleType("salt_triton_aot")
     pkg.__path__ = [triton_dir]
     sys.modules.setdefault("salt_triton_aot", pkg)
-    return importlib.import_module("salt_triton_aot.topk_kernels")
+    return importlib.import_module(f"salt_triton_aot.{name}")
 
 
-def triton_cases(quick: bool, split: int, sync_split: int, topk_only: bool = False):
+def triton_cases(quick: bool, split: int, sync_split: int, topk_only: bool = False, slice_only: bool = False):
     """(plan, kernel name, dtype, teacher dtype, tau, constexprs) for the kernels the launcher runs."""
     if topk_only:
         return topk_cases(quick)
+    if slice_only:
+        return slice_cases(quick)
     tau_mode = {2.0: 2, 1.5: 0, 1.0: 1}
     out = []
     taus = (2.0,) if quick else (2.0, 1.5)
@@ -318,7 +355,7 @@ def triton_cases(quick: bool, split: int, sync_split: int, topk_only: bool = Fal
                         dict(off, **flags, MODE=0, SPLIT=1, TAU_MODE=tau_mode[tau])))
     for dt in ("fp16", "fp32"):
         out.append(("fused", "salt_rows_kernel", dt, dt, 2.0, dict(MODE=0, SPLIT=1, TAU_MODE=2)))
-    return out + topk_cases(quick)
+    return out + topk_cases(quick) + slice_cases(quick)
 
 
 def ptxas_usage(ptx: str, arch: int):
@@ -359,6 +396,7 @@ def compile_triton(args, records) -> int:
         tk = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(tk)
         tkk = load_topk_kernels(os.path.join(ROOT, "salt_kernels", "backends", "triton"))
+        tsk = load_topk_kernels(os.path.join(ROOT, "salt_kernels", "backends", "triton"), "slice_kernels")
         GPUTarget("cuda", 90, 32)
     except Exception as exc:
         print(f"compile_check: this triton cannot compile ahead of time here ({type(exc).__name__}: {exc})",
@@ -381,20 +419,23 @@ def compile_triton(args, records) -> int:
           f"{default_plan}, BLOCK_V {d_block}, {d_warps} warps; split {split} slices, sync {sync_split}")
     failed = 0
     for arch, block, warps in itertools.product(args.arch, blocks, warps_list):
-        for plan, kname, dt, ut, tau, const in triton_cases(args.quick, split, sync_split, args.topk_only):
+        for plan, kname, dt, ut, tau, const in triton_cases(args.quick, split, sync_split, args.topk_only,
+                                                            args.slice_only):
             topk = kname.startswith("topk")
-            fn = getattr(tkk if topk else tk, kname)
+            fn = getattr(tkk if topk else tsk if kname.startswith("slice") else tk, kname)
             names = list(fn.arg_names)
             c = dict(HAS_TEACHER=True, HAS_GRAD=True)
             if "FIELDS" in names:  # the options kernel's workspace width (its default)
                 c["FIELDS"] = tk.WS_FIELDS_OPTIONS
             c.update(const)
             c["BLOCK_V"] = block
-            c["SPLIT_POW2"] = max(2, 1 << (c["SPLIT"] - 1).bit_length())
+            if "SPLIT" in c:
+                c["SPLIT_POW2"] = max(2, 1 << (c["SPLIT"] - 1).bit_length())
             ptr_types = dict(z_ptr=f"*{TRITON_PTR[dt]}", u_ptr=f"*{TRITON_PTR[ut]}", y_ptr="*i64",
                              g_ptr=f"*{TRITON_PTR[dt]}", loss_ptr="*fp32", ce_ptr="*fp32", kd_ptr="*fp32",
                              lse_ptr="*fp32", accuracy_ptr="*fp32", scale_ptr="*fp32", ws_ptr="*fp32", cnt_ptr="*i32",
-                             ids_ptr="*i64", lp_ptr=f"*{TRITON_PTR[ut]}", log_rest_ptr="*fp32", bits_ptr="*i32")
+                             ids_ptr="*i64", lp_ptr=f"*{TRITON_PTR[ut]}", log_rest_ptr="*fp32", bits_ptr="*i32",
+                             out_ptr="*fp32", first_ptr="*i64", d_ptr="*fp32", parts_ptr="*fp32")
             signature, constexprs, attrs = {}, {}, {}
             for i, name in enumerate(names):
                 if name in c:
@@ -645,8 +686,8 @@ def main(argv=None) -> int:
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
     backends = args.backend or (["triton"] if args.quick else ["triton", "cuda"])
-    if args.topk_only and not args.backend:
-        backends = ["triton"]  # the top-k teacher has no CUDA kernel here
+    if (args.topk_only or args.slice_only) and not args.backend:
+        backends = ["triton"]  # the top-k teacher and the vocab-parallel slices have no CUDA kernel here
     records, failed = [], 0
     if "triton" in backends:
         f = compile_triton(args, records)

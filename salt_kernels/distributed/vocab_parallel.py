@@ -15,6 +15,13 @@ Each rank then writes the gradient of its own slice; the math is the reference b
 Rows are processed in chunks of about CHUNK_ELEMENTS logits of the widest slice, the same chunks
 on every rank, so the extra memory stays at a few fp32 copies of one chunk.
 
+The per-element work of a chunk (statistics, the divergence's partial sums, the gradient) is
+chunked PyTorch for CPU tensors, and on CUDA tensors the Triton kernels of
+backends/triton/slice_kernels.py when the Triton backend is usable there (slice_kernels()
+chooses; SALT_VP_KERNELS forces one). Both run the same all-reduces; only the per-row merge
+between them is PyTorch in either case. shard_rows_steps is the chunk loop as a generator that
+yields each all-reduce, so that a test can run every rank's slice in one process.
+
 The gradient of the student slice is computed in the forward (while the chunk is at hand) and
 scaled by the incoming gradient in the backward, as the fused kernels do.
 """
@@ -22,6 +29,7 @@ scaled by the incoming gradient in the backward, as the fused kernels do.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.distributed as dist
@@ -46,12 +54,24 @@ class Shard:
         world = dist.get_world_size(group)
         gathered = [torch.zeros_like(sizes) for _ in range(world)]
         dist.all_gather(gathered, sizes, group=group)
-        self.sizes = [int(s.item()) for s in gathered]
-        self.rank = dist.get_rank(group)
-        self.start = sum(self.sizes[: self.rank])
-        self.vocab = sum(self.sizes)
-        self.local = local_vocab
-        self.widest = max(self.sizes)
+        self._place([int(s.item()) for s in gathered], dist.get_rank(group))
+
+    @classmethod
+    def from_sizes(cls, sizes, rank: int, group=None) -> "Shard":
+        """Rank `rank`'s place among slices of `sizes` columns (rank order), without asking a
+        process group (all_reduce still needs `group`; shard_rows_steps does not)."""
+        shard = cls.__new__(cls)
+        shard.group = group
+        shard._place([int(s) for s in sizes], rank)
+        return shard
+
+    def _place(self, sizes, rank: int) -> None:
+        self.sizes = sizes
+        self.rank = rank
+        self.start = sum(sizes[:rank])
+        self.vocab = sum(sizes)
+        self.local = sizes[rank]
+        self.widest = max(sizes)
 
     def all_reduce(self, x: torch.Tensor, op) -> torch.Tensor:
         dist.all_reduce(x, op=op, group=self.group)
@@ -110,72 +130,205 @@ def _student_grad(z, lse_z, y_loc, mine, w: float, eps: float, lam: float, vocab
     return g
 
 
+KERNELS_ENV = "SALT_VP_KERNELS"
+KERNEL_CHOICES = ("auto", "torch", "triton")
+
+
+def slice_kernels(z_shard: torch.Tensor, choice: str | None = None) -> str:
+    """Which code does shard_rows' per-element work on this rank's slice: "triton" (the kernels
+    of backends/triton/slice_kernels.py) or "torch" (the chunked PyTorch below, the readable
+    statement of the math). `choice` (default: the SALT_VP_KERNELS environment variable, else
+    "auto"): "auto" takes triton for CUDA tensors when the Triton backend is usable there, and
+    torch otherwise (CPU tensors, float64, no triton); "torch" and "triton" force one, and
+    "triton" raises ValueError with the reason where it cannot run (CPU tensors run it only under
+    TRITON_INTERPRET=1, as the tests do)."""
+    choice = choice or os.environ.get(KERNELS_ENV) or "auto"
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(f"vocab-parallel kernels must be one of {', '.join(KERNEL_CHOICES)} (argument or "
+                         f"{KERNELS_ENV}), got {choice!r}")
+    if choice == "torch" or (choice == "auto" and not z_shard.is_cuda):
+        return "torch"
+    if z_shard.dtype == torch.float64:
+        if choice == "triton":
+            raise ValueError("the vocab-parallel triton kernels compute in fp32; float64 logits run the torch path")
+        return "torch"
+    from ..backends.triton import slice_launcher
+
+    ok, why = slice_launcher.supports_device(z_shard.device)
+    if ok:
+        return "triton"
+    if choice == "triton":
+        raise ValueError(f"the vocab-parallel triton kernels cannot run here: {why}")
+    return "torch"
+
+
 def shard_rows(z_shard, u_shard, labels, shard: Shard, *, kd_weight, temperature, ignore_index,
-               options: LossOptions, want_grad: bool):
+               options: LossOptions, want_grad: bool, kernels: str | None = None):
     """Per-row loss, ce, kd, accuracy of the whole-vocabulary SALT loss from this rank's slice, and
-    (want_grad) d loss_i / d z_i on the slice, in the student's dtype."""
+    (want_grad) d loss_i / d z_i on the slice, in the student's dtype. `kernels`: see
+    slice_kernels()."""
+    steps = shard_rows_steps(z_shard, u_shard, labels, shard, kd_weight=kd_weight, temperature=temperature,
+                             ignore_index=ignore_index, options=options, want_grad=want_grad,
+                             kernels=slice_kernels(z_shard, kernels))
+    return run_steps(steps, shard)
+
+
+def run_steps(steps, shard: Shard):
+    """Runs a generator of shard_rows_steps, doing each all-reduce it asks for on the group;
+    returns what the generator returns."""
+    try:
+        x, op = next(steps)
+        while True:
+            x, op = steps.send(shard.all_reduce(x, op))
+    except StopIteration as stop:
+        return stop.value
+
+
+def shard_rows_steps(z_shard, u_shard, labels, shard: Shard, *, kd_weight, temperature, ignore_index,
+                     options: LossOptions, want_grad: bool, kernels: str = "torch"):
+    """shard_rows as a generator: every all-reduce is a `reduced = yield tensor, op`, so that
+    run_steps does them on the process group and a test can run the ranks' generators in one
+    process, side by side; returns (outputs, gradient). Only `shard`'s start, local, vocab and
+    chunk_rows() are used. kernels: "torch" or "triton" (slice_kernels())."""
     n, device, dt, outs, grad = _outputs(z_shard, want_grad)
+    if kernels == "triton" and grad is not None and grad.stride(-1) != 1:
+        grad = torch.empty(z_shard.shape, dtype=z_shard.dtype, device=device)
+    chunk = _torch_chunk if kernels == "torch" else _triton_chunk
+    step = shard.chunk_rows()
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        yield from chunk(z_shard, u_shard, labels, shard, r0, r1, outs, grad, dt, kd_weight=kd_weight,
+                         temperature=temperature, ignore_index=ignore_index, options=options)
+    return outs, grad
+
+
+def _ce(lse_z, sums, eps: float, vocab: int):
+    """CE per row from the group's sums (column 3: z[y], column 4: sum_j z_j)."""
+    ce = lse_z - sums[:, 3]
+    if eps > 0:
+        ce = (1 - eps) * ce + eps * (lse_z - sums[:, 4] / vocab)
+    return ce
+
+
+def _d(d_parts, divergence: str, beta: float):
+    """D per row from the group's partial sums of the divergence."""
+    return d_parts[:, 0] if divergence != "jsd" else beta * d_parts[:, 0] + (1 - beta) * d_parts[:, 1]
+
+
+def _torch_chunk(z_shard, u_shard, labels, shard, r0, r1, outs, grad, dt, *, kd_weight, temperature,
+                 ignore_index, options: LossOptions):
+    """Rows r0:r1 in chunked PyTorch (the generator protocol of shard_rows_steps)."""
     tau, w, o = float(temperature), float(kd_weight), shard.start
     use_teacher = u_shard is not None and w > 0
     kd_vocab = options.kd_vocab or shard.vocab
     kl = min(shard.local, max(0, kd_vocab - o))  # this slice's KD columns
     eps, lam, beta = options.label_smoothing, options.z_loss, options.beta
-    step = shard.chunk_rows()
-    for r0 in range(0, n, step):
-        r1 = min(n, r0 + step)
-        z = _cap(z_shard[r0:r1].to(dt), options.softcap)
-        y = labels[r0:r1].long()
-        valid = y != ignore_index
-        mine = valid & (y >= o) & (y < o + shard.local)
-        y_loc = torch.where(mine, y - o, torch.zeros_like(y))
-        zt = z[:, :kl] / tau if tau != 1 else z[:, :kl]
-        ut = _cap(u_shard[r0:r1, :kl].to(dt), options.teacher_softcap) / tau if use_teacher else zt[:, :0]
-        # 1. maxima
-        m = shard.all_reduce(torch.stack([_rowmax(z), _rowmax(zt), _rowmax(ut)], 1), dist.ReduceOp.MAX)
-        # 2. sums of exps, z[y], sum of z, first index of the maximum
-        z_y = torch.where(mine, z.gather(1, y_loc[:, None])[:, 0], torch.zeros_like(z[:, 0]))
-        sums = torch.stack([_sumexp(z, m[:, 0]), _sumexp(zt, m[:, 1]), _sumexp(ut, m[:, 2]), z_y, z.sum(-1)], 1)
-        shard.all_reduce(sums, dist.ReduceOp.SUM)
-        first = torch.where(_rowmax(z) == m[:, 0], z.argmax(-1) + o, torch.full_like(y, _NO_INDEX))
-        shard.all_reduce(first, dist.ReduceOp.MIN)
-        lse_z, lse_zt, lse_u = (_lse(m[:, i], sums[:, i]) for i in range(3))
-        z_y = sums[:, 3]
-        ce = lse_z - z_y
-        if eps > 0:
-            ce = (1 - eps) * ce + eps * (lse_z - sums[:, 4] / shard.vocab)
-        # 3. the divergence's sums
-        kd = torch.zeros_like(ce)
-        if use_teacher:
-            log_p, log_q = ut - lse_u[:, None], zt - lse_zt[:, None]
-            p, q = log_p.exp(), log_q.exp()
-            if options.divergence == "forward_kl":
-                parts = [_xlogy_terms(p, log_p - log_q).sum(-1)]
-            elif options.divergence == "reverse_kl":
-                parts = [_xlogy_terms(q, log_q - log_p).sum(-1)]
-            else:
-                log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
-                parts = [_xlogy_terms(p, log_p - log_m).sum(-1), _xlogy_terms(q, log_q - log_m).sum(-1)]
-            d_parts = shard.all_reduce(torch.stack(parts, 1), dist.ReduceOp.SUM)
-            d = d_parts[:, 0] if len(parts) == 1 else beta * d_parts[:, 0] + (1 - beta) * d_parts[:, 1]
-            kd = tau * tau * d
-        _store_rows(outs, r0, r1, valid, ce, kd, (first == y).to(dt), lse_z, w, lam)
-        if not want_grad:
-            continue
-        g = _student_grad(z, lse_z, y_loc, mine, w, eps, lam, shard.vocab)
-        if use_teacher and kl > 0:
-            if options.divergence == "forward_kl":
-                dg = q - p
-            elif options.divergence == "reverse_kl":
-                s = log_q - log_p
-                dg = torch.where(q == 0, torch.zeros_like(q), q * (s - d[:, None]))
-            else:
-                gj = (1 - beta) * (log_q - log_m)
-                dg = torch.where(q == 0, torch.zeros_like(q), q * (gj - (1 - beta) * d_parts[:, 1:2]))
-            g[:, :kl] += w * tau * dg
-        if options.softcap is not None:
-            g *= 1 - (z / options.softcap) ** 2
-        grad[r0:r1].copy_(torch.where(valid[:, None], g, torch.zeros_like(g)))
-    return outs, grad
+    z = _cap(z_shard[r0:r1].to(dt), options.softcap)
+    y = labels[r0:r1].long()
+    valid = y != ignore_index
+    mine = valid & (y >= o) & (y < o + shard.local)
+    y_loc = torch.where(mine, y - o, torch.zeros_like(y))
+    zt = z[:, :kl] / tau if tau != 1 else z[:, :kl]
+    ut = _cap(u_shard[r0:r1, :kl].to(dt), options.teacher_softcap) / tau if use_teacher else zt[:, :0]
+    # 1. maxima
+    m = yield torch.stack([_rowmax(z), _rowmax(zt), _rowmax(ut)], 1), dist.ReduceOp.MAX
+    # 2. sums of exps, z[y], sum of z, first index of the maximum
+    z_y = torch.where(mine, z.gather(1, y_loc[:, None])[:, 0], torch.zeros_like(z[:, 0]))
+    sums = torch.stack([_sumexp(z, m[:, 0]), _sumexp(zt, m[:, 1]), _sumexp(ut, m[:, 2]), z_y, z.sum(-1)], 1)
+    sums = yield sums, dist.ReduceOp.SUM
+    first = torch.where(_rowmax(z) == m[:, 0], z.argmax(-1) + o, torch.full_like(y, _NO_INDEX))
+    first = yield first, dist.ReduceOp.MIN
+    lse_z, lse_zt, lse_u = (_lse(m[:, i], sums[:, i]) for i in range(3))
+    ce = _ce(lse_z, sums, eps, shard.vocab)
+    # 3. the divergence's sums
+    kd = torch.zeros_like(ce)
+    if use_teacher:
+        log_p, log_q = ut - lse_u[:, None], zt - lse_zt[:, None]
+        p, q = log_p.exp(), log_q.exp()
+        if options.divergence == "forward_kl":
+            parts = [_xlogy_terms(p, log_p - log_q).sum(-1)]
+        elif options.divergence == "reverse_kl":
+            parts = [_xlogy_terms(q, log_q - log_p).sum(-1)]
+        else:
+            log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
+            parts = [_xlogy_terms(p, log_p - log_m).sum(-1), _xlogy_terms(q, log_q - log_m).sum(-1)]
+        d_parts = yield torch.stack(parts, 1), dist.ReduceOp.SUM
+        d = _d(d_parts, options.divergence, beta)
+        kd = tau * tau * d
+    _store_rows(outs, r0, r1, valid, ce, kd, (first == y).to(dt), lse_z, w, lam)
+    if grad is None:
+        return
+    g = _student_grad(z, lse_z, y_loc, mine, w, eps, lam, shard.vocab)
+    if use_teacher and kl > 0:
+        if options.divergence == "forward_kl":
+            dg = q - p
+        elif options.divergence == "reverse_kl":
+            s = log_q - log_p
+            dg = torch.where(q == 0, torch.zeros_like(q), q * (s - d[:, None]))
+        else:
+            gj = (1 - beta) * (log_q - log_m)
+            dg = torch.where(q == 0, torch.zeros_like(q), q * (gj - (1 - beta) * d_parts[:, 1:2]))
+        g[:, :kl] += w * tau * dg
+    if options.softcap is not None:
+        g *= 1 - (z / options.softcap) ** 2
+    grad[r0:r1].copy_(torch.where(valid[:, None], g, torch.zeros_like(g)))
+
+
+def _rescale(s_local, m_local, m):
+    """Sums of exps taken against this slice's maxima, re-expressed against the group's maxima m
+    (exp(x - m) = exp(x - m_local) exp(m_local - m), with _sumexp's shift of 0 for a maximum that
+    is not finite); a slice with nothing (s == 0) adds 0, a NaN stays."""
+    def shift(x):
+        return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+    return torch.where(s_local == 0, torch.zeros_like(s_local), s_local * (shift(m_local) - shift(m)).exp())
+
+
+def _triton_chunk(z_shard, u_shard, labels, shard, r0, r1, outs, grad, dt, *, kd_weight, temperature,
+                  ignore_index, options: LossOptions):
+    """Rows r0:r1 with the per-element work in the Triton slice kernels
+    (backends/triton/slice_kernels.py) and the same all-reduces as _torch_chunk: the stats
+    kernel gives each slice's maxima and sums of exps against them, which are all-reduced (MAX)
+    and rescaled to the group's maxima before the SUM; the given-stats kernel gives the
+    divergence's partial sums and the gradient. forward_kl writes both in one launch; reverse_kl
+    and jsd need the group's D for the gradient, so a second launch follows the all-reduce."""
+    from ..backends.triton import slice_launcher as sl
+
+    tau, w, o = float(temperature), float(kd_weight), shard.start
+    use_teacher = u_shard is not None and w > 0
+    eps, lam, beta, divergence = options.label_smoothing, options.z_loss, options.beta, options.divergence
+    z = z_shard[r0:r1]
+    u = u_shard[r0:r1] if use_teacher else None
+    y = labels[r0:r1]
+    common = dict(start=o, vocab=shard.vocab, temperature=tau, ignore_index=ignore_index, options=options)
+    st = sl.slice_stats(z, u, y, **common)
+    # 1. maxima
+    m = yield st.maxima.clone(), dist.ReduceOp.MAX
+    # 2. sums of exps (against the group's maxima), z[y], sum of z, first index of the maximum
+    sums = torch.cat([_rescale(st.sumexp, st.maxima, m), st.z_y[:, None], st.sum_z[:, None]], 1)
+    sums = yield sums, dist.ReduceOp.SUM
+    first = torch.where(st.maxima[:, 0] == m[:, 0], st.first, torch.full_like(st.first, _NO_INDEX))
+    first = yield first, dist.ReduceOp.MIN
+    lse = _lse(m, sums[:, :3])
+    lse_z = lse[:, 0]
+    ce = _ce(lse_z, sums, eps, shard.vocab)
+    # 3. the divergence's sums (and, for forward_kl, the gradient in the same pass)
+    kd = torch.zeros_like(ce)
+    one_pass = grad is not None and (not use_teacher or divergence == "forward_kl")
+    g = grad[r0:r1] if grad is not None else None
+    if use_teacher:
+        parts = sl.slice_given_stats(z, u, y, lse, kd_weight=w, parts=True, grad=g if one_pass else None, **common)
+        d_parts = yield parts[:, :2 if divergence == "jsd" else 1].contiguous(), dist.ReduceOp.SUM
+        d = _d(d_parts, divergence, beta)
+        kd = tau * tau * d
+    elif one_pass:
+        sl.slice_given_stats(z, u, y, lse, kd_weight=w, parts=False, grad=g, **common)
+    y_long = y.long()
+    _store_rows(outs, r0, r1, y_long != ignore_index, ce, kd, (first == y_long).to(dt), lse_z, w, lam)
+    if grad is not None and not one_pass:
+        # The gradient of reverse_kl / jsd needs the group's D (jsd: its KL(q || m) part).
+        sl.slice_given_stats(z, u, y, lse, kd_weight=w, parts=False, grad=g,
+                             d=d if divergence == "reverse_kl" else d_parts[:, 1], **common)
 
 
 def shard_topk_rows(z_shard, indices, logprobs, labels, shard: Shard, *, kd_weight, temperature, ignore_index,
