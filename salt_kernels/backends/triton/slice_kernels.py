@@ -40,12 +40,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernels import _softcap
+from .kernels import DIV_FORWARD_KL, DIV_JSD, DIV_REVERSE_KL, DIVERGENCES, _softcap  # noqa: F401 (DIVERGENCES: the launcher's)
 
-DIV_FORWARD_KL = 0
-DIV_REVERSE_KL = 1
-DIV_JSD = 2
-DIVERGENCES = {"forward_kl": DIV_FORWARD_KL, "reverse_kl": DIV_REVERSE_KL, "jsd": DIV_JSD}
 _FORWARD_KL = tl.constexpr(DIV_FORWARD_KL)  # what the kernels may read of the above
 _REVERSE_KL = tl.constexpr(DIV_REVERSE_KL)
 _JSD = tl.constexpr(DIV_JSD)
