@@ -39,7 +39,8 @@ if os.environ.get("SALT_SKIP_CPU_BUILD") != "1":
         Pybind11Extension(
             "salt_kernels._salt_cpu",
             ["csrc/cpu/salt_cpu.cpp", "python/bind_cpu.cpp"],
-            depends=["csrc/cpu/salt_cpu.h", "csrc/cpu/rows_impl.inc", "csrc/salt_math.h"],
+            depends=["csrc/cpu/salt_cpu.h", "csrc/cpu/rows_impl.inc", "csrc/cpu/topk_impl.inc", "csrc/salt_math.h",
+                     "python/bind_args.h"],
             cxx_std=17,
             # No -ffast-math: the kernel relies on IEEE -inf and NaN. Per-ISA code paths are
             # selected at run time inside the library, so no -march flag is needed.
@@ -61,7 +62,7 @@ CUDA_SOURCES = [
     "csrc/cuda/salt_cuda_topk.cu",
 ]
 CUDA_DEPENDS = CUDA_SOURCES + ["csrc/cuda/rows_kernel.cuh", "csrc/cuda/topk_kernel.cuh", "csrc/cuda/salt_cuda.h",
-                               "csrc/salt_math.h"]
+                               "csrc/salt_math.h", "python/bind_args.h"]
 NVCC_FLAGS = [
     "-O3",
     "-std=c++17",

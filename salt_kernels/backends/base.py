@@ -164,3 +164,29 @@ def compiled_rows_args(student: torch.Tensor, teacher: torch.Tensor | None, labe
     """RowArgs.kernel_args of these arguments, with the option fields only when `options` is given."""
     args = RowArgs(student, teacher, labels, options=options or DEFAULT_OPTIONS, **keywords)
     return args.kernel_args(out, with_options=options is not None)
+
+
+def topk_kernel_args(args: RowArgs, indices: torch.Tensor, logprobs: torch.Tensor, tail: str) -> tuple[dict, tuple]:
+    """The fields of salt::TopkArgs beyond its rows, as keyword arguments of the compiled backends'
+    `topk_rows` (python/bind_args.h), with kd_weight (RowArgs.kernel_args passes 0 without a full
+    teacher; the slots are read when it is > 0 and k > 0). Slots whose last dimension is strided
+    are copied contiguous: the second value holds the tensors the addresses point into, to be kept
+    alive until the kernel has run."""
+    use_teacher = args.kd_weight > 0 and indices.shape[-1] > 0
+    if use_teacher:
+        if indices.shape[-1] > 1 and indices.stride(-1) != 1:
+            indices = indices.contiguous()
+        if logprobs.shape[-1] > 1 and logprobs.stride(-1) != 1:
+            logprobs = logprobs.contiguous()
+    fields = dict(
+        kd_weight=args.kd_weight if use_teacher else 0.0,
+        indices=indices.data_ptr() if use_teacher else 0,
+        indices_row_stride=indices.stride(0) if use_teacher else 0,
+        indices_int64=indices.dtype == torch.int64,
+        logprobs=logprobs.data_ptr() if use_teacher else 0,
+        logprobs_row_stride=logprobs.stride(0) if use_teacher else 0,
+        logprobs_dtype=DTYPE_CODES[logprobs.dtype] if use_teacher else 0,
+        k=indices.shape[-1] if use_teacher else 0,
+        bucket=tail == "bucket",
+    )
+    return fields, (indices, logprobs)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import DTYPE_CODES, LossOptions, RowArgs, RowOutputs
+from .base import LossOptions, RowArgs, RowOutputs, topk_kernel_args
 
 NAME = "cpu"
 
@@ -60,27 +60,8 @@ def _topk_rows(student: torch.Tensor, indices: torch.Tensor, logprobs: torch.Ten
     a = RowArgs(student, None, labels, **keywords)
     out = RowOutputs.empty(student.shape[0], student.device)
     out.accuracy = torch.empty_like(out.loss)
-    args = a.kernel_args(out)
-    use_teacher = a.kd_weight > 0
-    args["kd_weight"] = a.kd_weight if use_teacher else 0.0  # kernel_args zeroes it without a full teacher
-    if use_teacher:
-        if indices.shape[-1] > 1 and indices.stride(-1) != 1:
-            indices = indices.contiguous()
-        if logprobs.shape[-1] > 1 and logprobs.stride(-1) != 1:
-            logprobs = logprobs.contiguous()
-    k = indices.shape[-1] if use_teacher else 0
-    _salt_cpu.topk_rows(
-        **args,
-        num_threads=torch.get_num_threads(),
-        indices=indices.data_ptr() if use_teacher else 0,
-        indices_row_stride=indices.stride(0) if use_teacher else 0,
-        indices_int64=indices.dtype == torch.int64,
-        logprobs=logprobs.data_ptr() if use_teacher else 0,
-        logprobs_row_stride=logprobs.stride(0) if use_teacher else 0,
-        logprobs_dtype=DTYPE_CODES[logprobs.dtype] if use_teacher else 0,
-        k=k,
-        bucket=tail == "bucket",
-    )
+    slots, _keep = topk_kernel_args(a, indices, logprobs, tail)
+    _salt_cpu.topk_rows(**{**a.kernel_args(out), **slots}, num_threads=torch.get_num_threads())
     return out
 
 

@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from .base import DTYPE_CODES, LossOptions, RowArgs, RowOutputs
+from .base import DTYPE_CODES, LossOptions, RowArgs, RowOutputs, topk_kernel_args
 
 NAME = "cuda"
 MIN_CAPABILITY = (9, 0)
@@ -149,31 +149,10 @@ def _topk_rows(student: torch.Tensor, indices: torch.Tensor, logprobs: torch.Ten
     out.accuracy = torch.empty(n, dtype=torch.float32, device=device)
     if n == 0:
         return out
-    args = a.kernel_args(out)
-    use_teacher = a.kd_weight > 0 and indices.shape[-1] > 0
-    if use_teacher:
-        if indices.shape[-1] > 1 and indices.stride(-1) != 1:
-            indices = indices.contiguous()
-        if logprobs.shape[-1] > 1 and logprobs.stride(-1) != 1:
-            logprobs = logprobs.contiguous()
+    slots, _keep = topk_kernel_args(a, indices, logprobs, tail)
     index = device.index if device.index is not None else torch.cuda.current_device()
-    _salt_cuda.topk_rows(
-        **{k: args[k] for k in ("student", "student_row_stride", "student_dtype", "labels", "labels_stride",
-                                "labels_int64", "n_rows", "vocab", "temperature", "ignore_index", "loss", "ce", "kd",
-                                "lse", "grad", "grad_row_stride", "grad_scale", "grad_scale_stride", "softcap",
-                                "label_smoothing", "z_loss", "accuracy")},
-        kd_weight=a.kd_weight if use_teacher else 0.0,  # kernel_args zeroes it without a full teacher
-        stream=torch.cuda.current_stream(device).cuda_stream,
-        device=index,
-        indices=indices.data_ptr() if use_teacher else 0,
-        indices_row_stride=indices.stride(0) if use_teacher else 0,
-        indices_int64=indices.dtype == torch.int64,
-        logprobs=logprobs.data_ptr() if use_teacher else 0,
-        logprobs_row_stride=logprobs.stride(0) if use_teacher else 0,
-        logprobs_dtype=DTYPE_CODES[logprobs.dtype] if use_teacher else 0,
-        k=indices.shape[-1] if use_teacher else 0,
-        bucket=tail == "bucket",
-    )
+    _salt_cuda.topk_rows(**{**a.kernel_args(out), **slots}, stream=torch.cuda.current_stream(device).cuda_stream,
+                         device=index)
     return out
 
 

@@ -27,7 +27,7 @@ import tempfile
 import torch
 
 from salt_kernels.backends import cuda as cuda_backend
-from salt_kernels.backends.base import DEFAULT_OPTIONS, DTYPE_CODES, RowOutputs, compiled_rows_args
+from salt_kernels.backends.base import DEFAULT_OPTIONS, RowArgs, RowOutputs, compiled_rows_args, topk_kernel_args
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -210,12 +210,12 @@ def topk_rows(lib, student, indices, logprobs, labels, *, kd_weight, temperature
                          "ignore_index", "loss", "ce", "kd", "lse", "grad", "grad_row_stride", "grad_scale",
                          "grad_scale_stride")]
     ia += [1, 256, 1, 0, 0, a["accuracy"]]
-    use_teacher = kd_weight > 0 and indices.shape[-1] > 0
-    k = indices.shape[-1] if use_teacher else 0
-    ta = [indices.data_ptr() if use_teacher else 0, indices.stride(0) if use_teacher else 0,
-          int(indices.dtype == torch.int64), logprobs.data_ptr() if use_teacher else 0,
-          logprobs.stride(0) if use_teacher else 0, DTYPE_CODES[logprobs.dtype] if use_teacher else 0, k,
-          int(tail == "bucket")]
+    slots, keep = topk_kernel_args(RowArgs(student, None, labels, kd_weight=kd_weight, temperature=temperature,
+                                           ignore_index=ignore_index), indices, logprobs, tail)
+    ta = [int(slots[f]) for f in ("indices", "indices_row_stride", "indices_int64", "logprobs", "logprobs_row_stride",
+                                  "logprobs_dtype", "k", "bucket")]
+    use_teacher, k = slots["k"] > 0, slots["k"]
+    indices, logprobs = keep
     regions = [region(student, n, vocab, False), region(labels, n, 1, False, row_stride=a["labels_stride"])]
     if use_teacher:
         regions += [region(indices, n, k, False), region(logprobs, n, k, False)]
@@ -226,7 +226,7 @@ def topk_rows(lib, student, indices, logprobs, labels, *, kd_weight, temperature
     for t in (out.loss, out.ce, out.kd, out.accuracy):
         regions.append(region(t, 1, n, True))
     regions.append(region(out.lse, 1, 3 * n, True))
-    fa = [float(kd_weight), a["temperature"], a["softcap"], a["teacher_softcap"], a["beta"], a["label_smoothing"],
+    fa = [float(slots["kd_weight"]), a["temperature"], a["softcap"], a["teacher_softcap"], a["beta"], a["label_smoothing"],
           a["z_loss"]]
     flat = [int(v) for r in regions for v in r]
     err = ctypes.create_string_buffer(1024)
