@@ -2,29 +2,16 @@
 the default kernels for sm_90 and the script writes one record per configuration with the SASS
 figures (registers, spills, instructions and exps per element)."""
 
-import json
 import math
-import os
-import subprocess
-import sys
 
-import pytest
+from aot import compile_check
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "benchmarks", "gpu", "compile_check.py")
 KEYS = {"backend", "plan", "dtype", "tau", "block", "warps", "registers", "spill_bytes", "shared_bytes",
         "instructions_per_element", "exps_per_element", "default"}
 
 
 def test_quick_json_records(tmp_path):
-    out = tmp_path / "records.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, SCRIPT, "--quick", "--json", str(out)], capture_output=True, text=True,
-                         timeout=300, cwd=ROOT, env=env)
-    if res.returncode == 2:
-        pytest.skip(f"triton has no NVIDIA ahead-of-time path here: {res.stderr.strip()[-300:]}")
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    records = json.loads(out.read_text())
+    records, stdout = compile_check(tmp_path, "--quick")
     assert isinstance(records, list) and records
     for r in records:
         assert set(r) == KEYS, sorted(r)
@@ -40,4 +27,4 @@ def test_quick_json_records(tmp_path):
             assert r[key] >= 0, (key, r)
     assert any(r["backend"] == "triton" and r["default"] for r in records), records
     # The table is printed too.
-    assert "ins/el" in res.stdout and "exp/el" in res.stdout, res.stdout
+    assert "ins/el" in stdout and "exp/el" in stdout, stdout

@@ -3,6 +3,8 @@ its relation to salt_loss; and its input checks."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -201,15 +203,25 @@ EMULATED = "cuda-emulated"
 ROW_BACKENDS = [b for b in BACKENDS if b.values[0] != "reference"] + [pytest.param(EMULATED)]
 
 
+@functools.cache
+def _emulator():
+    """The emulator library (built or loaded once per run), or the reason it is unavailable."""
+    import cuda_emulator
+
+    try:
+        return cuda_emulator.build()
+    except cuda_emulator.EmulatorUnavailable as exc:
+        return str(exc)
+
+
 def _topk_rows_of(name):
     if name != EMULATED:
         return registry.get(name).topk_rows
     import cuda_emulator
 
-    try:
-        lib = cuda_emulator.build()
-    except cuda_emulator.EmulatorUnavailable as exc:
-        pytest.skip(str(exc))
+    lib = _emulator()
+    if isinstance(lib, str):
+        pytest.skip(lib)
     return lambda *args, **kw: cuda_emulator.topk_rows(lib, *args, **kw)
 
 

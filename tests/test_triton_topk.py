@@ -10,10 +10,6 @@ spans several blocks, the last one ragged, and its K bitmap several words per ti
 small: the interpreter costs about a millisecond per program and block.
 """
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -22,10 +18,10 @@ from salt_kernels.backends import reference  # noqa: E402
 from salt_kernels.backends.base import LossOptions  # noqa: E402
 from triton_setup import DEVICE, INTERPRETER_WARNINGS, ON_GPU, tb  # noqa: E402
 
+from aot import compile_check  # noqa: E402
 from oracle import make_logits  # noqa: E402
 from options_oracle import topk_rows_oracle  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = INTERPRETER_WARNINGS
 
 
@@ -227,17 +223,7 @@ def test_registry_discovers_topk():
 def test_compiles_for_sm90(tmp_path):
     """compile_check.py --topk compiles topk_rows_kernel ahead of time for sm_90 (bf16, fused plan,
     tau 2): no spills, vector loads in its hot loops."""
-    import json
-
-    out = tmp_path / "records.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu", "compile_check.py"), "--quick",
-                          "--topk-only", "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                         env=env)
-    if res.returncode == 2:
-        pytest.skip(f"triton has no NVIDIA ahead-of-time path here: {res.stderr.strip()[-300:]}")
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    records = json.loads(out.read_text())
+    records, _ = compile_check(tmp_path, "--quick", "--topk-only")
     assert records and all(r["plan"].startswith("topk") for r in records), records
     for r in records:
         assert r["spill_bytes"] == 0, r

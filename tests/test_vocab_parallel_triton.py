@@ -15,11 +15,6 @@ runs several chunks.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -29,6 +24,7 @@ from salt_kernels.backends.base import LossOptions
 from salt_kernels.distributed import vocab_parallel as vp
 from triton_setup import DEVICE, INTERPRETER_WARNINGS, ON_GPU, tb, tsl
 
+from aot import compile_check
 from oracle import make_logits
 
 pytestmark = [
@@ -41,7 +37,6 @@ N = 6
 SPLITS = {"3": [70, 130, 97], "2": [150, 147]}  # 297 columns
 VOCAB = 297
 BLOCK = 32
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (options, temperature, kd_weight); kd_vocab 115 cuts slice 1 of the 3-way split (its 45th
 # column, inside its second block) and slice 0 of the 2-way split; 60 cuts slice 0 of both.
@@ -322,15 +317,7 @@ def test_compiles_for_sm90(tmp_path):
     """compile_check.py --slice-only compiles the statistics kernel and the given-stats kernel's
     forward_kl launch ahead of time for sm_90 (bf16, 2048-column blocks), which the interpreter
     cannot check: no spills, vector loads in their hot loops."""
-    out = tmp_path / "records.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu", "compile_check.py"), "--quick",
-                          "--slice-only", "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                         env=env)
-    if res.returncode == 2:
-        pytest.skip(f"triton has no NVIDIA ahead-of-time path here: {res.stderr.strip()[-300:]}")
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    records = json.loads(out.read_text())
+    records, _ = compile_check(tmp_path, "--quick", "--slice-only")
     assert sorted(r["plan"] for r in records) == ["vp-given-forward-kl", "vp-stats"], records
     for r in records:
         assert r["spill_bytes"] == 0, r

@@ -30,8 +30,7 @@ if not ON_GPU:
     for _module, _kernel in ((tk, "salt_rows_kernel"), (tkk, "topk_rows_kernel"), (tsk, "slice_stats_kernel")):
         if type(getattr(_module, _kernel)).__name__ != "InterpretedFunction":
             importlib.reload(_module)  # imported before TRITON_INTERPRET was set: build it again
-    tb._topk_kernels = tkk  # the launchers' handles on the (rebuilt) modules
-    tsl._kernels = tsk
+    tb._extra_kernels.update(topk_kernels=tkk, slice_kernels=tsk)  # the launchers' handles on the rebuilt modules
 
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 INTERPRETER_WARNINGS = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")

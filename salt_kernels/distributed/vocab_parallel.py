@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from .. import _validation as V
 from ..backends.base import LossOptions, result_dtype
 from ..backends.reference import _cap, _xlogy_terms, combine_loss
+from ..backends.triton.slice_launcher import NO_INDEX as _NO_INDEX  # imports no triton
 
 CHUNK_ELEMENTS = 1 << 21
-_NO_INDEX = torch.iinfo(torch.int64).max
 
 
 class Shard:

@@ -91,25 +91,11 @@ def build() -> ctypes.CDLL:
                 except OSError:
                     pass
     lib = ctypes.CDLL(out)
-    lib.salt_emulate_rows.restype = ctypes.c_int
-    lib.salt_emulate_rows.argtypes = [
-        ctypes.POINTER(ctypes.c_int64),
-        ctypes.POINTER(ctypes.c_double),
-        ctypes.POINTER(ctypes.c_int64),
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_int,
-    ]
-    lib.salt_emulate_topk_rows.restype = ctypes.c_int
-    lib.salt_emulate_topk_rows.argtypes = [
-        ctypes.POINTER(ctypes.c_int64),
-        ctypes.POINTER(ctypes.c_double),
-        ctypes.POINTER(ctypes.c_int64),
-        ctypes.POINTER(ctypes.c_int64),
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_int,
-    ]
+    ints, doubles = ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_double)
+    tail = [ints, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]  # regions, their count, the error buffer
+    lib.salt_emulate_rows.restype = lib.salt_emulate_topk_rows.restype = ctypes.c_int
+    lib.salt_emulate_rows.argtypes = [ints, doubles, *tail]  # ia, fa
+    lib.salt_emulate_topk_rows.argtypes = [ints, doubles, ints, *tail]  # ia, fa, ta
     return lib
 
 

@@ -23,6 +23,7 @@ and several slices under the interpreter, and let benchmarks compare plans.
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import torch
@@ -293,23 +294,22 @@ class _on_device:
 TOPK_MAX_K = 4096  # slots per row the kernel holds as one vector; longer rows run reference.topk_rows
 TOPK_BITMAP_BYTES = 64 << 20  # the K bitmaps of the rows of one launch (rows beyond: more launches)
 
-_topk_kernels = None
+_extra_kernels: dict = {}
 
 
-def _load_topk():
-    global _topk_kernels
-    if _topk_kernels is None and _load() is not None:
-        from . import topk_kernels
+def load_kernels(name: str):
+    """A kernels module beside this one (topk_kernels, slice_kernels), imported on first use;
+    None when triton is not usable (_load says why)."""
+    if name not in _extra_kernels and _load() is not None:
+        _extra_kernels[name] = importlib.import_module(f"{__package__}.{name}")
+    return _extra_kernels.get(name)
 
-        _topk_kernels = topk_kernels
-    return _topk_kernels
 
-
-def topk_plan(vocab: int) -> dict:
-    """Block size and warps of topk_rows_kernel: blocks as the full-teacher kernel's (BLOCK_V
-    knob included), at least 32 entries (one bitmap word per tile row)."""
+def block_plan(vocab: int, minimum: int) -> dict:
+    """Block size and warps of a one-program-per-row kernel over rows of `vocab` entries: the
+    next power of two up to 2048 (the BLOCK_V knob overrides), at least `minimum` entries."""
     pow2 = 1 << max(0, (vocab - 1).bit_length())
-    block = max(32, BLOCK_V or min(2048, pow2))
+    block = max(minimum, BLOCK_V or min(2048, pow2))
     warps = NUM_WARPS or (8 if block >= 2048 else 4)
     return dict(block_v=block, num_warps=warps)
 
@@ -321,7 +321,7 @@ def topk_rows(student: torch.Tensor, indices: torch.Tensor, logprobs: torch.Tens
     what is O(k) per row: the tail outcome's log r (float64 sum of the teacher's probabilities)."""
     a = RowArgs(student, None, labels, **keywords)
     kd_weight, tau, options, grad, grad_scale = a.kd_weight, float(a.temperature), a.options, a.grad, a.grad_scale
-    k = _load_topk()
+    k = load_kernels("topk_kernels")
     n, vocab = student.shape
     device = student.device
     use_teacher = kd_weight > 0 and indices is not None
@@ -334,7 +334,7 @@ def topk_rows(student: torch.Tensor, indices: torch.Tensor, logprobs: torch.Tens
     out.accuracy = torch.empty(n, dtype=torch.float32, device=device)
     if n == 0:
         return out
-    p = topk_plan(vocab)
+    p = block_plan(vocab, 32)  # at least one bitmap word per tile row
     block = p["block_v"]
     words = -(-vocab // block) * (block // 32)  # bitmap words per row, whole blocks
     if use_teacher:

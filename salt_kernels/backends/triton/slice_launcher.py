@@ -20,17 +20,9 @@ from . import launcher
 
 NO_INDEX = torch.iinfo(torch.int64).max  # "no maximum in this slice", the identity of MIN
 
-_kernels = None
-
-
 def _load():
-    """The slice kernels module, imported on first use; None when triton is not usable."""
-    global _kernels
-    if _kernels is None and launcher._load() is not None:
-        from . import slice_kernels
-
-        _kernels = slice_kernels
-    return _kernels
+    """The slice kernels module (launcher.load_kernels); None when triton is not usable."""
+    return launcher.load_kernels("slice_kernels")
 
 
 def supports_device(device: torch.device) -> tuple[bool, str]:
@@ -65,18 +57,9 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 or x.shape[-1] <= 1 else x.contiguous()
 
 
-def _block(local: int) -> int:
-    """Columns per block: the triton backend's BLOCK_V knob, else up to 2048."""
-    return launcher.BLOCK_V or min(2048, max(16, 1 << max(0, (local - 1).bit_length())))
-
-
 def _kd_cols(options: LossOptions, start: int, local: int, vocab: int) -> int:
     """The slice's KD columns: global columns below kd_vocab (all of them without kd_vocab)."""
     return min(local, max(0, (options.kd_vocab or vocab) - start))
-
-
-def _warps(block: int) -> int:
-    return launcher.NUM_WARPS or (8 if block >= 2048 else 4)
 
 
 def slice_stats(z: torch.Tensor, u: torch.Tensor | None, labels: torch.Tensor, *, start: int, vocab: int,
@@ -97,15 +80,15 @@ def slice_stats(z: torch.Tensor, u: torch.Tensor | None, labels: torch.Tensor, *
         z = _rows(z)
         has_teacher = u is not None
         u = _rows(u) if has_teacher else z
-        block = _block(local)
+        plan = launcher.block_plan(local, 16)
         with launcher._on_device(device):
             k.slice_stats_kernel[(n,)](
                 z, z.stride(0), u, u.stride(0) if has_teacher else 0, labels, labels.stride(0), out, first,
                 start, local, _kd_cols(options, start, local, vocab), int(ignore_index), 1.0 / float(temperature),
                 float(options.softcap or 1.0), float(options.teacher_softcap or 1.0),
-                BLOCK_V=block, HAS_TEACHER=has_teacher, SOFTCAP=options.softcap is not None,
+                BLOCK_V=plan["block_v"], HAS_TEACHER=has_teacher, SOFTCAP=options.softcap is not None,
                 TEACHER_SOFTCAP=has_teacher and options.teacher_softcap is not None,
-                SMOOTHING=options.label_smoothing > 0, num_warps=_warps(block),
+                SMOOTHING=options.label_smoothing > 0, num_warps=plan["num_warps"],
             )
     return SliceStats(out[:, 0:3], out[:, 3:6], out[:, 6], out[:, 7], first)
 
@@ -138,7 +121,7 @@ def slice_given_stats(z: torch.Tensor, u: torch.Tensor | None, labels: torch.Ten
     u = _rows(u) if has_teacher else z
     lse = lse.to(torch.float32).contiguous()
     d = d.to(torch.float32).contiguous() if d is not None else lse
-    block = _block(local)
+    plan = launcher.block_plan(local, 16)
     beta = float(options.beta)
     log_beta, log_1m_beta = (math.log(beta), math.log1p(-beta)) if options.divergence == "jsd" else (0.0, 0.0)
     with launcher._on_device(device):
@@ -149,9 +132,9 @@ def slice_given_stats(z: torch.Tensor, u: torch.Tensor | None, labels: torch.Ten
             float(temperature), 1.0 / float(temperature), float(options.softcap or 1.0),
             float(options.teacher_softcap or 1.0), beta, log_beta, log_1m_beta,
             float(options.label_smoothing), float(options.z_loss),
-            BLOCK_V=block, HAS_TEACHER=has_teacher, DIVERGENCE=k.DIVERGENCES[options.divergence] if has_teacher else 0,
+            BLOCK_V=plan["block_v"], HAS_TEACHER=has_teacher, DIVERGENCE=k.DIVERGENCES[options.divergence] if has_teacher else 0,
             SOFTCAP=options.softcap is not None, TEACHER_SOFTCAP=has_teacher and options.teacher_softcap is not None,
             SMOOTHING=options.label_smoothing > 0, Z_LOSS=options.z_loss > 0, PARTS=parts, HAS_GRAD=has_grad,
-            num_warps=_warps(block),
+            num_warps=plan["num_warps"],
         )
     return out
