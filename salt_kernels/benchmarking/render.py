@@ -118,6 +118,14 @@ def _cell_time(r: dict | None, notes: dict) -> str:
     return fmt_time(r["median_s"]) + extra + dagger
 
 
+def _cell_ratio(r: dict | None, base: dict | None, notes: dict) -> str:
+    """r's median time and, when base ran too, the ratio r / base in parentheses."""
+    if not _ok(r):
+        return _cell_time(r, notes)
+    ratio = f" ({r['median_s'] / base['median_s']:.2f}×)" if _ok(base) else ""
+    return fmt_time(r["median_s"]) + ratio
+
+
 def _cell_mem(r: dict | None, notes: dict) -> str:
     if r is None:
         return "—"
@@ -239,13 +247,7 @@ def option_tables(doc: dict, notes: dict) -> list[str]:
             for var, n, v in keys:
                 base = by.get((var, n, v, dtype, p, "default"))
                 cells = [title(var), str(n), str(v)]
-                for o in options:
-                    r = by.get((var, n, v, dtype, p, o))
-                    if _ok(r):
-                        ratio = f" ({r['median_s'] / base['median_s']:.2f}×)" if _ok(base) else ""
-                        cells.append(fmt_time(r["median_s"]) + ratio)
-                    else:
-                        cells.append(_cell_time(r, notes))
+                cells += [_cell_ratio(by.get((var, n, v, dtype, p, o)), base, notes) for o in options]
                 rows.append(cells)
             parts.append(f"**{dtype}, {PASS_TITLES[p]}: distillation options**: median time (the option's time ÷ "
                          "the default option's, same variant, N, V, dtype and pass)\n")

@@ -48,16 +48,11 @@ def command_line(dc) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import fields
-
-    from salt_kernels.train.config import ConfigError
+    from salt_kernels.train.config import ConfigError, dataclass_from_args
     from salt_kernels.train.demo import DemoConfig, run_demo
     from salt_kernels.train.runtime import exit_status
 
-    dc = DemoConfig()
-    for f in fields(DemoConfig):
-        if hasattr(args, f.name):
-            setattr(dc, f.name, getattr(args, f.name))
+    dc = dataclass_from_args(DemoConfig, args)
     try:
         result = run_demo(dc, command=command_line(dc))
     except ConfigError as exc:

@@ -40,15 +40,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import fields
-
-    from salt_kernels.train.config import ConfigError
+    from salt_kernels.train.config import ConfigError, dataclass_from_args
     from salt_kernels.train.teacher_cache import CacheConfig, build_teacher_cache
 
-    cc = CacheConfig()
-    for f in fields(CacheConfig):
-        if hasattr(args, f.name):
-            setattr(cc, f.name, getattr(args, f.name))
+    cc = dataclass_from_args(CacheConfig, args)
     try:
         build_teacher_cache(cc)
     except ConfigError as exc:

@@ -361,6 +361,12 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, klass, title: str |
         group.add_argument(flag, **kwargs)
 
 
+def dataclass_from_args(klass, args: argparse.Namespace):
+    """An instance of klass with its defaults, overridden by the flags given on the command line
+    (the counterpart of add_dataclass_arguments)."""
+    return klass(**{f.name: getattr(args, f.name) for f in fields(klass) if hasattr(args, f.name)})
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", default=None,
                         help="TOML/YAML file with any of the settings below, by section "
