@@ -131,6 +131,25 @@ def test_seeds_give_mean_spread_and_bands(seeds_demo, monkeypatch, tmp_path):
     assert lo == [min(c[t] for c in curves) for t in steps] and hi == [max(c[t] for c in curves) for t in steps]
 
 
+def test_report_says_how_much_the_baseline_still_gained_at_its_end(seeds_demo):
+    from salt_kernels.train.report import tail_gain
+
+    s = summary_of(seeds_demo)
+    evals = eval_rows(seeds_demo / "baseline")  # steps 0, 4, 8, 12: the last 10% starts after step 8
+    t = s["baseline_tail_gain"]
+    assert (t["from_step"], t["to_step"]) == (8, 12)
+    assert t["gain"] == pytest.approx(evals[2]["val_loss"] - evals[3]["val_loss"])
+    assert t["relative"] == pytest.approx(t["gain"] / evals[3]["val_loss"])
+    assert s["per_seed"][0]["baseline_tail_gain"] == t
+    assert s["per_seed"][1]["baseline_tail_gain"]["from_step"] == 8
+    assert f"its validation loss fell by {t['gain']:.4f}" in (seeds_demo / "report.md").read_text()
+    rows = [{"step": k, "val_loss": 5.0 - k / 1000} for k in range(0, 1001, 25)]
+    assert tail_gain(rows) == {"from_step": 900, "to_step": 1000, "gain": pytest.approx(0.1),
+                               "relative": pytest.approx(0.025)}
+    assert tail_gain(rows, fraction=0.3)["from_step"] == 700
+    assert tail_gain(rows[:1]) is None
+
+
 # --------------------------------------------------------------------------- wall-clock
 
 

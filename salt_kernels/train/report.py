@@ -41,6 +41,24 @@ def steps_to_match(salt_evals: list[dict], target: float) -> dict | None:
     return None
 
 
+def tail_gain(evals: list[dict], fraction: float = 0.1) -> dict | None:
+    """How much a run's validation loss still fell over its last `fraction` of steps: from the
+    last evaluation at or before (1 - fraction) of the final step to the final one. A baseline
+    whose tail gain is small has flattened, so a SALT run matching it saves steps the baseline
+    would not have turned into quality anyway; a large one means the baseline was still
+    improving when it stopped."""
+    if len(evals) < 2:
+        return None
+    last = evals[-1]
+    start = [r for r in evals if r["step"] <= (1 - fraction) * last["step"]]
+    if not start:
+        return None
+    first = start[-1]
+    gain = first["val_loss"] - last["val_loss"]
+    return {"from_step": first["step"], "to_step": last["step"], "gain": gain,
+            "relative": gain / last["val_loss"]}
+
+
 def run_section(run_dir: Path) -> dict:
     """A run's results from its summary.json (and its seed from config.json)."""
     s = json.loads((run_dir / "summary.json").read_text())
@@ -134,6 +152,7 @@ def build_summary(root: Path, runs: list[dict] | None = None, step_times: dict |
         sections[r["baseline"]], sections[r["salt"]] = b, s
         match = steps_to_match(eval_rows(root / r["salt"]), b["final_val_loss"])
         per_seed.append({
+            "baseline_tail_gain": tail_gain(eval_rows(root / r["baseline"])),
             "seed": r["seed"], "baseline": r["baseline"], "salt": r["salt"],
             "baseline_final_val_loss": b["final_val_loss"], "salt_final_val_loss": s["final_val_loss"],
             "val_loss_gain": b["final_val_loss"] - s["final_val_loss"],
@@ -150,6 +169,7 @@ def build_summary(root: Path, runs: list[dict] | None = None, step_times: dict |
         "steps_to_match": first["steps_to_match"],
         "steps_to_match_fraction": first["steps_to_match_fraction"],
         "val_loss_gain": first["val_loss_gain"],
+        "baseline_tail_gain": first["baseline_tail_gain"],
         "seeds": [p["seed"] for p in per_seed],
         "per_seed": per_seed,
         "across_seeds": {
@@ -261,6 +281,16 @@ def _machine_line(runs: list[dict]) -> str:
 
 def _fmt(x, spec=".4f"):
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def _flatness(summary: dict) -> str:
+    t = summary.get("baseline_tail_gain")
+    if not t:
+        return ""
+    return (f"Has the baseline flattened? Over its last {t['to_step'] - t['from_step']} steps (step "
+            f"{t['from_step']} to {t['to_step']}) its validation loss fell by {t['gain']:.4f} "
+            f"({t['relative']:.1%}); the smaller this is, the less the baseline would have gained from "
+            "the steps SALT saves.")
 
 
 def _quality(summary: dict) -> list[str]:
@@ -410,6 +440,7 @@ def render_markdown(summary: dict, command: str) -> str:
         "",
         *_quality(summary),
         "",
+        *([_flatness(summary), ""] if summary.get("baseline_tail_gain") else []),
         f"SALT: distillation for the first n_KD = {s.get('n_kd')} of {s['steps']} steps "
         f"({s.get('n_kd', 0) / s['steps']:.0%}) with w = {s.get('kd_weight')}, temperature "
         f"{s.get('temperature')}, transition `{s.get('transition')}`"
