@@ -365,3 +365,18 @@ def test_a_failed_start_leaves_no_folder(tmp_path, corpus, teacher_run, monkeypa
     assert main(["demo", "--runs-dir", str(runs), *demo_flags(corpus)]) == 2
     assert "simulated failure" in capsys.readouterr().err
     assert not runs.exists()
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "teacher-cache", "bench", "profile"])
+def test_every_command_explains_every_flag(command, capsys):
+    from salt_kernels.cli import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    sub = build_parser()._defaults["_commands"][command]
+    for action in sub._actions:
+        flag = max(action.option_strings, key=len, default=action.dest)
+        assert action.help, f"{command} {flag} has no help"
+        assert flag in text

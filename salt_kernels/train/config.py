@@ -342,7 +342,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, klass, title: str |
         tp = str(hints[f.name])
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         shown = f.metadata.get("default_help") or repr(default)
-        help_text = f"{f.metadata.get('help', '')} (default: {shown})"
+        # argparse %-formats help texts: a field's help is plain text, so its % signs are escaped
+        help_text = f"{f.metadata.get('help', '')} (default: {shown})".replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if "bool" in tp:
             kwargs["action"] = argparse.BooleanOptionalAction
