@@ -47,6 +47,11 @@ class LossOptions:
             out.remove("beta")  # beta only matters for JSD
         return out
 
+    def kd_columns(self, start: int, local: int, vocab: int) -> int:
+        """How many columns of the vocabulary slice [start, start + local) of a `vocab`-wide row
+        take part in the KD term: the global columns below kd_vocab (all of them without it)."""
+        return min(local, max(0, (self.kd_vocab or vocab) - start))
+
     def as_args(self) -> tuple:
         """The options in field order, as the custom ops take them."""
         return tuple(getattr(self, f.name) for f in fields(self))

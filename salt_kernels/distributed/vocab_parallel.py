@@ -220,8 +220,7 @@ def _torch_chunk(z_shard, u_shard, labels, shard, r0, r1, outs, grad, dt, *, kd_
     """Rows r0:r1 in chunked PyTorch (the generator protocol of shard_rows_steps)."""
     tau, w, o = float(temperature), float(kd_weight), shard.start
     use_teacher = u_shard is not None and w > 0
-    kd_vocab = options.kd_vocab or shard.vocab
-    kl = min(shard.local, max(0, kd_vocab - o))  # this slice's KD columns
+    kl = options.kd_columns(o, shard.local, shard.vocab)
     eps, lam, beta = options.label_smoothing, options.z_loss, options.beta
     z = _cap(z_shard[r0:r1].to(dt), options.softcap)
     y = labels[r0:r1].long()

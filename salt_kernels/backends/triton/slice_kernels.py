@@ -47,6 +47,7 @@ _REVERSE_KL = tl.constexpr(DIV_REVERSE_KL)
 _JSD = tl.constexpr(DIV_JSD)
 # Columns of the statistics output, one row of fp32 per logits row.
 STAT_FIELDS = 8  # m_z, m_zt, m_u, s_z, s_zt, s_u, z[y], sum_z
+_STAT_FIELDS = tl.constexpr(STAT_FIELDS)
 
 
 @triton.jit
@@ -125,7 +126,7 @@ def slice_stats_kernel(
     if SOFTCAP:
         z_y = _softcap(z_y, softcap, inv_cap)
     z_y = tl.where(mine, z_y, 0.0)
-    out_row = out_ptr + row * 8
+    out_row = out_ptr + row * _STAT_FIELDS
     tl.store(out_row + 0, m_z)
     tl.store(out_row + 1, m_zt)
     tl.store(out_row + 2, m_u)

@@ -57,11 +57,6 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 or x.shape[-1] <= 1 else x.contiguous()
 
 
-def _kd_cols(options: LossOptions, start: int, local: int, vocab: int) -> int:
-    """The slice's KD columns: global columns below kd_vocab (all of them without kd_vocab)."""
-    return min(local, max(0, (options.kd_vocab or vocab) - start))
-
-
 def slice_stats(z: torch.Tensor, u: torch.Tensor | None, labels: torch.Tensor, *, start: int, vocab: int,
                 temperature: float, ignore_index: int, options: LossOptions) -> SliceStats:
     """The statistics of rows z [n, local] (student, any float dtype) and u [n, local] (teacher,
@@ -84,7 +79,7 @@ def slice_stats(z: torch.Tensor, u: torch.Tensor | None, labels: torch.Tensor, *
         with launcher._on_device(device):
             k.slice_stats_kernel[(n,)](
                 z, z.stride(0), u, u.stride(0) if has_teacher else 0, labels, labels.stride(0), out, first,
-                start, local, _kd_cols(options, start, local, vocab), int(ignore_index), 1.0 / float(temperature),
+                start, local, options.kd_columns(start, local, vocab), int(ignore_index), 1.0 / float(temperature),
                 float(options.softcap or 1.0), float(options.teacher_softcap or 1.0),
                 BLOCK_V=plan["block_v"], HAS_TEACHER=has_teacher, SOFTCAP=options.softcap is not None,
                 TEACHER_SOFTCAP=has_teacher and options.teacher_softcap is not None,
@@ -128,7 +123,7 @@ def slice_given_stats(z: torch.Tensor, u: torch.Tensor | None, labels: torch.Ten
         k.slice_given_stats_kernel[(n,)](
             z, z.stride(0), u, u.stride(0) if has_teacher else 0, labels, labels.stride(0), lse, d,
             out if parts else lse, grad if has_grad else z, grad.stride(0) if has_grad else 0,
-            start, local, _kd_cols(options, start, local, vocab), vocab, int(ignore_index), float(kd_weight),
+            start, local, options.kd_columns(start, local, vocab), vocab, int(ignore_index), float(kd_weight),
             float(temperature), 1.0 / float(temperature), float(options.softcap or 1.0),
             float(options.teacher_softcap or 1.0), beta, log_beta, log_1m_beta,
             float(options.label_smoothing), float(options.z_loss),
