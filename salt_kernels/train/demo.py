@@ -38,8 +38,10 @@ class DemoConfig:
     teacher_model: str = opt("teacher-s", "teacher preset (or local model directory)")
     student_model: str = opt("student-s", "student preset (or local model directory)")
     teacher_steps: int = opt(500, "teacher training steps")
-    steps: int = opt(600, "student training steps (baseline and SALT each)")
-    n_kd: int = opt(150, "SALT distillation steps (stage 1), at most --steps; the default is 25% of "
+    steps: int = opt(1200, "student training steps (baseline and SALT each); the default is where the "
+                     "baseline has flattened (its validation loss falls by under 1% over its last 10% "
+                     "of steps; the report gives this figure)")
+    n_kd: int = opt(300, "SALT distillation steps (stage 1), at most --steps; the default is 25% of "
                     "--steps, the best of 15-25% in the sweep of benchmarks/RESULTS.md")
     kd_weight: float = opt(0.5, "w in (1 - w) * CE + w * KD during stage 1")
     temperature: float = opt(1.0, "distillation temperature")
@@ -48,10 +50,9 @@ class DemoConfig:
     topk: bool = opt(False, "also run salt-topk: cache the teacher's top --topk-k predictions over the "
                      "training data (`salt-kernels teacher-cache`), then train the first seed's student "
                      "like the SALT run from that cache; the report compares it with SALT and the "
-                     "baseline, wall-clock including the cache's build time. Off by default: at the "
-                     "defaults it adds about 40%% to the demo's time (a third student run, plus the cache: "
-                     "about 1.5 minutes and 430 MB of disk for the built-in corpus at k = 64, measured on "
-                     "2 shared CPU cores)")
+                     "baseline, wall-clock including the cache's build time. Off by default: it adds a "
+                     "third student run and the cache's build (about 430 MB of disk for the built-in "
+                     "corpus at k = 64)")
     topk_k: int = opt(64, "--topk: teacher tokens kept per position (8 to 256)")
     seeds: int = opt(1, "seeds of the baseline/SALT pair (--seed, --seed + 1, ...; one teacher): "
                      "with 2 or more the report gives the mean and spread of each result")
