@@ -20,6 +20,7 @@ from ._validation import (
     validate_topk_inputs,
 )
 from .backends import registry
+from .backends.base import unit_columns
 from .distributed import dtensor as _dt
 from .ops.linear_salt_loss import LinearSaltLossFunction, LinearTopkSaltLossFunction, plan_chunk_size
 from .ops.salt_loss import SaltLossFunction
@@ -39,8 +40,7 @@ class SaltParts(NamedTuple):
 
 def as_rows(x: torch.Tensor) -> torch.Tensor:
     """(..., V) -> (N, V) with a contiguous vocabulary dimension; a view whenever possible."""
-    rows = x.reshape(-1, x.shape[-1])
-    return rows if rows.stride(-1) == 1 or rows.shape[-1] == 1 else rows.contiguous()
+    return unit_columns(x.reshape(-1, x.shape[-1]))
 
 
 def _eager_label_check(validate: bool, x) -> bool:

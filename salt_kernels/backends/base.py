@@ -171,6 +171,12 @@ def compiled_rows_args(student: torch.Tensor, teacher: torch.Tensor | None, labe
     return args.kernel_args(out, with_options=options is not None)
 
 
+def unit_columns(x: torch.Tensor) -> torch.Tensor:
+    """x with unit column stride (its rows may keep any stride): x itself when it has one (or at
+    most one column), else a contiguous copy."""
+    return x if x.stride(-1) == 1 or x.shape[-1] <= 1 else x.contiguous()
+
+
 def topk_kernel_args(args: RowArgs, indices: torch.Tensor, logprobs: torch.Tensor, tail: str) -> tuple[dict, tuple]:
     """The fields of salt::TopkArgs beyond its rows, as keyword arguments of the compiled backends'
     `topk_rows` (python/bind_args.h), with kd_weight (RowArgs.kernel_args passes 0 without a full
@@ -179,10 +185,7 @@ def topk_kernel_args(args: RowArgs, indices: torch.Tensor, logprobs: torch.Tenso
     alive until the kernel has run."""
     use_teacher = args.kd_weight > 0 and indices.shape[-1] > 0
     if use_teacher:
-        if indices.shape[-1] > 1 and indices.stride(-1) != 1:
-            indices = indices.contiguous()
-        if logprobs.shape[-1] > 1 and logprobs.stride(-1) != 1:
-            logprobs = logprobs.contiguous()
+        indices, logprobs = unit_columns(indices), unit_columns(logprobs)
     fields = dict(
         kd_weight=args.kd_weight if use_teacher else 0.0,
         indices=indices.data_ptr() if use_teacher else 0,

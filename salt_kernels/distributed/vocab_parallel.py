@@ -86,11 +86,16 @@ def _lse(m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(m), m + s.log(), m)
 
 
+def _shift(m: torch.Tensor) -> torch.Tensor:
+    """What exps are taken against: the maximum where finite, else 0 (an all -inf row keeps a
+    sum of 0 instead of exp(-inf - -inf) = NaN)."""
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+
 def _sumexp(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 0:
         return torch.zeros_like(m)
-    shift = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    return (x - shift[:, None]).exp().sum(-1)
+    return (x - _shift(m)[:, None]).exp().sum(-1)
 
 
 def _rowmax(x: torch.Tensor) -> torch.Tensor:
@@ -277,10 +282,7 @@ def _rescale(s_local, m_local, m):
     """Sums of exps taken against this slice's maxima, re-expressed against the group's maxima m
     (exp(x - m) = exp(x - m_local) exp(m_local - m), with _sumexp's shift of 0 for a maximum that
     is not finite); a slice with nothing (s == 0) adds 0, a NaN stays."""
-    def shift(x):
-        return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
-
-    return torch.where(s_local == 0, torch.zeros_like(s_local), s_local * (shift(m_local) - shift(m)).exp())
+    return torch.where(s_local == 0, torch.zeros_like(s_local), s_local * (_shift(m_local) - _shift(m)).exp())
 
 
 def _triton_chunk(z_shard, u_shard, labels, shard, r0, r1, outs, grad, dt, *, kd_weight, temperature,
@@ -355,8 +357,7 @@ def shard_topk_rows(z_shard, indices, logprobs, labels, shard: Shard, *, kd_weig
         idx_loc = torch.where(owned, idx - o, torch.zeros_like(idx))
         in_k = torch.zeros(z.shape, dtype=torch.int32, device=device).scatter_add_(1, idx_loc, owned.to(torch.int32)) > 0
         m = shard.all_reduce(torch.stack([_rowmax(z), _rowmax(zt)], 1), dist.ReduceOp.MAX)
-        shift = torch.where(torch.isfinite(m[:, 1]), m[:, 1], torch.zeros_like(m[:, 1]))
-        rest = torch.where(in_k, torch.zeros_like(zt), (zt - shift[:, None]).exp()).sum(-1)
+        rest = torch.where(in_k, torch.zeros_like(zt), (zt - _shift(m[:, 1])[:, None]).exp()).sum(-1)
         z_y = torch.where(mine, z.gather(1, y_loc[:, None])[:, 0], torch.zeros_like(z[:, 0]))
         zt_k = torch.where(owned, zt.gather(1, idx_loc), torch.zeros_like(idx, dtype=dt))
         sums = torch.cat([torch.stack([_sumexp(z, m[:, 0]), _sumexp(zt, m[:, 1]), rest, z_y, z.sum(-1)], 1), zt_k], 1)

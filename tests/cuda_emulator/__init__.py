@@ -104,22 +104,34 @@ def build() -> ctypes.CDLL:
 _IA_LEN, _FA_DEFAULTS = 26, (0.0, 1.0, 0.0, 0.0, 0.5, 0.0, 0.0)
 
 
-def launch(lib, ia, fa, regions) -> tuple[int, str]:
-    """One raw call of salt_emulate_rows (argument layout in emulate.cpp): (rc, error). ia and fa
-    may stop after the plain loss's fields (23 and 2); the options then stay off."""
+# The leading fields of ia, as compiled_rows_args names them (then: mode, block, cluster, ...).
+_IA_ROWS_FIELDS = ("student", "student_row_stride", "student_dtype", "teacher", "teacher_row_stride",
+                   "teacher_dtype", "labels", "labels_stride", "labels_int64", "n_rows", "vocab", "ignore_index",
+                   "loss", "ce", "kd", "lse", "grad", "grad_row_stride", "grad_scale", "grad_scale_stride")
+
+
+def launch(lib, ia, fa, regions, ta=None) -> tuple[int, str]:
+    """One raw call of salt_emulate_rows, or with ta (the top-k slots) of salt_emulate_topk_rows
+    (argument layout in emulate.cpp): (rc, error). ia and fa may stop after the plain loss's
+    fields (23 and 2); the options then stay off."""
     flat = [int(v) for r in regions for v in r]
     err = ctypes.create_string_buffer(1024)
     ia = [int(v) for v in ia] + [0] * (_IA_LEN - len(ia))
     fa = [float(v) for v in fa] + list(_FA_DEFAULTS[len(fa):])
-    rc = lib.salt_emulate_rows(
-        (ctypes.c_int64 * len(ia))(*ia),
-        (ctypes.c_double * len(fa))(*fa),
-        (ctypes.c_int64 * max(1, len(flat)))(*flat),
-        len(regions),
-        err,
-        len(err),
-    )
+    args = [(ctypes.c_int64 * len(ia))(*ia), (ctypes.c_double * len(fa))(*fa)]
+    if ta is not None:
+        args.append((ctypes.c_int64 * len(ta))(*[int(v) for v in ta]))
+    entry = lib.salt_emulate_rows if ta is None else lib.salt_emulate_topk_rows
+    rc = entry(*args, (ctypes.c_int64 * max(1, len(flat)))(*flat), len(regions), err, len(err))
     return rc, err.value.decode(errors="replace")
+
+
+def _grad_regions(grad, grad_scale, a: dict, n: int, vocab: int) -> list[list[int]]:
+    """The gradient (written) and its per-row scale (read) as declared regions; none without grad."""
+    if grad is None:
+        return []
+    gs_stride = a["grad_scale_stride"]
+    return [region(grad, n, vocab, True), region(grad_scale, n if gs_stride else 1, 1, False, row_stride=gs_stride)]
 
 
 def region(t: torch.Tensor, rows: int, row_elems: int, writable: bool, row_stride: int | None = None) -> list[int]:
@@ -157,18 +169,12 @@ def rows(lib, student, teacher, labels, *, kd_weight, temperature, ignore_index,
     use_teacher = a["teacher"] != 0
     if mode is None:
         mode, block, cluster = default_config(vocab, student.dtype, teacher.dtype if use_teacher else None)
-    ia = [a[k] for k in ("student", "student_row_stride", "student_dtype", "teacher", "teacher_row_stride",
-                         "teacher_dtype", "labels", "labels_stride", "labels_int64", "n_rows", "vocab",
-                         "ignore_index", "loss", "ce", "kd", "lse", "grad", "grad_row_stride", "grad_scale",
-                         "grad_scale_stride")]
+    ia = [a[k] for k in _IA_ROWS_FIELDS]
     ia += [0 if mode == "warp" else 1, block, cluster, a["kd_vocab"], a["divergence"], a["accuracy"]]
     regions = [region(student, n, vocab, False), region(labels, n, 1, False, row_stride=a["labels_stride"])]
     if use_teacher:
         regions.append(region(teacher, n, options.kd_vocab or vocab, False))
-    if grad is not None:
-        regions.append(region(grad, n, vocab, True))
-        gs_stride = a["grad_scale_stride"]
-        regions.append(region(grad_scale, n if gs_stride else 1, 1, False, row_stride=gs_stride))
+    regions += _grad_regions(grad, grad_scale, a, n, vocab)
     fa = (a["kd_weight"], a["temperature"], a["softcap"], a["teacher_softcap"], a["beta"], a["label_smoothing"],
           a["z_loss"])
     rc, error = launch(lib, ia, fa, regions)
@@ -191,11 +197,7 @@ def topk_rows(lib, student, indices, logprobs, labels, *, kd_weight, temperature
         grad_scale = grad_scale.to(torch.float32).contiguous()
     a = compiled_rows_args(student, None, labels, out, kd_weight=kd_weight, temperature=temperature,
                            ignore_index=ignore_index, grad=grad, grad_scale=grad_scale, options=options)
-    ia = [a[k] for k in ("student", "student_row_stride", "student_dtype", "teacher", "teacher_row_stride",
-                         "teacher_dtype", "labels", "labels_stride", "labels_int64", "n_rows", "vocab",
-                         "ignore_index", "loss", "ce", "kd", "lse", "grad", "grad_row_stride", "grad_scale",
-                         "grad_scale_stride")]
-    ia += [1, 256, 1, 0, 0, a["accuracy"]]
+    ia = [a[k] for k in _IA_ROWS_FIELDS] + [1, 256, 1, 0, 0, a["accuracy"]]
     slots, keep = topk_kernel_args(RowArgs(student, None, labels, kd_weight=kd_weight, temperature=temperature,
                                            ignore_index=ignore_index), indices, logprobs, tail)
     ta = [int(slots[f]) for f in ("indices", "indices_row_stride", "indices_int64", "logprobs", "logprobs_row_stride",
@@ -205,19 +207,12 @@ def topk_rows(lib, student, indices, logprobs, labels, *, kd_weight, temperature
     regions = [region(student, n, vocab, False), region(labels, n, 1, False, row_stride=a["labels_stride"])]
     if use_teacher:
         regions += [region(indices, n, k, False), region(logprobs, n, k, False)]
-    if grad is not None:
-        regions.append(region(grad, n, vocab, True))
-        gs_stride = a["grad_scale_stride"]
-        regions.append(region(grad_scale, n if gs_stride else 1, 1, False, row_stride=gs_stride))
+    regions += _grad_regions(grad, grad_scale, a, n, vocab)
     for t in (out.loss, out.ce, out.kd, out.accuracy):
         regions.append(region(t, 1, n, True))
     regions.append(region(out.lse, 1, 3 * n, True))
     fa = [float(slots["kd_weight"]), a["temperature"], a["softcap"], a["teacher_softcap"], a["beta"], a["label_smoothing"],
           a["z_loss"]]
-    flat = [int(v) for r in regions for v in r]
-    err = ctypes.create_string_buffer(1024)
-    rc = lib.salt_emulate_topk_rows((ctypes.c_int64 * len(ia))(*ia), (ctypes.c_double * len(fa))(*fa),
-                                    (ctypes.c_int64 * len(ta))(*ta), (ctypes.c_int64 * len(flat))(*flat),
-                                    len(regions), err, len(err))
-    assert rc == 0, err.value.decode(errors="replace")
+    rc, error = launch(lib, ia, fa, regions, ta)
+    assert rc == 0, error
     return out

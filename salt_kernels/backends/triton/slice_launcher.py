@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..base import LossOptions
+from ..base import LossOptions, unit_columns
 from . import launcher
 
 NO_INDEX = torch.iinfo(torch.int64).max  # "no maximum in this slice", the identity of MIN
@@ -52,11 +52,6 @@ class SliceStats(NamedTuple):
     first: torch.Tensor
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    """x with unit column stride (rows may keep any stride)."""
-    return x if x.stride(-1) == 1 or x.shape[-1] <= 1 else x.contiguous()
-
-
 def slice_stats(z: torch.Tensor, u: torch.Tensor | None, labels: torch.Tensor, *, start: int, vocab: int,
                 temperature: float, ignore_index: int, options: LossOptions) -> SliceStats:
     """The statistics of rows z [n, local] (student, any float dtype) and u [n, local] (teacher,
@@ -72,9 +67,9 @@ def slice_stats(z: torch.Tensor, u: torch.Tensor | None, labels: torch.Tensor, *
         out[:, 3:] = 0.0
         first.fill_(NO_INDEX)
     else:
-        z = _rows(z)
+        z = unit_columns(z)
         has_teacher = u is not None
-        u = _rows(u) if has_teacher else z
+        u = unit_columns(u) if has_teacher else z
         plan = launcher.block_plan(local, 16)
         with launcher._on_device(device):
             k.slice_stats_kernel[(n,)](
@@ -112,8 +107,8 @@ def slice_given_stats(z: torch.Tensor, u: torch.Tensor | None, labels: torch.Ten
             raise ValueError(f"the gradient of {options.divergence} needs the group's divergence d per row")
     if n == 0 or local == 0 or not (parts or has_grad):
         return out
-    z = _rows(z)
-    u = _rows(u) if has_teacher else z
+    z = unit_columns(z)
+    u = unit_columns(u) if has_teacher else z
     lse = lse.to(torch.float32).contiguous()
     d = d.to(torch.float32).contiguous() if d is not None else lse
     plan = launcher.block_plan(local, 16)
